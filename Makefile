@@ -1,0 +1,41 @@
+# Set-up is automatic: the first target that needs Python creates .venv.
+# torch==2.13.0 is installed first so `pip install -e .[dev]` pulls no second build.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install train test test-all sweep tensorboard bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+train: $(STAMP)  ## model=small on Shakespeare, 2000 steps on the CPU (ARGS="..." adds overrides)
+	$(PY) lm/train.py $(ARGS)
+
+test: $(STAMP)  ## fast tests (end-to-end runs: make test-all)
+	$(PY) -m pytest
+
+test-all: $(STAMP)
+	$(PY) -m pytest -m ''
+
+sweep: $(STAMP)  ## a learning-rate sweep on the tiny model
+	$(PY) lm/train.py -m model=tiny trainer.max_steps=500 optimizer.lr=1e-4,3e-4,1e-3 $(ARGS)
+
+tensorboard: $(STAMP)
+	$(VENV)/bin/tensorboard --logdir outputs
+
+bench: $(STAMP)
+	$(PY) -m lm.bench $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lm tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,112 @@
+"""Benchmark: the harness (Lightning Trainer, TensorBoard on) against a plain PyTorch loop.
+
+Both train ``model=small`` with the same model, optimizer, schedule, gradient
+clipping and batches; runs alternate so drift in the machine's speed hits both.
+Tokens/s is measured over the steady state (steps ``--skip`` to ``--steps``), so
+start-up and the final validation are left out. Prints each run, the medians and
+their ratio (harness / plain; we aim for >= 0.95).
+
+    python -m lm.bench [--steps 300] [--repeats 3] [--model small]
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import hydra
+import lightning as L
+import torch
+
+from lm.config import compose_config, validate
+from lm.model import GPT
+from lm.module import param_groups
+
+
+class StepTimer(L.Callback):
+    """Wall time from the end of step ``skip`` to the end of the last step."""
+
+    def __init__(self, skip: int):
+        self.skip = skip
+        self.start = self.end = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.skip:
+            self.start = time.perf_counter()
+        self.end = time.perf_counter()
+
+
+def bench_harness(overrides: list[str], skip: int) -> float:
+    """Tokens/s of ``lm.train.run`` with ``overrides`` over steps (skip, max_steps]."""
+    from lm.train import run
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = compose_config([*overrides, f"paths.output_dir={out}"])
+        timer = StepTimer(skip)
+        run(cfg, extra_callbacks=[timer])
+    steps = cfg.trainer.max_steps - skip
+    return steps * cfg.data.batch_size * cfg.model.block_size / (timer.end - timer.start)
+
+
+def bench_plain(overrides: list[str], skip: int) -> float:
+    """Tokens/s of a plain PyTorch loop doing the same work as the harness."""
+    from lm.train import build_datamodule
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = compose_config([*overrides, f"paths.output_dir={out}"])
+    model_config = validate(cfg)
+    dm = build_datamodule(cfg)
+    model_config.vocab_size = dm.tokenizer.vocab_size
+    torch.manual_seed(cfg.seed)
+    model = GPT(model_config)
+    optimizer = hydra.utils.instantiate(cfg.optimizer)(
+        param_groups(model, cfg.optimizer.weight_decay)
+    )
+    scheduler = hydra.utils.instantiate(cfg.scheduler)(optimizer)
+    loader = iter(dm.train_dataloader())
+    model.train()
+    for step in range(cfg.trainer.max_steps):
+        if step == skip:
+            start = time.perf_counter()
+        x, y = next(loader)
+        _, loss = model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.gradient_clip_val)
+        optimizer.step()
+        scheduler.step()
+        if step % cfg.trainer.log_every_n_steps == 0:
+            loss.item()  # what a loop that prints its loss pays
+    elapsed = time.perf_counter() - start
+    steps = cfg.trainer.max_steps - skip
+    return steps * cfg.data.batch_size * cfg.model.block_size / elapsed
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300, help="training steps per run")
+    parser.add_argument("--skip", type=int, default=20, help="warm-up steps left out of timing")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each, alternating")
+    parser.add_argument("--model", default="small", help="conf/model option")
+    args = parser.parse_args(argv)
+    overrides = [
+        f"model={args.model}", f"trainer.max_steps={args.steps}",
+        f"trainer.val_check_interval={args.steps}", "sample.max_new_tokens=0",
+        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+    ]
+    print(f"benchmark: model={args.model}, {args.steps} steps, timed after step {args.skip}, "
+          f"{args.repeats} alternating repeats, {torch.get_num_threads()} torch threads")
+    harness, plain = [], []
+    for i in range(args.repeats):
+        plain.append(bench_plain(overrides, args.skip))
+        print(f"  repeat {i + 1}: plain loop {plain[-1]:9.0f} tokens/s", flush=True)
+        harness.append(bench_harness(overrides, args.skip))
+        print(f"  repeat {i + 1}: harness    {harness[-1]:9.0f} tokens/s", flush=True)
+    h, p = statistics.median(harness), statistics.median(plain)
+    print(f"plain loop (median): {p:9.0f} tokens/s")
+    print(f"harness    (median): {h:9.0f} tokens/s")
+    print(f"ratio harness/plain: {h / p:.3f} (target >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""The typed config schema and the checks that run before any work.
+
+Hydra composes ``conf/train.yaml`` onto ``TrainConfig`` (registered below as
+``train_schema``), so every key has a type and a default, a missing key takes its
+default, and a misspelt key is an error. ``validate`` then checks the ranges that
+types cannot express and raises ``ConfigError`` with one line naming the key, the
+value and the rule. ``lm/train.py`` turns that into exit code 2.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from lm.model import GPTConfig
+
+
+class ConfigError(ValueError):
+    """A config value a user set is out of range; the message is one line."""
+
+
+@dataclass
+class PathsConfig:
+    data_dir: str = "data"
+    output_dir: str = "${hydra:runtime.output_dir}"
+
+
+@dataclass
+class DataConfig:
+    source: str = "shakespeare"
+    path: str | None = None
+    tokenizer: str = "char"
+    val_fraction: float = 0.1
+    batch_size: int = 12
+    eval_iters: int = 20
+
+
+@dataclass
+class AdamWConfig:
+    _target_: str = "torch.optim.AdamW"
+    _partial_: bool = True
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+
+
+@dataclass
+class SGDConfig:
+    _target_: str = "torch.optim.SGD"
+    _partial_: bool = True
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+
+@dataclass
+class CosineConfig:
+    _target_: str = "lm.schedule.warmup_cosine"
+    _partial_: bool = True
+    warmup_steps: int = 100
+    decay_steps: int = "${trainer.max_steps}"  # type: ignore[assignment]  (an interpolation)
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class ConstantConfig:
+    _target_: str = "lm.schedule.warmup_constant"
+    _partial_: bool = True
+    warmup_steps: int = 0
+
+
+@dataclass
+class TrainerConfig:
+    _target_: str = "lightning.Trainer"
+    accelerator: str = "cpu"
+    devices: int = 1
+    precision: str = "32-true"
+    max_steps: int = 2000
+    val_check_interval: int = 250
+    check_val_every_n_epoch: int | None = None
+    num_sanity_val_steps: int = 0
+    gradient_clip_val: float = 1.0
+    gradient_clip_algorithm: str = "norm"
+    accumulate_grad_batches: int = 1
+    deterministic: bool = True
+    benchmark: bool = False
+    log_every_n_steps: int = 10
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = True
+
+
+@dataclass
+class SampleConfig:
+    prompt: str = "\n"
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int | None = 40
+
+
+@dataclass
+class TrainConfig:
+    """The whole run. Groups with open-ended keys (optimizer, scheduler, logger) are
+    typed by their own option schemas below and checked by ``validate``."""
+
+    seed: int = 1337
+    model: GPTConfig = field(default_factory=GPTConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: Any = field(default_factory=dict)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra's ConfigStore (idempotent).
+
+    An option file opts in to its schema through its defaults list
+    (``conf/optimizer/adamw.yaml``: ``defaults: [adamw_schema, _self_]``); a new option
+    without a schema still works, untyped, and is range-checked by ``validate``.
+    """
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="optimizer", name="adamw_schema", node=AdamWConfig)
+    cs.store(group="optimizer", name="sgd_schema", node=SGDConfig)
+    cs.store(group="scheduler", name="cosine_schema", node=CosineConfig)
+    cs.store(group="scheduler", name="constant_schema", node=ConstantConfig)
+
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """``conf/train.yaml`` composed with ``overrides`` through Hydra's compose API.
+
+    For code outside ``@hydra.main`` (tests, the benchmark): pass
+    ``paths.output_dir=...``, since there is no Hydra run dir to interpolate.
+    """
+    from lm.tracking import register_resolvers
+
+    register_configs()
+    register_resolvers()
+    with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra.compose(config_name="train", overrides=list(overrides))
+
+
+def _check(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value} is invalid: {rule}")
+
+
+def validate(cfg: DictConfig) -> GPTConfig:
+    """Check every range a user can set; return the model config.
+
+    Data-dependent rules (a readable corpus, ``block_size`` below the validation
+    split's length) are checked by ``LMDataModule.setup``, the first thing a run does.
+
+    Raises:
+        ConfigError: one line, ``<key>=<value> is invalid: <rule>``.
+    """
+    try:
+        model = GPTConfig(**OmegaConf.to_container(cfg.model, resolve=True))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    data, trainer = cfg.data, cfg.trainer
+    _check(0.0 < data.val_fraction < 1.0, "data.val_fraction", data.val_fraction, "must be in (0, 1)")
+    for key in ("batch_size", "eval_iters"):
+        _check(data[key] >= 1, f"data.{key}", data[key], "must be >= 1")
+    for key in ("max_steps", "val_check_interval", "log_every_n_steps", "accumulate_grad_batches"):
+        _check(trainer[key] >= 1, f"trainer.{key}", trainer[key], "must be >= 1")
+    _check(trainer.gradient_clip_val >= 0, "trainer.gradient_clip_val", trainer.gradient_clip_val,
+           "must be >= 0 (0 turns clipping off)")
+    _check(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
+    _validate_optimizer(cfg.optimizer)
+    _try_build_optimizer(cfg)
+    _check(cfg.sample.max_new_tokens >= 0, "sample.max_new_tokens", cfg.sample.max_new_tokens,
+           "must be >= 0")
+    _check(cfg.sample.temperature >= 0, "sample.temperature", cfg.sample.temperature, "must be >= 0")
+    return model
+
+
+def _try_build_optimizer(cfg: DictConfig) -> None:
+    """Build the optimizer and schedule on a dummy parameter, so that any argument
+    they reject fails now, before data or model are built."""
+    dummy = [torch.nn.Parameter(torch.zeros(1))]
+    for group in ("optimizer", "scheduler"):
+        try:
+            factory = hydra.utils.instantiate(cfg[group])
+            optimizer = factory(dummy) if group == "optimizer" else factory(optimizer)
+        except (ValueError, TypeError) as err:
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ConfigError(f"{group}: {message}") from None
+
+
+def _validate_optimizer(opt: DictConfig) -> None:
+    _check("_target_" in opt, "optimizer._target_", None, "every optimizer option needs a _target_")
+    _check(opt.get("lr", 1.0) > 0, "optimizer.lr", opt.get("lr"), "must be > 0")
+    wd = opt.get("weight_decay", 0.0)
+    _check(wd >= 0, "optimizer.weight_decay", wd, "must be >= 0")
+    for beta in opt.get("betas", []):
+        _check(0.0 <= beta < 1.0, "optimizer.betas", list(opt.betas), "each must be in [0, 1)")
+    momentum = opt.get("momentum", 0.0)
+    _check(0.0 <= momentum < 1.0, "optimizer.momentum", momentum, "must be in [0, 1)")

