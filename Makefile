@@ -20,7 +20,7 @@ train: $(STAMP)  ## model=small on Shakespeare, 2000 steps on the CPU (ARGS="...
 	$(PY) lm/train.py $(ARGS)
 
 test: $(STAMP)  ## fast tests (end-to-end runs: make test-all)
-	$(PY) -m pytest
+	$(PY) -m pytest -q
 
 test-all: $(STAMP)
 	$(PY) -m pytest -m ''

@@ -190,14 +190,18 @@ def validate(cfg: DictConfig) -> GPTConfig:
 def _try_build_optimizer(cfg: DictConfig) -> None:
     """Build the optimizer and schedule on a dummy parameter, so that any argument
     they reject fails now, before data or model are built."""
-    dummy = [torch.nn.Parameter(torch.zeros(1))]
-    for group in ("optimizer", "scheduler"):
-        try:
-            factory = hydra.utils.instantiate(cfg[group])
-            optimizer = factory(dummy) if group == "optimizer" else factory(optimizer)
-        except (ValueError, TypeError) as err:
-            message = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ConfigError(f"{group}: {message}") from None
+    try:
+        optimizer = hydra.utils.instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"optimizer: {_first_line(err)}") from None
+    try:
+        hydra.utils.instantiate(cfg.scheduler)(optimizer)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"scheduler: {_first_line(err)}") from None
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def _validate_optimizer(opt: DictConfig) -> None:

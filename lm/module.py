@@ -101,9 +101,9 @@ class LMModule(L.LightningModule):
             self._window_tokens, self._window_seconds = 0, 0.0
         # Validate at the last step too, when max_steps is not a multiple of the interval.
         trainer = self.trainer
-        if trainer.max_steps > 0 and self.global_step >= trainer.max_steps:
-            if self.global_step % trainer.val_check_batch != 0:
-                trainer.should_stop = True
+        last_step = trainer.max_steps > 0 and self.global_step >= trainer.max_steps
+        if last_step and self.global_step % trainer.val_check_batch != 0:
+            trainer.should_stop = True
 
     def _is_logging_step(self, steps_done: int) -> bool:
         # Lightning writes step scalars when the count of finished steps is a multiple
@@ -122,8 +122,13 @@ class LMModule(L.LightningModule):
         self._val_losses.clear()
         self.last_val_loss = loss.item()
         self.best_val_loss = min(self.best_val_loss, self.last_val_loss)
-        self.log("val/loss", loss, prog_bar=True)
-        self.log("val/ppl", torch.exp(loss))
+        # Lightning would write these at step global_step - 1 (its count of finished
+        # batches lags here); a curve point belongs at the number of updates behind it.
+        metrics = {"val/loss": loss.item(), "val/ppl": math.exp(loss.item())}
+        self.log("val/loss", loss, prog_bar=True, logger=False)  # for checkpoints, progress bar
+        self.log("val/ppl", torch.exp(loss), logger=False)
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=self.global_step)
         self._log_sample()
 
     def _log_sample(self) -> None:

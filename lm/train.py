@@ -18,21 +18,23 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import the package, not lm/*.py as top level
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-import dataclasses  # noqa: E402
-import math  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+import dataclasses
+import logging
+import math
+import warnings
+from collections.abc import Sequence
 
-import hydra  # noqa: E402
-import lightning as L  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from omegaconf import DictConfig, OmegaConf
 
-from lm.config import ConfigError, register_configs, validate  # noqa: E402
-from lm.corpus import DataError  # noqa: E402
-from lm.data import LMDataModule  # noqa: E402
-from lm.module import LMModule  # noqa: E402
-from lm.tracking import (  # noqa: E402
+from lm.config import ConfigError, register_configs, validate
+from lm.corpus import DataError
+from lm.data import LMDataModule
+from lm.module import LMModule
+from lm.tracking import (
     RunRecord,
     code_version,
     config_hash,
@@ -42,6 +44,14 @@ from lm.tracking import (  # noqa: E402
 
 register_configs()
 register_resolvers()
+
+
+def quiet_lightning() -> None:
+    """Drop Lightning's advertising tips and a deprecation warning it raises itself."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "💡 Tip" not in str(record.msg)
+    )
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def build_datamodule(cfg: DictConfig) -> LMDataModule:
@@ -122,6 +132,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     Raises:
         ConfigError, DataError: a bad config value or corpus, before any training.
     """
+    quiet_lightning()
     model_config = validate(cfg)
     dm = build_datamodule(cfg)
     if model_config.vocab_size is None:

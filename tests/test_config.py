@@ -1,0 +1,145 @@
+"""Config composition, validation errors and the config hash."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+from omegaconf import OmegaConf, open_dict
+
+from lm.config import CONF_DIR, ConfigError, compose_config
+from lm.corpus import DataError
+from lm.tracking import HASH_EXCLUDED_KEYS, config_hash, hashable_config, register_resolvers
+from lm.train import run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_are_the_nanogpt_cpu_recipe():
+    cfg = compose_config(["paths.output_dir=x"])
+    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size) == (4, 4, 128, 64)
+    assert cfg.model.dropout == 0.0
+    assert cfg.data.source == "shakespeare" and cfg.data.batch_size == 12
+    assert cfg.optimizer.lr == 1e-3 and list(cfg.optimizer.betas) == [0.9, 0.99]
+    assert cfg.trainer.max_steps == 2000 and cfg.scheduler.decay_steps == 2000
+
+
+@pytest.mark.parametrize("name,sizes", [
+    ("tiny", (2, 4, 64, 64, 0.0)), ("small", (4, 4, 128, 64, 0.0)),
+    ("medium", (6, 6, 384, 256, 0.2)), ("gpt2", (12, 12, 768, 1024, 0.0)),
+])
+def test_model_options(name, sizes):
+    m = compose_config([f"model={name}", "paths.output_dir=x"]).model
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout) == sizes
+
+
+def test_a_missing_key_takes_the_schema_default(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "partial.yaml").write_text("n_layer: 3\n")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra.searchpath=[file://{tmp_path}]", "model=partial",
+                                           "paths.output_dir=x"])
+    assert cfg.model.n_layer == 3 and cfg.model.n_embd == 128 and cfg.model.bias is True
+
+
+def test_unknown_keys_and_wrong_types_are_rejected():
+    with pytest.raises(Exception, match="nosuch"):
+        compose_config(["model.nosuch=1"])
+    with pytest.raises(Exception, match="n_head"):
+        compose_config(["model.n_head=four"])
+    with pytest.raises(MissingConfigException):
+        compose_config(["model=nosuch"])
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["model.n_embd=100", "model.n_head=3"], "model.n_embd=100"),
+    (["model.dropout=1.5"], "model.dropout=1.5"),
+    (["model.n_layer=0"], "model.n_layer=0"),
+    (["optimizer.lr=-1"], "optimizer.lr=-1"),
+    (["optimizer.weight_decay=-0.1"], "optimizer.weight_decay"),
+    (["trainer.max_steps=0"], "trainer.max_steps=0"),
+    (["data.val_fraction=1.0"], "data.val_fraction=1.0"),
+    (["data.batch_size=0"], "data.batch_size=0"),
+    (["scheduler.min_lr_ratio=2"], "min_lr_ratio"),
+])
+def test_bad_values_end_before_training_with_one_line(make_cfg, tmp_path, overrides, key):
+    with pytest.raises(ConfigError) as err:
+        run(make_cfg(*overrides))
+    message = str(err.value)
+    assert key in message and "\n" not in message
+    assert not (tmp_path / "run" / "run.json").exists()  # nothing started
+
+
+def test_bad_corpora_end_before_training(make_cfg, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    short = tmp_path / "short.txt"
+    short.write_text("to be or not to be " * 20)  # 400 chars: val split of 40 < 65
+    cases = [("/nonexistent", "/nonexistent"), (empty, "empty"), (short, "block_size")]
+    for path, expected in cases:
+        with pytest.raises(DataError, match=expected) as err:
+            run(make_cfg(f"data.path={path}"))
+        assert "\n" not in str(err.value)
+
+
+def test_cli_exit_code_2_and_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "lm/train.py", "model.dropout=1.5", f"hydra.run.dir={tmp_path}/r"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: model.dropout=1.5") and "[0, 1]" in last
+
+
+# --- the config hash ------------------------------------------------------------
+
+def _hash(*overrides):
+    return config_hash(compose_config(["paths.output_dir=x", *overrides]))
+
+
+def test_hash_is_stable_and_canonical():
+    assert _hash() == _hash()
+    assert len(_hash()) == 64
+    # sorted-key canonical JSON: key order in the YAML cannot matter
+    a = {"b": 1, "a": {"y": 2, "x": 3}}
+    b = {"a": {"x": 3, "y": 2}, "b": 1}
+    assert config_hash(a) == config_hash(b)
+
+
+@pytest.mark.parametrize("override", [
+    "optimizer.lr=3e-4", "seed=3", "model.n_layer=2", "data.batch_size=8",
+    "trainer.max_steps=10", "trainer.precision=bf16-mixed", "trainer.deterministic=false",
+    "model.pos_encoding=sinusoidal", "optimizer=sgd", "scheduler=constant",
+])
+def test_hash_changes_with_what_changes_the_numbers(override):
+    assert _hash(override) != _hash()
+
+
+@pytest.mark.parametrize("override", [
+    "trainer.log_every_n_steps=1", "paths.output_dir=elsewhere", "paths.data_dir=/tmp/d",
+    "trainer.enable_progress_bar=false", "logger=none", "sample.max_new_tokens=0",
+])
+def test_hash_ignores_what_cannot_change_the_numbers(override):
+    assert _hash(override) == _hash()
+
+
+def test_excluded_keys_are_listed_once_and_dropped():
+    cfg = compose_config(["paths.output_dir=x"])
+    plain = hashable_config(cfg)
+    assert "paths" not in plain and "log_every_n_steps" not in plain["trainer"]
+    assert "max_steps" in plain["trainer"]
+    assert len(set(HASH_EXCLUDED_KEYS)) == len(HASH_EXCLUDED_KEYS)
+
+
+def test_run_dir_resolver_matches_the_hash():
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["optimizer.lr=3e-4"], return_hydra_config=True)
+    run_dir = OmegaConf.select(cfg, "hydra.run.dir")
+    assert run_dir.endswith("-" + config_hash(cfg)[:8])
+    with open_dict(cfg):  # hydra node present or not: one hash
+        del cfg["hydra"]
+    assert run_dir.endswith("-" + config_hash(cfg)[:8])

@@ -1,0 +1,112 @@
+"""End to end: a tiny run composed through Hydra's compose API, in tmp_path."""
+
+import json
+import math
+
+import pytest
+import torch
+from tbparse import SummaryReader
+
+from lm.checkpoint import CheckpointError, load_checkpoint
+from lm.generate import GenerateConfig, sample_texts
+from lm.module import param_groups
+from lm.schedule import cosine_multiplier
+from lm.tracking import config_hash
+from lm.train import run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One tiny run shared by the tests below: (cfg, metrics, run_dir)."""
+    from tests.conftest import LINES
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    corpus = tmp / "corpus.txt"
+    corpus.write_text("\n".join(LINES[i % len(LINES)] + f" ({i})" for i in range(90)) + "\n")
+    from lm.config import compose_config
+
+    cfg = compose_config([
+        "model=tiny", "data=text_file", f"data.path={corpus}", "data.batch_size=4",
+        "data.eval_iters=2", "trainer.max_steps=7", "trainer.val_check_interval=3",
+        "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false", "sample.max_new_tokens=8",
+        f"paths.data_dir={tmp / 'data'}", f"paths.output_dir={tmp / 'run'}",
+    ])
+    metrics = run(cfg)
+    return cfg, metrics, tmp / "run"
+
+
+def test_run_dir_holds_config_record_events_checkpoints(tiny_run):
+    cfg, metrics, run_dir = tiny_run
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "completed"
+    assert record["hash"] == config_hash(cfg) and record["hash8"] == record["hash"][:8]
+    assert record["steps"] == 7 and record["tokens_seen"] == 7 * 4 * 64
+    assert record["metrics"]["final"]["val/loss"] == pytest.approx(metrics["metrics"]["final"]["val/loss"])
+    assert record["code"].keys() == {"commit", "dirty"}
+    assert (run_dir / "config.yaml").read_text().startswith("seed:")
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_tensorboard_has_the_curves(tiny_run):
+    _, metrics, run_dir = tiny_run
+    scalars = SummaryReader(str(run_dir / "tb")).scalars
+    tags = set(scalars.tag)
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec",
+                "val/loss", "val/ppl"):
+        assert tag in tags, tag
+    val = scalars[scalars.tag == "val/loss"]
+    # validated every 3 steps and at the last step (7 is not a multiple of 3)
+    assert list(val.step) == [3, 6, 7]
+    ppl = scalars[scalars.tag == "val/ppl"].value.iloc[-1]
+    assert ppl == pytest.approx(math.exp(val.value.iloc[-1]), rel=1e-5)
+    assert val.value.iloc[-1] == pytest.approx(metrics["metrics"]["final"]["val/loss"])
+    text = SummaryReader(str(run_dir / "tb")).text
+    assert "samples" in set(text.tag)
+
+
+def test_checkpoint_alone_generates_text(tiny_run):
+    _, _, run_dir = tiny_run
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    model, tokenizer, run_config = load_checkpoint(ckpt)
+    assert not model.training
+    assert run_config["model"]["n_layer"] == 2
+    cfg = GenerateConfig(ckpt=str(ckpt), prompt="ROMEO:", max_new_tokens=20, seed=0,
+                         num_samples=2)
+    a, b = sample_texts(cfg)
+    assert a.startswith("ROMEO:") and len(tokenizer.encode(a)) == len("ROMEO:") + 20
+    assert sample_texts(cfg) == [a, b]  # same seed, same text
+
+
+def test_bad_checkpoint_paths(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.ckpt")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="could not be loaded"):
+        load_checkpoint(tmp_path / "junk.ckpt")
+
+
+def test_same_config_same_numbers(make_cfg):
+    a = run(make_cfg("seed=3", out="a"))["metrics"]["final"]["val/loss"]
+    b = run(make_cfg("seed=3", out="b"))["metrics"]["final"]["val/loss"]
+    c = run(make_cfg("seed=4", out="c"))["metrics"]["final"]["val/loss"]
+    assert a == b
+    assert a != c
+
+
+def test_weight_decay_only_on_2d_weights():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    decay, no_decay = param_groups(model, 0.1)
+    assert [p.shape for p in decay["params"]] == [(4, 3)]
+    assert sorted(p.shape for p in no_decay["params"]) == [(4,), (4,), (4,)]
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+
+
+def test_cosine_schedule_against_hand_values():
+    # nanoGPT get_lr with warmup 10, decay 110, min ratio 0.1
+    assert cosine_multiplier(0, 10, 110, 0.1) == pytest.approx(1 / 11)
+    assert cosine_multiplier(10, 10, 110, 0.1) == pytest.approx(1.0)
+    assert cosine_multiplier(60, 10, 110, 0.1) == pytest.approx(0.1 + 0.5 * 0.9)
+    assert cosine_multiplier(110, 10, 110, 0.1) == pytest.approx(0.1)
+    assert cosine_multiplier(500, 10, 110, 0.1) == pytest.approx(0.1)
