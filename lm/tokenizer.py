@@ -1,13 +1,18 @@
 """Tokenizers: text <-> token ids.
 
-Every tokenizer reserves the same special tokens at the front of its vocabulary
-(`<pad>`=0, `<unk>`=1, `<eos>`=2), serialises to a JSON-able dict with a `type`
-key, and is registered in `TOKENIZERS` so configs and checkpoints can name it.
+Every tokenizer has `encode`, `encode_array`, `decode`, `vocab_size`, `eos_id`,
+`pad_id`, `unk_id` and `to_dict`/`from_dict`, serialises to a JSON-able dict
+with a `type` key, and is registered in `TOKENIZERS` so configs and checkpoints
+can name it: "char" (below: specials `<pad>`=0, `<unk>`=1, `<eos>`=2 at the front),
+"byte" and "bpe" (`lm/bpe.py`: byte-level, specials after the vocabulary).
 """
 
+import inspect
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from lm.bpe import BPETokenizer, ByteTokenizer
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<eos>")
 PAD_ID, UNK_ID, EOS_ID = 0, 1, 2
@@ -111,18 +116,28 @@ class CharTokenizer:
         return "".join(out)
 
 
-TOKENIZERS = {"char": CharTokenizer}
+TOKENIZERS = {"char": CharTokenizer, "byte": ByteTokenizer, "bpe": BPETokenizer}
 
 
-def build_tokenizer(name: str, text: str):
+def build_tokenizer(name: str, text: str, **options):
     """Train tokenizer `name` (a key of `TOKENIZERS`) on `text`.
 
+    `options` go to its `from_text`, e.g. `build_tokenizer("bpe", text, vocab_size=512)`.
+
     Raises:
-        ValueError: `name` is not registered (one line naming the allowed ones).
+        ValueError: `name` is not registered (one line naming the allowed ones), or
+            an option is not one that tokenizer takes.
     """
     if name not in TOKENIZERS:
         raise ValueError(f"data.tokenizer={name!r} is not one of: {', '.join(TOKENIZERS)}")
-    return TOKENIZERS[name].from_text(text)
+    from_text = TOKENIZERS[name].from_text
+    allowed = list(inspect.signature(from_text).parameters)[1:]  # after `text`
+    unknown = [key for key in options if key not in allowed]
+    if unknown:
+        raise ValueError(
+            f"data.tokenizer={name!r} takes no option {unknown[0]!r}; it takes: {allowed or 'none'}"
+        )
+    return from_text(text, **options)
 
 
 def tokenizer_from_dict(d: dict):

@@ -83,15 +83,15 @@ def test_dict_round_trip():
 
 
 def test_from_dict_errors():
-    with pytest.raises(ValueError, match=r"type='bpe' is not one of: char"):
-        tokenizer_from_dict({"type": "bpe", "chars": []})
+    with pytest.raises(ValueError, match=r"type='nope' is not one of: char, byte, bpe"):
+        tokenizer_from_dict({"type": "nope", "chars": []})
     with pytest.raises(ValueError, match="special_tokens"):
         tokenizer_from_dict({"type": "char", "chars": ["a"], "special_tokens": ["<pad>"]})
 
 
 def test_unknown_tokenizer_name():
-    assert set(TOKENIZERS) == {"char"}
-    with pytest.raises(ValueError, match=r"^data.tokenizer='x' is not one of: char$"):
+    assert set(TOKENIZERS) == {"char", "byte", "bpe"}
+    with pytest.raises(ValueError, match=r"^data.tokenizer='x' is not one of: char, byte, bpe$"):
         build_tokenizer("x", "abc")
     assert isinstance(build_tokenizer("char", "abc"), CharTokenizer)
 

