@@ -1,0 +1,579 @@
+"""Compare runs honestly: a baseline against its ablations, averaged over seeds.
+
+    python lm/compare.py PATHS... [--baseline SPEC] [--strict] [--out DIR]
+
+PATHS are run dirs, sweep dirs or dirs holding runs (every dir below with a
+``run.json``), or quoted globs (``'outputs/runs/2026-11-21/*'``). Runs whose resolved
+configs differ only in ``seed`` form one group. For each group the report gives the
+config keys that differ from the baseline group, the number of seeds, the mean and
+sample std of the final ``val/loss``, the difference from the baseline with a 95%
+Welch confidence interval and Welch's t-test p-value (when both groups have two seeds
+or more), and the mean final ``val/ppl``.
+
+SPEC picks the baseline group: a run dir, a prefix of a run's config hash, or
+``key=value`` matched against each run's ``config.yaml`` at that dotted key (numbers
+compared as floats): ``--baseline optimizer.lr=3e-4``. Default: the group of the first run.
+
+Flags: a group that changes more than one key from the baseline (a warning; exit code 1
+with ``--strict``); one config hash run on different code (commit or dirty flag);
+failed, running or diverged (non-finite ``val/loss``) runs, and repeats of one config
+hash (same config, same seed: not a new sample), listed and never averaged.
+
+Writes ``report.md``, ``report.csv`` and ``curves.png`` (mean ``val/loss`` per group
+against step, min-max band over seeds) into ``--out``. Default: the first PATH if it is
+a sweep dir (it holds ``<job>-<hash8>`` job dirs), else ``outputs/compare/<date>/<time>/``.
+Exit code 2 with one ``error:`` line for a path or baseline that matches no run.
+"""
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import the package, not lm/*.py as top level
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import argparse
+import datetime as dt
+import glob
+import hashlib
+import json
+import math
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+from scipy import stats
+
+from lm.sweep import (
+    find_run_dirs,
+    fmt,
+    job_number,
+    markdown_table,
+    metric,
+    read_record,
+    write_csv,
+)
+from lm.tracking import code_version, hashable_config
+
+ABSENT = "(absent)"  # a key one config has and the other lacks
+
+REPORT_COLUMNS = (
+    "group", "baseline", "changes", "n_changes", "seeds", "n", "val_loss_mean",
+    "val_loss_std", "diff", "ci_low", "ci_high", "p", "val_ppl_mean", "hash8s", "run_dirs",
+)
+
+
+class CompareError(Exception):
+    """A path or a baseline spec that matches no run (exit code 2)."""
+
+
+# --- runs and groups ---------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One run dir: its ``run.json``, its resolved ``config.yaml`` and the hashable part."""
+
+    dir: Path
+    record: dict
+    resolved: dict
+    config: dict  # hashable_config(resolved): what the config hash covers
+    problem: str | None = None  # why it is not averaged (failed, diverged, a repeat)
+
+    @property
+    def hash8(self) -> str:
+        return str(self.record.get("hash8") or self.record.get("hash", "")[:8])
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed")
+
+
+@dataclass
+class Group:
+    """Runs whose hashable configs are equal once ``seed`` is removed."""
+
+    key: str
+    runs: list[Run]
+
+    @property
+    def config(self) -> dict:
+        return without_seed(self.runs[0].config)
+
+    @property
+    def valid(self) -> list[Run]:
+        return [r for r in self.runs if r.problem is None]
+
+    def values(self, key: str) -> list[float]:
+        """The final ``key`` (``val/loss``, ``val/ppl``) of each valid run that logged it."""
+        values = (metric(r.record, "final", key) for r in self.valid)
+        return [v for v in values if v is not None]
+
+
+def run_problem(record: dict) -> str | None:
+    """Why a run with this ``run.json`` must not be averaged, or None if it can be."""
+    status = record.get("status")
+    if status != "completed":
+        error = record.get("error")
+        return f"{status}: {error}" if error else str(status)
+    loss = metric(record, "final", "val/loss")
+    if loss is None:
+        return "completed without a final val/loss"
+    if not math.isfinite(loss):
+        return f"diverged: final val/loss={loss}"
+    return None
+
+
+def load_run(run_dir: Path) -> Run:
+    """Read ``run.json`` and ``config.yaml`` of ``run_dir``."""
+    config_path = run_dir / "config.yaml"
+    if not config_path.exists():
+        raise CompareError(f"{run_dir} has a run.json but no config.yaml")
+    cfg = OmegaConf.load(config_path)
+    record = read_record(run_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return Run(run_dir, record, resolved, hashable_config(cfg), run_problem(record))
+
+
+def mark_repeats(runs: Sequence[Run]) -> None:
+    """Keep the first valid run of each config hash; later ones (same config, same seed)
+    are not independent samples, so they get a ``problem`` and are not averaged."""
+    first: dict[str, Run] = {}
+    for run in runs:
+        if run.problem is None:
+            kept = first.setdefault(run.record.get("hash", ""), run)
+            if kept is not run:
+                run.problem = f"repeat of {kept.dir.name} (same config hash and seed)"
+
+
+def without_seed(config: dict) -> dict:
+    """``config`` without its top-level ``seed``."""
+    return {k: v for k, v in config.items() if k != "seed"}
+
+
+def group_key(config: dict) -> str:
+    """SHA-256 of the canonical JSON of the hashable config without ``seed``."""
+    canonical = json.dumps(without_seed(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def group_runs(runs: Sequence[Run]) -> list[Group]:
+    """Runs grouped by ``group_key``, groups in the order of their first run."""
+    groups: dict[str, Group] = {}
+    for run in runs:
+        key = group_key(run.config)
+        groups.setdefault(key, Group(key, [])).runs.append(run)
+    return list(groups.values())
+
+
+# --- finding runs --------------------------------------------------------------------
+
+
+def expand_paths(patterns: Sequence[str]) -> list[Path]:
+    """Run dirs for PATHS: each a run dir, a dir holding runs, or a glob; no duplicates.
+
+    Raises:
+        CompareError: a pattern that matches no dir with a ``run.json``.
+    """
+    found: dict[Path, None] = {}
+    for pattern in patterns:
+        is_glob = any(c in pattern for c in "*?[")
+        matches = sorted(glob.glob(pattern)) if is_glob else [pattern]
+        dirs = [d for m in matches if Path(m).is_dir() for d in find_run_dirs(m)]
+        if not dirs:
+            raise CompareError(f"{pattern} matches no run dir (a dir with a run.json)")
+        found.update(dict.fromkeys(dirs))
+    return list(found)
+
+
+def is_sweep_dir(path: Path) -> bool:
+    """A dir holding multirun job dirs (``<job>-<hash8>/run.json``)."""
+    return path.is_dir() and any(
+        job_number(d) is not None for d in path.iterdir() if (d / "run.json").exists()
+    )
+
+
+def default_out_dir(first_path: str) -> Path:
+    """The sweep dir if the first PATH is one, else ``outputs/compare/<date>/<time>``."""
+    if is_sweep_dir(Path(first_path)):
+        return Path(first_path)
+    return Path("outputs/compare") / dt.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+
+
+# --- the baseline --------------------------------------------------------------------
+
+
+def lookup(tree: dict, dotted: str) -> Any:
+    """``tree["a"]["b"]`` for ``"a.b"``, or ``ABSENT``."""
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return ABSENT
+        node = node[part]
+    return node
+
+
+def value_matches(actual: Any, wanted: str) -> bool:
+    """Does a config value equal the text of an override? Numbers compare as floats
+    (``3e-4`` equals ``0.0003``); anything else by text, case-insensitive (``true``)."""
+    if actual is ABSENT:
+        return False
+    try:
+        return float(actual) == float(wanted)
+    except (TypeError, ValueError):
+        text = "null" if actual is None else str(actual)
+        return text.lower() == wanted.lower()
+
+
+def run_matches(run: Run, spec: str) -> bool:
+    """Does ``spec`` (run dir, hash prefix or ``key=value``) select ``run``?"""
+    if Path(spec).is_dir():
+        return run.dir.resolve() == Path(spec).resolve()
+    if "=" in spec:
+        key, _, wanted = spec.partition("=")
+        return value_matches(lookup(run.resolved, key.strip()), wanted.strip())
+    prefix = spec.lower()
+    is_hex = re.fullmatch(r"[0-9a-f]+", prefix) is not None
+    return is_hex and run.record.get("hash", "").startswith(prefix)
+
+
+def select_baseline(groups: Sequence[Group], spec: str | None) -> Group:
+    """The group named by ``spec``; without one, the group of the first run.
+
+    Raises:
+        CompareError: ``spec`` matches no run, or runs in more than one group.
+    """
+    if spec is None:
+        return groups[0]
+    matched = [g for g in groups if any(run_matches(r, spec) for r in g.runs)]
+    if not matched:
+        raise CompareError(
+            f"--baseline {spec} matches no run (give a run dir, a hash prefix or key=value)"
+        )
+    if len(matched) > 1:
+        hashes = ", ".join("/".join(sorted({r.hash8 for r in g.runs})) for g in matched)
+        raise CompareError(
+            f"--baseline {spec} matches runs in {len(matched)} groups ({hashes}); narrow it"
+        )
+    return matched[0]
+
+
+# --- config differences ----------------------------------------------------------------
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay whole values."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_diff(base: dict, other: dict) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, base value, other value)`` for each key that differs, sorted by key.
+
+    Give it hashable configs (``lm.tracking.hashable_config``): keys that cannot change
+    the numbers are already out. ``seed`` is ignored; a missing key reads ``ABSENT``.
+    """
+    a, b = flatten(without_seed(base)), flatten(without_seed(other))
+    pairs = {k: (a.get(k, ABSENT), b.get(k, ABSENT)) for k in sorted(a.keys() | b.keys())}
+    return [(k, old, new) for k, (old, new) in pairs.items() if old != new]
+
+
+def describe_diff(diff: Sequence[tuple[str, Any, Any]]) -> str:
+    """``optimizer.lr: 0.001 -> 0.0003; model.n_layer: 4 -> 6``."""
+    return "; ".join(f"{key}: {old} -> {new}" for key, old, new in diff)
+
+
+# --- statistics ----------------------------------------------------------------------
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof=1); None where undefined (n=0, n=1)."""
+    x = np.asarray(values, dtype=float)
+    mean = float(x.mean()) if len(x) else None
+    std = float(x.std(ddof=1)) if len(x) >= 2 else None
+    return mean, std
+
+
+def welch_df(var_a: float, n_a: int, var_b: float, n_b: int) -> float:
+    """Welch–Satterthwaite degrees of freedom of ``mean_a - mean_b`` with unequal variances.
+
+    ``(va/na + vb/nb)^2 / ((va/na)^2/(na-1) + (vb/nb)^2/(nb-1))``; ``var_*`` are sample
+    variances (ddof=1). Sources: Satterthwaite (1946), Biometrics Bulletin 2(6):110-114;
+    Welch (1947), Biometrika 34(1-2):28-35.
+    """
+    qa, qb = var_a / n_a, var_b / n_b
+    return (qa + qb) ** 2 / (qa**2 / (n_a - 1) + qb**2 / (n_b - 1))
+
+
+def welch(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> tuple[float, ...]:
+    """Welch's unequal-variance comparison of two samples (each n >= 2).
+
+    Returns:
+        ``(diff, ci_low, ci_high, p)``: ``diff = mean(a) - mean(b)``, its ``confidence``
+        interval ``diff ± t_{(1+confidence)/2, df} · sqrt(va/na + vb/nb)`` with ``df`` from
+        ``welch_df``, and the two-sided p-value of Welch's t-test
+        (``scipy.stats.ttest_ind(a, b, equal_var=False)``). Both samples constant: the
+        interval and p are NaN (no spread, t undefined). Source: Welch (1947),
+        "The generalization of 'Student's' problem when several different population
+        variances are involved", Biometrika 34(1-2):28-35.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    assert len(a) >= 2 and len(b) >= 2, "Welch's test needs two values per sample"
+    va, vb = a.var(ddof=1), b.var(ddof=1)
+    diff = float(a.mean() - b.mean())
+    se = math.sqrt(va / len(a) + vb / len(b))
+    if se == 0:
+        return diff, math.nan, math.nan, math.nan
+    half = stats.t.ppf((1 + confidence) / 2, welch_df(va, len(a), vb, len(b))) * se
+    p = stats.ttest_ind(a, b, equal_var=False).pvalue
+    return diff, diff - float(half), diff + float(half), float(p)
+
+
+# --- the report ----------------------------------------------------------------------
+
+
+def group_row(label: str, group: Group, baseline: Group) -> dict[str, Any]:
+    """One row (keys ``REPORT_COLUMNS``) for ``group`` against ``baseline``."""
+    losses, base_losses = group.values("val/loss"), baseline.values("val/loss")
+    mean, std = mean_std(losses)
+    diff = config_diff(baseline.config, group.config)
+    delta = ci_low = ci_high = p = None
+    if group is not baseline and losses and base_losses:
+        delta = mean - mean_std(base_losses)[0]  # a point difference even for n=1
+    if group is not baseline and len(losses) >= 2 and len(base_losses) >= 2:
+        delta, ci_low, ci_high, p = welch(losses, base_losses)
+    return {
+        "group": label, "baseline": group is baseline,
+        "changes": "(baseline)" if group is baseline else describe_diff(diff) or "(none)",
+        "n_changes": len(diff), "seeds": " ".join(str(r.seed) for r in group.valid),
+        "n": len(losses), "val_loss_mean": mean, "val_loss_std": std, "diff": delta,
+        "ci_low": ci_low, "ci_high": ci_high, "p": p,
+        "val_ppl_mean": mean_std(group.values("val/ppl"))[0],
+        "hash8s": " ".join(r.hash8 for r in group.valid),
+        "run_dirs": " ".join(str(r.dir) for r in group.valid),
+    }
+
+
+def signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.4f}"
+
+
+def table_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The comparison table as Markdown (also what is printed)."""
+    header = ["group", "changes vs baseline", "seeds", "n", "val/loss", "std",
+              "Δ vs baseline", "95% CI", "p", "val/ppl"]
+    cells = []
+    for r in rows:
+        ci = "-" if r["ci_low"] is None else f"[{signed(r['ci_low'])}, {signed(r['ci_high'])}]"
+        p = "-" if r["p"] is None else f"{r['p']:.3g}"
+        cells.append([r["group"], r["changes"], r["seeds"] or "-", str(r["n"]),
+                      fmt(r["val_loss_mean"]), fmt(r["val_loss_std"]), signed(r["diff"]),
+                      ci, p, fmt(r["val_ppl_mean"], 3)])
+    return markdown_table(header, cells)
+
+
+def ablation_flags(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """A warning per group that changes more than one key from the baseline."""
+    return [
+        f"warning: {r['group']} changes {r['n_changes']} keys from the baseline "
+        f"(one change per ablation): {r['changes']}"
+        for r in rows if r["n_changes"] > 1
+    ]
+
+
+def code_flags(runs: Sequence[Run]) -> list[str]:
+    """A warning per config hash run on more than one code version (commit, dirty)."""
+    by_hash: dict[str, list[Run]] = {}
+    for run in runs:
+        by_hash.setdefault(run.record.get("hash", ""), []).append(run)
+    flags = []
+    for same in by_hash.values():
+        labels = [code_label(r.record.get("code") or {}) for r in same]
+        if len(set(labels)) > 1:
+            where = ", ".join(f"{r.dir.name} ({label})" for r, label in zip(same, labels))
+            flags.append(f"warning: hash {same[0].hash8} was run on different code: {where}")
+    return flags
+
+
+def code_label(code: dict) -> str:
+    """``88385f30+dirty``, ``aaec8e21``, or ``unknown`` outside git."""
+    commit = code.get("commit")
+    if commit is None:
+        return "unknown"
+    return commit[:8] + ("+dirty" if code.get("dirty") else "")
+
+
+def excluded_lines(runs: Sequence[Run]) -> list[str]:
+    """``run dir: reason`` for each run left out of the averages."""
+    return [f"{r.dir} ({r.hash8}, seed {r.seed}): {r.problem}" for r in runs if r.problem]
+
+
+def report_markdown(table: str, flags: list[str], excluded: list[str], groups_text: str,
+                    command: str) -> str:
+    """``report.md``: how it was produced, the table, flags, excluded runs, the plot."""
+    return (
+        f"# Comparison\n\nProduced by `{command}` on {dt.datetime.now():%Y-%m-%d %H:%M} "
+        f"(code {code_label(code_version())}).\n\n"
+        "Runs whose configs differ only in `seed` form a group. val/loss and val/ppl are the "
+        "final values in each run's run.json, averaged over the group's seeds (std: sample "
+        "std, ddof=1). Δ = group mean − baseline mean; the 95% CI (Welch–Satterthwaite df) "
+        "and p (Welch's t-test) need n ≥ 2 in both groups.\n\n"
+        f"{table}\n\n## Flags\n\n{bullets(flags)}\n\n"
+        f"## Excluded runs (never averaged)\n\n{bullets(excluded)}\n\n"
+        f"## Runs per group\n\n{groups_text}\n\n"
+        "## val/loss curves\n\nMean over seeds; the band spans min to max.\n\n"
+        "![val/loss per group](curves.png)\n"
+    )
+
+
+def bullets(lines: Sequence[str]) -> str:
+    """A Markdown list, or ``(none)``."""
+    return "\n".join(f"- {x}" for x in lines) or "(none)"
+
+
+def groups_markdown(labels: Sequence[str], groups: Sequence[Group]) -> str:
+    """One bullet per group with its run dirs."""
+    lines = []
+    for label, group in zip(labels, groups):
+        dirs = ", ".join(f"`{r.dir}`" for r in group.runs)
+        lines.append(f"- {label}: {dirs}")
+    return "\n".join(lines)
+
+
+# --- curves --------------------------------------------------------------------------
+
+
+def val_curve(run_dir: Path):
+    """The ``val/loss`` events of a run as a pandas Series indexed by step, or None."""
+    from tbparse import SummaryReader
+
+    tb = run_dir / "tb"
+    if not tb.is_dir():
+        return None
+    df = SummaryReader(str(tb)).scalars
+    if df.empty or "tag" not in df:
+        return None
+    df = df[df["tag"] == "val/loss"]
+    return None if df.empty else df.groupby("step")["value"].last()
+
+
+def group_curve(group: Group):
+    """Mean, min and max ``val/loss`` over the group's valid runs per step, or None."""
+    import pandas as pd
+
+    curves = [c for r in group.valid if (c := val_curve(r.dir)) is not None]
+    if not curves:
+        return None
+    table = pd.concat(curves, axis=1)
+    return pd.DataFrame({"mean": table.mean(axis=1), "min": table.min(axis=1),
+                         "max": table.max(axis=1)})
+
+
+def plot_curves(labels: Sequence[str], groups: Sequence[Group], path: Path) -> None:
+    """``curves.png``: mean ``val/loss`` per group against step, min-max band over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, group in zip(labels, groups):
+        curve = group_curve(group)
+        if curve is None:
+            continue
+        (line,) = ax.plot(curve.index, curve["mean"], marker="o", markersize=3,
+                          label=f"{label} (n={len(group.valid)})")
+        ax.fill_between(curve.index, curve["min"], curve["max"], color=line.get_color(), alpha=0.2)
+    ax.set(xlabel="step", ylabel="val/loss", title="val/loss: mean over seeds, band min-max")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def curve_label(row: dict[str, Any]) -> str:
+    """``G2: optimizer.lr -> 0.0003`` (the baseline: ``G1 (baseline)``), at most 60 chars."""
+    if row["baseline"]:
+        return f"{row['group']} (baseline)"
+    label = f"{row['group']}: {row['changes']}"
+    return label if len(label) <= 60 else label[:57] + "..."
+
+
+# --- entry point ---------------------------------------------------------------------
+
+
+def compare(paths: Sequence[str], baseline_spec: str | None = None) -> dict[str, Any]:
+    """Load, group and tabulate the runs under ``paths``: rows, flags and groups."""
+    runs = [load_run(d) for d in expand_paths(paths)]
+    mark_repeats(runs)
+    groups = group_runs(runs)
+    baseline = select_baseline(groups, baseline_spec)
+    labels = [f"G{i}" for i in range(1, len(groups) + 1)]
+    rows = [group_row(label, g, baseline) for label, g in zip(labels, groups)]
+    return {"runs": runs, "groups": groups, "labels": labels, "rows": rows,
+            "ablation_flags": ablation_flags(rows), "code_flags": code_flags(runs),
+            "excluded": excluded_lines(runs)}
+
+
+def write_report(result: dict[str, Any], out: Path, command: str) -> str:
+    """Write ``report.md``, ``report.csv`` and ``curves.png`` into ``out``; return the text
+    printed to stdout (table, flags, excluded runs)."""
+    out.mkdir(parents=True, exist_ok=True)
+    table = table_markdown(result["rows"])
+    flags = result["ablation_flags"] + result["code_flags"]
+    groups_text = groups_markdown(result["labels"], result["groups"])
+    (out / "report.md").write_text(
+        report_markdown(table, flags, result["excluded"], groups_text, command))
+    write_csv(out / "report.csv", result["rows"], REPORT_COLUMNS)
+    plot_curves([curve_label(r) for r in result["rows"]], result["groups"], out / "curves.png")
+    lines = [table, *flags, *(f"excluded: {x}" for x in result["excluded"])]
+    return "\n".join([*lines, f"wrote {out}/report.md, report.csv, curves.png"])
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python lm/compare.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="run dirs, sweep dirs, dirs holding runs, or quoted globs")
+    parser.add_argument("--baseline", metavar="SPEC",
+                        help="run dir, config-hash prefix or key=value "
+                             "(default: the first run's group)")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 if a group changes more than one key from the baseline")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="report dir (default: the first PATH if a sweep dir, "
+                             "else outputs/compare/<date>/<time>)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI; returns the exit code: 0, 1 (``--strict`` and a multi-key ablation), 2 (error)."""
+    args = parse_args(argv)
+    try:
+        result = compare(args.paths, args.baseline)
+    except CompareError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = args.out or default_out_dir(args.paths[0])
+    command = shlex.join(["python", "lm/compare.py", *(argv if argv is not None else sys.argv[1:])])
+    print(write_report(result, out, command))
+    if args.strict and result["ablation_flags"]:
+        print(f"error: {len(result['ablation_flags'])} group(s) change more than one key "
+              "from the baseline (--strict)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

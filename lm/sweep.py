@@ -1,0 +1,163 @@
+"""Sweep summaries: one row per job of a multirun, written when the multirun ends.
+
+A multirun (``python lm/train.py -m ...``) writes one dir per job,
+``outputs/multirun/<date>/<time>/<job>-<hash8>/``. ``write_summary`` reads their
+``run.json`` files and writes ``summary.csv`` and ``summary.md`` into the sweep dir;
+``SweepSummary`` is the Hydra callback that calls it after the last job. Enable it in
+``conf/train.yaml``::
+
+    hydra:
+      callbacks:
+        sweep_summary:
+          _target_: lm.sweep.SweepSummary
+
+Each job's TensorBoard events already carry an hparams summary (``lm/train.py``), so
+``tensorboard --logdir <sweep dir>`` shows the swept values beside ``val/loss`` in its
+HParams tab. For means over seeds and confidence intervals, use ``lm/compare.py``.
+
+This module is imported by Hydra at start-up, so it imports nothing heavy.
+"""
+
+import csv
+import json
+import logging
+import math
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+JOB_DIR = re.compile(r"^(\d+)-[0-9a-f]{8}$")  # <job>-<hash8>, as hydra.sweep.subdir names it
+
+SUMMARY_COLUMNS = (
+    "job", "hash8", "status", "overrides", "final_val_loss", "best_val_loss", "steps",
+    "wall_time_s", "dir",
+)
+
+
+def job_number(run_dir: Path) -> int | None:
+    """The ``<job>`` of a multirun job dir named ``<job>-<hash8>``; None for other names."""
+    match = JOB_DIR.match(run_dir.name)
+    return int(match.group(1)) if match else None
+
+
+def run_sort_key(run_dir: Path) -> tuple:
+    """Order run dirs by parent, then job number (so 10 comes after 9), then name."""
+    job = job_number(run_dir)
+    return (str(run_dir.parent), job if job is not None else -1, run_dir.name)
+
+
+def find_run_dirs(root: str | Path) -> list[Path]:
+    """Every dir under ``root`` (itself included) holding a ``run.json``, in job order."""
+    root = Path(root)
+    return sorted((p.parent for p in root.rglob("run.json")), key=run_sort_key)
+
+
+def read_record(run_dir: Path) -> dict:
+    """The ``run.json`` of ``run_dir`` as a dict."""
+    return json.loads((run_dir / "run.json").read_text())
+
+
+def metric(record: dict, kind: str, key: str) -> float | None:
+    """``record["metrics"][kind][key]`` (kind: final | best), or None when not recorded."""
+    value = (record.get("metrics") or {}).get(kind, {}).get(key)
+    return None if value is None else float(value)
+
+
+def summary_row(sweep_dir: Path, run_dir: Path) -> dict[str, Any]:
+    """One summary row (keys ``SUMMARY_COLUMNS``) for the job in ``run_dir``."""
+    record = read_record(run_dir)
+    return {
+        "job": job_number(run_dir),
+        "hash8": record.get("hash8"),
+        "status": record.get("status"),
+        "overrides": list(record.get("overrides") or []),
+        "final_val_loss": metric(record, "final", "val/loss"),
+        "best_val_loss": metric(record, "best", "val/loss"),
+        "steps": record.get("steps"),
+        "wall_time_s": record.get("wall_time_s"),
+        "dir": str(run_dir.relative_to(sweep_dir)),
+    }
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A table cell: floats to ``digits`` decimals, None as ``-``."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured Markdown table; ``|`` inside a cell is escaped."""
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)])
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    """``rows`` as CSV with a header; None becomes an empty cell, floats keep full precision."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row[k] is None else row[k] for k in columns})
+
+
+def split_overrides(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """The overrides every job shares, and each job's others (what the sweep varied)."""
+    per_job = [r["overrides"] for r in rows]
+    common = [o for o in per_job[0] if all(o in job for job in per_job)] if per_job else []
+    return common, [shlex.join(o for o in job if o not in common) for job in per_job]
+
+
+def summary_markdown(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
+    """``summary.md``: a title, the overrides all jobs share, the table, where to look next."""
+    common, varied = split_overrides(rows)
+    header = ["job", "hash8", "status", "swept overrides", "final val/loss", "best val/loss",
+              "steps", "wall time (s)"]
+    cells = [[fmt(r["job"]), fmt(r["hash8"]), fmt(r["status"]), f"`{v}`" if v else "-",
+              fmt(r["final_val_loss"]), fmt(r["best_val_loss"]), fmt(r["steps"]),
+              fmt(r["wall_time_s"], 1)] for r, v in zip(rows, varied)]
+    shared = f"`{shlex.join(common)}`" if common else "(none)"
+    return (
+        f"# Sweep {sweep_dir}\n\n{len(rows)} jobs, one row each (from their run.json). "
+        f"Overrides all jobs share: {shared}.\n\n"
+        f"{markdown_table(header, cells)}\n\n"
+        f"Curves and the HParams tab: `tensorboard --logdir {sweep_dir}`.\n"
+        f"Means over seeds with confidence intervals: `python lm/compare.py {sweep_dir}`.\n"
+    )
+
+
+def write_summary(sweep_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``summary.csv`` and ``summary.md`` into ``sweep_dir``: one row per job dir
+    (any dir below it with a ``run.json``) in job order, with its overrides, hash8,
+    status, final and best ``val/loss``, steps and wall time (seconds).
+
+    Returns:
+        The paths of the CSV and the Markdown file.
+    """
+    sweep_dir = Path(sweep_dir)
+    rows = [summary_row(sweep_dir, d) for d in find_run_dirs(sweep_dir)]
+    csv_path, md_path = sweep_dir / "summary.csv", sweep_dir / "summary.md"
+    write_csv(csv_path, [{**r, "overrides": shlex.join(r["overrides"])} for r in rows],
+              SUMMARY_COLUMNS)
+    md_path.write_text(summary_markdown(sweep_dir, rows))
+    return csv_path, md_path
+
+
+class SweepSummary(Callback):
+    """Hydra callback: after a multirun, ``write_summary(hydra.sweep.dir)``."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        # hydra.sweep.dir holds ${now:...}; Hydra caches that resolver per config, so
+        # this is the dir the sweeper created, not a new timestamp.
+        _, md_path = write_summary(config.hydra.sweep.dir)
+        log.info("sweep summary: %s", md_path)

@@ -1,0 +1,253 @@
+"""lm/compare.py: grouping by seed, config diffs, Welch statistics, flags, report files.
+
+Run dirs are fabricated (config.yaml, run.json, a few val/loss events); nothing trains.
+"""
+
+import copy
+import csv
+import json
+import math
+import statistics
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from scipy import stats
+from torch.utils.tensorboard import SummaryWriter
+
+from lm import compare
+from lm.tracking import config_hash, hashable_config
+
+# A small config shaped like the resolved conf/train.yaml.
+BASE_CONFIG = {
+    "seed": 0,
+    "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16, "dropout": 0.0},
+    "data": {"source": "shakespeare", "tokenizer": "char", "batch_size": 4},
+    "optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3,
+                  "betas": [0.9, 0.99]},
+    "trainer": {"max_steps": 30, "val_check_interval": 10, "log_every_n_steps": 10},
+    "paths": {"data_dir": "data", "output_dir": "somewhere"},
+}
+
+
+def make_config(changes: dict | None = None) -> dict:
+    """BASE_CONFIG with ``{"dotted.key": value}`` changes applied."""
+    cfg = copy.deepcopy(BASE_CONFIG)
+    for dotted, value in (changes or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = cfg
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return cfg
+
+
+def make_run(root, name, changes=None, *, status="completed", val_loss=2.0,
+             code=("c0ffee00" * 5, False), curve=None):
+    """A run dir like lm/train.py writes: config.yaml, run.json and tb/ val/loss events."""
+    cfg = make_config(changes)
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(cfg), run_dir / "config.yaml")
+    full = config_hash(cfg)
+    record = {"status": status, "hash": full, "hash8": full[:8], "run_dir": str(run_dir),
+              "overrides": [f"{k}={v}" for k, v in (changes or {}).items()],
+              "code": {"commit": code[0], "dirty": code[1]}, "steps": 30, "wall_time_s": 1.5}
+    if status == "completed":
+        final = {"train/loss": val_loss, "val/loss": val_loss, "val/ppl": math.exp(val_loss)}
+        record["metrics"] = {"final": final, "best": {"val/loss": val_loss}}
+    elif status == "failed":
+        record["error"] = "RuntimeError: boom"
+    (run_dir / "run.json").write_text(json.dumps(record))
+    if curve is None and math.isfinite(val_loss):
+        curve = [(9, val_loss + 1.0), (19, val_loss + 0.5), (29, val_loss)]
+    with SummaryWriter(str(run_dir / "tb")) as writer:
+        for step, value in curve or []:
+            writer.add_scalar("val/loss", value, step)
+    return run_dir
+
+
+def run_main(capsys, *argv):
+    """``compare.main(argv)``: exit code, stdout, stderr."""
+    code = compare.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --- grouping and diffs ----------------------------------------------------------------
+
+
+def test_runs_differing_only_in_seed_form_one_group(tmp_path):
+    dirs = [make_run(tmp_path, "a", {"seed": 0}), make_run(tmp_path, "b", {"seed": 1}),
+            make_run(tmp_path, "c", {"seed": 0, "optimizer.lr": 3e-4})]
+    groups = compare.group_runs([compare.load_run(d) for d in dirs])
+    assert [[r.dir.name for r in g.runs] for g in groups] == [["a", "b"], ["c"]]
+
+
+def test_config_diff_gives_nested_keys_old_to_new_without_seed_or_excluded_keys():
+    base = hashable_config(make_config())
+    other = hashable_config(make_config({
+        "seed": 7, "optimizer.lr": 3e-4, "model.n_layer": 4,
+        "trainer.log_every_n_steps": 1, "paths.output_dir": "elsewhere",  # not in the hash
+    }))
+    assert compare.config_diff(base, other) == [("model.n_layer", 2, 4), ("optimizer.lr", 1e-3, 3e-4)]
+    other["model"]["bias"] = False
+    assert ("model.bias", compare.ABSENT, False) in compare.config_diff(base, other)
+    assert compare.describe_diff([("optimizer.lr", 1e-3, 3e-4)]) == "optimizer.lr: 0.001 -> 0.0003"
+
+
+# --- statistics ----------------------------------------------------------------------
+
+
+def test_mean_std_is_sample_std_and_undefined_for_one_value():
+    assert compare.mean_std([1.0, 2.0, 4.0]) == pytest.approx((7 / 3, statistics.stdev([1, 2, 4])))
+    assert compare.mean_std([1.5]) == (1.5, None)
+
+
+def test_welch_df_by_hand():
+    # a = [1, 2, 3, 4]: var 5/3, n 4; b = [2, 4, 6]: var 4, n 3.
+    qa, qb = (5 / 3) / 4, 4 / 3
+    by_hand = (qa + qb) ** 2 / (qa**2 / 3 + qb**2 / 2)
+    assert compare.welch_df(5 / 3, 4, 4.0, 3) == pytest.approx(by_hand)
+    assert by_hand == pytest.approx(3.2347, abs=1e-4)
+
+
+def test_welch_matches_scipy_and_a_hand_computed_interval():
+    a, b = [2.31, 2.35, 2.29, 2.40], [2.45, 2.41, 2.52]
+    diff, low, high, p = compare.welch(a, b)
+    reference = stats.ttest_ind(a, b, equal_var=False)
+    assert p == pytest.approx(reference.pvalue, rel=1e-12)
+    va, vb = np.var(a, ddof=1), np.var(b, ddof=1)
+    se = math.sqrt(va / 4 + vb / 3)
+    df = (va / 4 + vb / 3) ** 2 / ((va / 4) ** 2 / 3 + (vb / 3) ** 2 / 2)
+    half = stats.t.ppf(0.975, df) * se
+    assert diff == pytest.approx(np.mean(a) - np.mean(b))
+    assert (low, high) == pytest.approx((diff - half, diff + half))
+    assert (low, high) == pytest.approx(tuple(reference.confidence_interval(0.95)))
+    assert low < diff < high < 0
+
+
+# --- flags ---------------------------------------------------------------------------
+
+
+def test_multi_key_ablation_warns_and_strict_exits_1(tmp_path, capsys):
+    make_run(tmp_path, "base0", {"seed": 0})
+    make_run(tmp_path, "base1", {"seed": 1})
+    make_run(tmp_path, "both", {"optimizer.lr": 3e-4, "model.n_layer": 4})
+    args = [tmp_path / "base0", tmp_path / "base1", tmp_path / "both", "--out", tmp_path / "r"]
+    code, out, _ = run_main(capsys, *args)
+    assert code == 0
+    assert "warning: G2 changes 2 keys" in out
+    code, _, err = run_main(capsys, *args, "--strict")
+    assert code == 1 and "--strict" in err
+
+
+def test_one_change_is_not_flagged(tmp_path, capsys):
+    make_run(tmp_path, "base", {"seed": 0})
+    make_run(tmp_path, "lr", {"optimizer.lr": 3e-4})
+    code, out, _ = run_main(capsys, tmp_path / "base", tmp_path / "lr", "--strict",
+                            "--out", tmp_path / "r")
+    assert code == 0 and "warning" not in out
+
+
+def test_one_hash_on_different_code_is_flagged_and_counted_once(tmp_path):
+    make_run(tmp_path, "1-old", code=("a" * 40, False), val_loss=2.0)
+    make_run(tmp_path, "2-new", code=("a" * 40, True), val_loss=2.1)
+    result = compare.compare([str(tmp_path)])
+    [flag] = result["code_flags"]
+    assert "1-old (aaaaaaaa)" in flag and "2-new (aaaaaaaa+dirty)" in flag
+    assert result["rows"][0]["n"] == 1  # same config and seed: not a second sample
+    [excluded] = result["excluded"]
+    assert "2-new" in excluded and "repeat of 1-old" in excluded
+
+
+def test_failed_running_and_diverged_runs_are_listed_not_averaged(tmp_path):
+    make_run(tmp_path, "s0", {"seed": 0}, val_loss=1.0)
+    make_run(tmp_path, "s1", {"seed": 1}, val_loss=1.2)
+    make_run(tmp_path, "s2", {"seed": 2}, status="failed")
+    make_run(tmp_path, "s3", {"seed": 3}, status="running")
+    make_run(tmp_path, "s4", {"seed": 4}, val_loss=math.nan, curve=[(9, 3.0), (19, math.nan)])
+    result = compare.compare([str(tmp_path)])
+    [row] = result["rows"]
+    assert row["n"] == 2 and row["seeds"] == "0 1"
+    assert row["val_loss_mean"] == pytest.approx(1.1)
+    excluded = "\n".join(result["excluded"])
+    assert "s2" in excluded and "failed: RuntimeError: boom" in excluded
+    assert "s3" in excluded and "running" in excluded
+    assert "s4" in excluded and "diverged" in excluded
+
+
+# --- baseline selection and paths ----------------------------------------------------------------
+
+
+@pytest.fixture
+def lr_sweep(tmp_path):
+    """A sweep dir: lr 1e-3 and 3e-4, two seeds each (jobs 0-3)."""
+    sweep = tmp_path / "sweep"
+    for job, (lr, seed, loss) in enumerate([(1e-3, 0, 2.0), (1e-3, 1, 2.1),
+                                            (3e-4, 0, 1.8), (3e-4, 1, 1.85)]):
+        cfg = make_config({"optimizer.lr": lr, "seed": seed})
+        make_run(sweep, f"{job}-{config_hash(cfg)[:8]}", {"optimizer.lr": lr, "seed": seed},
+                 val_loss=loss)
+    return sweep
+
+
+def test_baseline_by_override_hash_prefix_and_run_dir(lr_sweep):
+    job2 = sorted(lr_sweep.iterdir())[2]
+    for spec in ["optimizer.lr=3e-4", "optimizer.lr=0.0003", job2.name.split("-")[1][:6],
+                 str(job2)]:
+        rows = compare.compare([str(lr_sweep)], spec)["rows"]
+        assert [r["baseline"] for r in rows] == [False, True], spec
+        assert rows[0]["changes"] == "optimizer.lr: 0.0003 -> 0.001"
+
+
+def test_sweep_dir_gives_welch_row_and_default_out_dir(lr_sweep, capsys, monkeypatch):
+    monkeypatch.chdir(lr_sweep.parent)
+    code, out, _ = run_main(capsys, lr_sweep)
+    assert code == 0
+    rows = list(csv.DictReader((lr_sweep / "report.csv").open()))
+    diff, low, high, p = compare.welch([1.8, 1.85], [2.0, 2.1])
+    assert float(rows[1]["diff"]) == pytest.approx(diff)
+    assert (float(rows[1]["ci_low"]), float(rows[1]["ci_high"])) == pytest.approx((low, high))
+    assert float(rows[1]["p"]) == pytest.approx(p)
+    assert "| G2 | optimizer.lr: 0.001 -> 0.0003 | 0 1 | 2 |" in out
+
+
+def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    make_run(tmp_path, "run")
+    code, _, err = run_main(capsys, tmp_path / "missing*")
+    assert code == 2 and err.startswith("error:") and err.count("\n") == 1
+    code, _, err = run_main(capsys, tmp_path / "run", "--baseline", "optimizer.lr=0.5")
+    assert code == 2 and "matches no run" in err and err.count("\n") == 1
+
+
+# --- written files -------------------------------------------------------------------
+
+
+def test_report_files_hold_the_run_json_values(tmp_path, capsys):
+    base = make_run(tmp_path, "base", val_loss=2.25)
+    abl = make_run(tmp_path, "abl", {"model.n_layer": 4}, val_loss=2.125)
+    out = tmp_path / "report"
+    code, stdout, _ = run_main(capsys, base, abl, "--out", out)
+    assert code == 0 and "| G1 | (baseline) |" in stdout
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    for row, run_dir in zip(rows, [base, abl]):
+        final = json.loads((run_dir / "run.json").read_text())["metrics"]["final"]
+        assert float(row["val_loss_mean"]) == final["val/loss"]
+        assert float(row["val_ppl_mean"]) == final["val/ppl"]
+        assert row["val_loss_std"] == row["ci_low"] == row["p"] == ""  # n = 1
+    assert float(rows[1]["diff"]) == pytest.approx(2.125 - 2.25)
+    report = (out / "report.md").read_text()
+    assert "python lm/compare.py" in report and "model.n_layer: 2 -> 4" in report
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_group_curve_is_mean_min_max_of_the_events(tmp_path):
+    make_run(tmp_path, "s0", {"seed": 0}, curve=[(9, 3.0), (19, 2.0)])
+    make_run(tmp_path, "s1", {"seed": 1}, curve=[(9, 4.0), (19, 2.5)])
+    [group] = compare.compare([str(tmp_path)])["groups"]
+    curve = compare.group_curve(group)
+    assert list(curve.index) == [9, 19]
+    assert curve["mean"].tolist() == pytest.approx([3.5, 2.25])
+    assert curve["min"].tolist() == pytest.approx([3.0, 2.0])
+    assert curve["max"].tolist() == pytest.approx([4.0, 2.5])
