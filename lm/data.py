@@ -274,10 +274,19 @@ class LMDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         start = self.trainer.global_step if self.trainer is not None else 0
         batches = _TrainBatches(self.train_ids, self.block_size, self.batch_size, self.seed, start)
-        return DataLoader(batches, batch_size=None, num_workers=0)
+        return DataLoader(batches, batch_size=None, num_workers=0, generator=_private_generator())
 
     def val_dataloader(self) -> DataLoader:
         batches = _ValBatches(
             self.val_ids, self.block_size, self.batch_size, self.seed, self.eval_iters
         )
-        return DataLoader(batches, batch_size=None, shuffle=False, num_workers=0)
+        return DataLoader(
+            batches, batch_size=None, shuffle=False, num_workers=0, generator=_private_generator()
+        )
+
+
+def _private_generator() -> torch.Generator:
+    """A generator for a DataLoader's own seed draw. Without one, every ``iter(loader)``
+    draws from the global torch RNG, so a resumed run (or a validation) would shift the
+    dropout masks that follow. Batches themselves never use it (see ``get_batch``)."""
+    return torch.Generator().manual_seed(0)

@@ -28,6 +28,8 @@ HASH_EXCLUDED_KEYS: tuple[str, ...] = (
     "paths",
     "logger",
     "sample",
+    "tracking",
+    "resume",
     "trainer.log_every_n_steps",
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
@@ -133,3 +135,67 @@ class RunRecord:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+# --- the registry: run dirs under outputs/, found by hash --------------------------
+
+def find_runs(registry_dir: str | Path, full_hash: str) -> list[tuple[Path, dict]]:
+    """Every run dir under ``registry_dir`` whose ``run.json`` has ``full_hash``,
+    oldest first (by ``started_at``). Unreadable records are ignored."""
+    found = []
+    for path in Path(registry_dir).glob("**/run.json"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if record.get("hash") == full_hash:
+            found.append((path.parent, record))
+    return sorted(found, key=lambda item: item[1].get("started_at", ""))
+
+
+def completed_run(runs: list[tuple[Path, dict]]) -> tuple[Path, dict] | None:
+    """The latest completed run among ``runs``, if any."""
+    done = [run for run in runs if run[1].get("status") == "completed"]
+    return done[-1] if done else None
+
+
+def resumable_run(runs: list[tuple[Path, dict]]) -> tuple[Path, dict] | None:
+    """The latest interrupted run (status ``running`` or ``failed``) with a last checkpoint."""
+    interrupted = [
+        run for run in runs
+        if run[1].get("status") in ("running", "failed")
+        and (run[0] / "checkpoints" / "last.ckpt").is_file()
+    ]
+    return interrupted[-1] if interrupted else None
+
+
+class HashLock:
+    """An exclusive, non-blocking lock on one config hash (``<registry>/.locks/<hash>.lock``).
+
+    Held while a run with that hash trains, so two processes starting the same
+    config cannot both train it. The OS drops the lock when its process dies, even
+    by SIGKILL, so a crash never leaves a stale lock behind.
+    """
+
+    def __init__(self, registry_dir: str | Path, full_hash: str):
+        self.path = Path(registry_dir) / ".locks" / f"{full_hash}.lock"
+        self._file = None
+
+    def acquire(self) -> bool:
+        """Take the lock; False (and nothing held) if another process has it."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            self._file = None
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the flock
+            self._file = None

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
@@ -33,13 +34,18 @@ from omegaconf import DictConfig, OmegaConf
 from lm.config import ConfigError, register_configs, validate
 from lm.corpus import DataError
 from lm.data import LMDataModule
+from lm.hooks import build_hooks
 from lm.module import LMModule
 from lm.tracking import (
+    HashLock,
     RunRecord,
     code_version,
+    completed_run,
     config_hash,
+    find_runs,
     hashable_config,
     register_resolvers,
+    resumable_run,
 )
 
 register_configs()
@@ -72,14 +78,40 @@ def build_datamodule(cfg: DictConfig) -> LMDataModule:
     return dm
 
 
+class RNGState(L.Callback):
+    """Saves the CPU (and CUDA) RNG states in checkpoints and restores them on resume,
+    so dropout after a resume draws what an uninterrupted run would have drawn.
+    (Batches need no state: they depend on (seed, step) only.)"""
+
+    def state_dict(self) -> dict:
+        state = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence = ()) -> L.Trainer:
     """The Lightning Trainer from ``cfg.trainer`` with logger, checkpoints and progress bar."""
-    logger = hydra.utils.instantiate(cfg.logger) if cfg.logger.get("_target_") else False
+    logger = False
+    if cfg.logger.get("_target_"):  # into run_dir, which differs from output_dir on resume
+        where = {"save_dir": str(run_dir)} if "save_dir" in cfg.logger else {}
+        logger = hydra.utils.instantiate(cfg.logger, **where)
+    ckpt_dir = run_dir / "checkpoints"
     callbacks = [
-        ModelCheckpoint(
-            dirpath=run_dir / "checkpoints", filename="best", monitor="val/loss", mode="min",
-            save_top_k=1, save_last=True, auto_insert_metric_name=False,
-        )
+        ModelCheckpoint(  # best.ckpt by val/loss; the Trainer's checkpoint_callback
+            dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
+            auto_insert_metric_name=False,
+        ),
+        ModelCheckpoint(  # last.ckpt, often enough to resume an interrupted run
+            dirpath=ckpt_dir, every_n_train_steps=cfg.tracking.checkpoint_every_n_steps,
+            save_top_k=0, save_last=True,
+        ),
+        RNGState(),
     ]
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
@@ -125,14 +157,50 @@ def hydra_job_info() -> dict:
 
 
 def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
-    """Validate, build, fit and record one run; return its final metrics.
+    """Validate, then train one run unless the registry already has it; return its record.
 
-    ``extra_callbacks`` are added to the Trainer's (the benchmark times steps with one).
+    The record is the content of ``run.json`` (status ``skipped`` when not trained).
+
+    The registry (run dirs under ``tracking.registry_dir``) is searched by config hash:
+    a completed run is skipped (``tracking.skip_completed``), an interrupted one with a
+    last checkpoint is resumed in its own run dir (``resume=auto``), and a hash being
+    trained by another process right now is skipped. ``extra_callbacks`` are added to
+    the Trainer's (the benchmark times steps with one).
 
     Raises:
         ConfigError, DataError: a bad config value or corpus, before any training.
     """
     quiet_lightning()
+    validate(cfg)
+    full_hash = config_hash(cfg)
+    lock = HashLock(cfg.tracking.registry_dir, full_hash)
+    if not lock.acquire():
+        print(f"skip {full_hash[:8]}: another process is training this config right now")
+        return {"status": "skipped", "hash": full_hash}
+    try:
+        runs = find_runs(cfg.tracking.registry_dir, full_hash)
+        done = completed_run(runs)
+        if done and cfg.tracking.skip_completed:
+            print(f"skip {full_hash[:8]}: already completed in {done[0]} "
+                  "(tracking.skip_completed=false trains it again)")
+            return {**done[1], "status": "skipped"}
+        run_dir, ckpt_path, prior = Path(cfg.paths.output_dir), None, {}
+        if cfg.resume == "auto" and (interrupted := resumable_run(runs)):
+            run_dir, prior = interrupted
+            ckpt_path = run_dir / "checkpoints" / "last.ckpt"
+            print(f"resume {full_hash[:8]}: continuing {run_dir} from {ckpt_path}")
+        elif cfg.resume not in ("auto", "never"):
+            ckpt_path = Path(cfg.resume)
+        return train(cfg, full_hash, run_dir, ckpt_path, prior, extra_callbacks)
+    finally:
+        lock.release()
+
+
+def train(
+    cfg: DictConfig, full_hash: str, run_dir: Path, ckpt_path: Path | None, prior: dict,
+    extra_callbacks: Sequence[L.Callback] = (),
+) -> dict:
+    """Build data, model and Trainer, fit (from ``ckpt_path`` if given), record in ``run_dir``."""
     model_config = validate(cfg)
     dm = build_datamodule(cfg)
     if model_config.vocab_size is None:
@@ -142,10 +210,9 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
             f"model.vocab_size={model_config.vocab_size} is invalid: must be null or >= the "
             f"tokenizer's vocab_size {dm.tokenizer.vocab_size}"
         )
-    run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    full_hash = config_hash(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["paths"]["output_dir"] = str(run_dir)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -153,36 +220,41 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
         model_config, optimizer=hydra.utils.instantiate(cfg.optimizer),
         scheduler=hydra.utils.instantiate(cfg.scheduler), tokenizer=dm.tokenizer,
         sample=OmegaConf.to_container(cfg.sample), run_config=resolved, seed=cfg.seed,
+        hooks=build_hooks(cfg),
     )
     trainer = build_trainer(cfg, run_dir, extra_callbacks)
     record = RunRecord(
-        run_dir, hash=full_hash, hash8=full_hash[:8], code=code_version(),
-        n_params=module.model.num_params(), **hydra_job_info(),
+        run_dir, **{**{k: v for k, v in prior.items() if k != "run_dir"}, "hash": full_hash, "hash8": full_hash[:8], "code": code_version(),
+                    "n_params": module.model.num_params(), **hydra_job_info()},
     )
+    if ckpt_path is not None:
+        record.data["resumed_from"] = [*prior.get("resumed_from", []), str(ckpt_path)]
     record.start()
-    log_hparams(trainer, {"hash8": full_hash[:8], **flatten(hashable_config(cfg))})
+    if ckpt_path is None:
+        log_hparams(trainer, {"hash8": full_hash[:8], **flatten(hashable_config(cfg))})
     try:
-        trainer.fit(module, datamodule=dm)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     except BaseException as err:  # Ctrl-C included: the record must say the run did not finish
         record.finish("failed", error=f"{type(err).__name__}: {err}", steps=trainer.global_step)
         raise
-    metrics = final_metrics(trainer, module, cfg)
-    record.finish("completed", **metrics)
-    return metrics
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")  # the final weights
+    record.finish("completed", **final_metrics(trainer, cfg))
+    return record.data
 
 
-def final_metrics(trainer: L.Trainer, module: LMModule, cfg: DictConfig) -> dict:
+def final_metrics(trainer: L.Trainer, cfg: DictConfig) -> dict:
     """Steps, tokens seen and the final and best ``val/loss`` of a finished fit."""
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    best = trainer.checkpoint_callback.best_model_score  # restored on resume, unlike the module
     tokens_per_step = cfg.data.batch_size * cfg.model.block_size * cfg.trainer.accumulate_grad_batches
     return {
         "steps": trainer.global_step,
         "tokens_seen": trainer.global_step * tokens_per_step,
         "metrics": {
             "final": {k: logged[k] for k in ("train/loss", "val/loss", "val/ppl") if k in logged},
-            "best": {"val/loss": module.best_val_loss if math.isfinite(module.best_val_loss) else None},
+            "best": {"val/loss": None if best is None else float(best)},
         },
-        "checkpoints": {"last": trainer.checkpoint_callback.last_model_path,
+        "checkpoints": {"last": str(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"),
                         "best": trainer.checkpoint_callback.best_model_path},
     }
 
@@ -191,11 +263,11 @@ def final_metrics(trainer: L.Trainer, module: LMModule, cfg: DictConfig) -> dict
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the final ``val/loss`` (what sweepers minimise)."""
     try:
-        metrics = run(cfg)
+        record = run(cfg)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    return metrics["metrics"]["final"].get("val/loss")
+    return record.get("metrics", {}).get("final", {}).get("val/loss")
 
 
 if __name__ == "__main__":

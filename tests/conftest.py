@@ -32,6 +32,7 @@ def make_cfg(tmp_path, corpus):
             "model=tiny", "data=text_file", f"data.path={corpus}", "data.batch_size=4",
             "data.eval_iters=2", "trainer.max_steps=6", "trainer.val_check_interval=3",
             "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+            f"tracking.registry_dir={tmp_path}",
             "trainer.enable_model_summary=false", "sample.max_new_tokens=8",
             f"paths.data_dir={tmp_path / 'data'}", f"paths.output_dir={tmp_path / out}",
             *overrides,

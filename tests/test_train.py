@@ -3,6 +3,7 @@
 import json
 import math
 
+import lightning as L
 import pytest
 import torch
 from tbparse import SummaryReader
@@ -31,6 +32,7 @@ def tiny_run(tmp_path_factory):
         "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false", "sample.max_new_tokens=8",
         f"paths.data_dir={tmp / 'data'}", f"paths.output_dir={tmp / 'run'}",
+        f"tracking.registry_dir={tmp}",
     ])
     metrics = run(cfg)
     return cfg, metrics, tmp / "run"
@@ -89,10 +91,55 @@ def test_bad_checkpoint_paths(tmp_path):
 
 def test_same_config_same_numbers(make_cfg):
     a = run(make_cfg("seed=3", out="a"))["metrics"]["final"]["val/loss"]
-    b = run(make_cfg("seed=3", out="b"))["metrics"]["final"]["val/loss"]
+    b = run(make_cfg("seed=3", "tracking.skip_completed=false", out="b"))
     c = run(make_cfg("seed=4", out="c"))["metrics"]["final"]["val/loss"]
-    assert a == b
+    assert b["status"] == "completed" and b["run_dir"].endswith("b")
+    assert a == b["metrics"]["final"]["val/loss"]
     assert a != c
+
+
+def test_completed_hash_is_skipped(make_cfg, tmp_path, capsys):
+    first = run(make_cfg(out="a"))
+    again = run(make_cfg(out="b"))
+    assert again["status"] == "skipped" and again["hash"] == first["hash"]
+    assert "already completed in" in capsys.readouterr().out
+    assert not (tmp_path / "b").exists()
+
+
+def test_interrupted_run_resumes_to_the_same_numbers(make_cfg, tmp_path):
+    overrides = ("trainer.max_steps=12", "trainer.val_check_interval=4",
+                 "tracking.checkpoint_every_n_steps=4", "model.dropout=0.1")
+    straight = run(make_cfg(*overrides, out="straight"))
+    # the same run, killed after step 8: stop it there and mark it as a crash would
+    class Crash(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 9:
+                raise RuntimeError("simulated crash")
+
+    cfg = make_cfg(*overrides, "tracking.skip_completed=false", out="crashed")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(cfg, extra_callbacks=[Crash()])
+    record = json.loads((tmp_path / "crashed" / "run.json").read_text())
+    assert record["status"] == "failed"
+    resumed = run(make_cfg(*overrides, "tracking.skip_completed=false", out="new"))
+    assert resumed["run_dir"].endswith("crashed")  # continued in place, from step 8
+    assert resumed["resumed_from"][0].endswith("last.ckpt")
+    assert resumed["steps"] == 12
+    assert resumed["metrics"]["final"]["val/loss"] == straight["metrics"]["final"]["val/loss"]
+
+
+def test_a_locked_hash_is_not_trained_twice(make_cfg, tmp_path):
+    from lm.tracking import HashLock
+
+    cfg = make_cfg(out="x")
+    lock = HashLock(tmp_path, config_hash(cfg))
+    assert lock.acquire()
+    try:
+        assert run(cfg)["status"] == "skipped"
+        assert not (tmp_path / "x").exists()
+    finally:
+        lock.release()
+    assert HashLock(tmp_path, config_hash(cfg)).acquire()
 
 
 def test_weight_decay_only_on_2d_weights():
