@@ -31,8 +31,9 @@ sweep: $(STAMP)  ## a learning-rate sweep on the tiny model
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir outputs
 
-bench: $(STAMP)
+bench: $(STAMP)  ## harness vs plain loop tokens/s; BPE training time and encode MB/s
 	$(PY) -m lm.bench $(ARGS)
+	$(PY) -m lm.bench_tokenizer
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lm tests

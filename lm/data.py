@@ -78,16 +78,30 @@ def get_batch(
     return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # (B, T), (B, T)
 
 
+def tokenizer_spec(tokenizer: str | dict) -> dict:
+    """``"char"`` or ``{"name": "bpe", "vocab_size": 2048}`` -> a dict with ``name``
+    and only the options that are set (None means "the tokenizer's default")."""
+    spec = {"name": tokenizer} if isinstance(tokenizer, str) else dict(tokenizer)
+    return {key: value for key, value in spec.items() if value is not None}
+
+
 def token_cache_dir(
-    text: str, tokenizer_name: str, val_fraction: float, cache_dir: str | os.PathLike
+    text: str, tokenizer: str | dict, val_fraction: float, cache_dir: str | os.PathLike
 ) -> Path:
-    """`<cache_dir>/tokens/<sha256(text)[:16]>-<tokenizer_name>-<val_fraction>`."""
+    """`<cache_dir>/tokens/<sha256(text)[:16]>-<name>-<sha256(spec)[:8]>-<val_fraction>`.
+
+    The name holds a hash of the whole tokenizer spec, so a trained tokenizer (BPE) is
+    cached by (corpus hash, tokenizer config) and two vocab sizes never share a cache.
+    """
+    spec = tokenizer_spec(tokenizer)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return Path(cache_dir) / "tokens" / f"{digest[:16]}-{tokenizer_name}-{float(val_fraction)!r}"
+    spec_digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    name = f"{digest[:16]}-{spec['name']}-{spec_digest[:8]}-{float(val_fraction)!r}"
+    return Path(cache_dir) / "tokens" / name
 
 
 def prepare_tokens(
-    text: str, tokenizer_name: str, val_fraction: float, cache_dir: str | os.PathLike
+    text: str, tokenizer: str | dict, val_fraction: float, cache_dir: str | os.PathLike
 ) -> Path:
     """Tokenize `text` once into a cache directory and return its path.
 
@@ -101,14 +115,14 @@ def prepare_tokens(
     Raises:
         DataError: bad val_fraction. ValueError: unknown tokenizer name.
     """
-    out = token_cache_dir(text, tokenizer_name, val_fraction, cache_dir)
+    out = token_cache_dir(text, tokenizer, val_fraction, cache_dir)
     if out.is_dir():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     tmp.mkdir()  # not mkdtemp: the cache should get the umask's permissions, not 0700
     try:
-        _build_token_cache(tmp, text, tokenizer_name, val_fraction)
+        _build_token_cache(tmp, text, tokenizer_spec(tokenizer), val_fraction)
         os.rename(tmp, out)
     except OSError:
         if not out.is_dir():  # a concurrent build that won the rename is fine
@@ -118,9 +132,10 @@ def prepare_tokens(
     return out
 
 
-def _build_token_cache(out: Path, text: str, tokenizer_name: str, val_fraction: float) -> None:
+def _build_token_cache(out: Path, text: str, spec: dict, val_fraction: float) -> None:
     train_text, val_text = split_text(text, val_fraction)
-    tokenizer = build_tokenizer(tokenizer_name, train_text)
+    options = {key: value for key, value in spec.items() if key != "name"}
+    tokenizer = build_tokenizer(spec["name"], train_text, **options)
     dtype = np.uint16 if tokenizer.vocab_size < 2**16 else np.uint32
     train_ids = tokenizer.encode_array(train_text).astype(dtype)
     val_ids = tokenizer.encode_array(val_text).astype(dtype)
@@ -128,7 +143,7 @@ def _build_token_cache(out: Path, text: str, tokenizer_name: str, val_fraction: 
     val_ids.tofile(out / "val.bin")
     (out / "tokenizer.json").write_text(json.dumps(tokenizer.to_dict()))
     meta = {
-        "tokenizer": tokenizer_name,
+        "tokenizer": spec,
         "vocab_size": tokenizer.vocab_size,
         "dtype": np.dtype(dtype).name,
         "val_fraction": val_fraction,
@@ -217,7 +232,7 @@ class LMDataModule(L.LightningDataModule):
         source: str = "shakespeare",
         path: str | None = None,
         data_dir: str = "data",
-        tokenizer: str = "char",
+        tokenizer: str | dict = "char",
         val_fraction: float = 0.1,
         block_size: int = 64,
         batch_size: int = 12,
@@ -234,7 +249,7 @@ class LMDataModule(L.LightningDataModule):
             if value < 1:
                 raise DataError(f"{key}={value} must be a positive integer")
         self.source, self.path, self.data_dir = source, path, data_dir
-        self.tokenizer_name, self.val_fraction = tokenizer, val_fraction
+        self.tokenizer_spec, self.val_fraction = tokenizer_spec(tokenizer), val_fraction
         self.block_size, self.batch_size = block_size, batch_size
         self.seed, self.eval_iters = seed, eval_iters
         self.tokenizer = self.train_ids = self.val_ids = self.meta = None
@@ -245,7 +260,7 @@ class LMDataModule(L.LightningDataModule):
 
     def _prepare(self) -> Path:
         text = load_text(self.source, self.path, self.data_dir)
-        return prepare_tokens(text, self.tokenizer_name, self.val_fraction, self.data_dir)
+        return prepare_tokens(text, self.tokenizer_spec, self.val_fraction, self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is not None:
