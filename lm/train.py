@@ -66,7 +66,7 @@ def build_datamodule(cfg: DictConfig) -> LMDataModule:
         source=cfg.data.source,
         path=cfg.data.path,
         data_dir=cfg.paths.data_dir,
-        tokenizer=cfg.data.tokenizer,
+        tokenizer=OmegaConf.to_container(cfg.data.tokenizer),
         val_fraction=cfg.data.val_fraction,
         block_size=cfg.model.block_size,
         batch_size=cfg.data.batch_size,
@@ -237,7 +237,7 @@ def train(
     except BaseException as err:  # Ctrl-C included: the record must say the run did not finish
         record.finish("failed", error=f"{type(err).__name__}: {err}", steps=trainer.global_step)
         raise
-    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")  # the final weights
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # final
     record.finish("completed", **final_metrics(trainer, cfg))
     return record.data
 
