@@ -31,10 +31,16 @@ class PathsConfig:
 
 
 @dataclass
+class TokenizerConfig:
+    name: str = "char"
+    vocab_size: int | None = None  # bpe only: bytes + merges + special tokens
+
+
+@dataclass
 class DataConfig:
     source: str = "shakespeare"
     path: str | None = None
-    tokenizer: str = "char"
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     val_fraction: float = 0.1
     batch_size: int = 12
     eval_iters: int = 20
@@ -105,9 +111,17 @@ class SampleConfig:
 
 
 @dataclass
+class TrackingConfig:
+    registry_dir: str = "outputs"
+    skip_completed: bool = True
+    checkpoint_every_n_steps: int = 50
+
+
+@dataclass
 class TrainConfig:
-    """The whole run. Groups with open-ended keys (optimizer, scheduler, logger) are
-    typed by their own option schemas below and checked by ``validate``."""
+    """The whole run. Groups with open-ended keys (optimizer, scheduler, logger, hooks)
+    are typed by their own option schemas below or their constructors, and checked by
+    ``validate``."""
 
     seed: int = 1337
     model: GPTConfig = field(default_factory=GPTConfig)
@@ -118,15 +132,23 @@ class TrainConfig:
     logger: Any = field(default_factory=dict)
     paths: PathsConfig = field(default_factory=PathsConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    # hooks.<name>: one node per chosen conf/hooks option; hooks.order: their order (see
+    # lm/hooks/build.py). Default: no hooks.
+    hooks: Any = field(default_factory=lambda: {"order": "${hook_order:}"})
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    resume: str = "auto"
 
 
 def register_configs() -> None:
-    """Register the schemas with Hydra's ConfigStore (idempotent).
+    """Register the schemas with Hydra's ConfigStore and the ``${hook_order:}``
+    resolver (idempotent).
 
     An option file opts in to its schema through its defaults list
     (``conf/optimizer/adamw.yaml``: ``defaults: [adamw_schema, _self_]``); a new option
     without a schema still works, untyped, and is range-checked by ``validate``.
     """
+    if not OmegaConf.has_resolver("hook_order"):
+        OmegaConf.register_new_resolver("hook_order", hook_order)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(group="optimizer", name="adamw_schema", node=AdamWConfig)
@@ -136,6 +158,14 @@ def register_configs() -> None:
 
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def hook_order(*, _parent_: DictConfig) -> list[str]:
+    """Resolver ``${hook_order:}``: the keys of the node holding it except ``order``, in
+    the order Hydra merged them, which is the order the hooks were given in
+    (``hooks=[a,b]``). As a list it keeps that order in the config hash, whose
+    canonical JSON sorts dict keys."""
+    return [key for key in _parent_ if key != "order"]
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
@@ -179,12 +209,25 @@ def validate(cfg: DictConfig) -> GPTConfig:
     _check(trainer.gradient_clip_val >= 0, "trainer.gradient_clip_val", trainer.gradient_clip_val,
            "must be >= 0 (0 turns clipping off)")
     _check(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
+    _validate_hooks(cfg)
+    every = cfg.tracking.checkpoint_every_n_steps
+    _check(every >= 1, "tracking.checkpoint_every_n_steps", every, "must be >= 1")
+    _check(cfg.resume in ("auto", "never") or Path(cfg.resume).is_file(), "resume", cfg.resume,
+           "must be auto, never or the path of an existing .ckpt file")
     _validate_optimizer(cfg.optimizer)
     _try_build_optimizer(cfg)
     _check(cfg.sample.max_new_tokens >= 0, "sample.max_new_tokens", cfg.sample.max_new_tokens,
            "must be >= 0")
     _check(cfg.sample.temperature >= 0, "sample.temperature", cfg.sample.temperature, "must be >= 0")
     return model
+
+
+def _validate_hooks(cfg: DictConfig) -> None:
+    """Build the hooks once, so an unknown ``_target_``, a bad argument or a pattern
+    matching no hook point fails now (``lm.hooks.build_hooks``)."""
+    from lm.hooks import build_hooks  # lm.hooks imports this module
+
+    build_hooks(cfg)
 
 
 def _try_build_optimizer(cfg: DictConfig) -> None:

@@ -20,13 +20,15 @@ This module never imports Hydra or OmegaConf: it takes a dataclass.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lm.hook_points import HookPoint
+from lm.hook_points import HookFn, HookPoint, hooks_attached, match_names
 
 POS_ENCODINGS = ("learned", "sinusoidal")
 ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}  # name -> nn.GELU(approximate=...)
@@ -223,7 +225,8 @@ class GPT(nn.Module):
         config: the ``GPTConfig`` it was built from.
         hook_dict: dotted TransformerLens-style name (``"blocks.0.attn.hook_pattern"``)
             -> ``HookPoint``; note ``blocks.{i}`` here is ``transformer.h.{i}`` as
-            a module path.
+            a module path. ``hooks([(glob, fn)])`` attaches hook functions for a
+            ``with`` block; ``run_with_cache(idx, globs)`` returns activations by name.
 
     Raises:
         ValueError: ``config.vocab_size`` is None, or ``config.validate()`` fails.
@@ -287,6 +290,45 @@ class GPT(nn.Module):
         for name, module in table.items():
             module.name = name
         return table
+
+    def hook_names(self, patterns: str | Sequence[str]) -> list[str]:
+        """Hook point names matching the glob ``patterns``, in data order.
+
+        Raises:
+            ValueError: a pattern matches nothing; the message names the closest names.
+        """
+        return match_names(patterns, list(self.hook_dict))
+
+    @contextmanager
+    def hooks(self, fwd_hooks: Sequence[tuple[str | Sequence[str], HookFn]]) -> Iterator[GPT]:
+        """Attach ``(name or glob, fn)`` pairs for the ``with`` block (TransformerLens style).
+
+        ``fn(activation, hook_point)`` returns None to observe or a tensor to replace
+        the activation; several hooks on one point run in the order given. All are
+        removed when the block ends, by an exception too.
+
+        Raises:
+            ValueError: a pattern matches no hook point.
+        """
+        with hooks_attached(self.hook_dict, fwd_hooks):
+            yield self
+
+    def run_with_cache(
+        self, idx: torch.Tensor, names: str | Sequence[str] = "*"
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward ``idx`` (B, T); return logits (B, T, V) and the activations at the hook
+        points matching ``names`` (globs), detached, keyed by name in data order.
+
+        Caching ``hook_scores`` or ``hook_pattern`` runs those layers' explicit attention path.
+        """
+        cache: dict[str, torch.Tensor] = {}
+
+        def save(x: torch.Tensor, hook: HookPoint) -> None:
+            cache[hook.name] = x.detach()
+
+        with self.hooks([(names, save)]):
+            logits, _ = self(idx)  # (B, T, V)
+        return logits, {name: cache[name] for name in self.hook_names(names) if name in cache}
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Number of parameters (shared ones counted once).

@@ -2,19 +2,22 @@
 
 Logged (TensorBoard, ``split/name``): ``train/loss``, ``train/lr``, ``train/grad_norm``
 (global L2 norm before clipping), ``train/tokens_per_sec``, ``val/loss``, ``val/ppl``,
-and a text sample at each validation. Checkpoints carry the resolved run config, the
-model config and the tokenizer, so ``lm/generate.py`` needs nothing else.
+a text sample at each validation, and each experiment hook's scalars under
+``hooks/<name>/`` (``lm/hooks/``). Checkpoints carry the resolved run config, the model
+config and the tokenizer, so ``lm/generate.py`` needs nothing else.
 """
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
 import lightning as L
 import torch
 
+from lm.hook_points import remove_hooks
+from lm.hooks import AuxLossHook, Hook, UpdateHook
 from lm.model import GPT, GPTConfig
 from lm.sampling import generate
 
@@ -43,6 +46,11 @@ class LMModule(L.LightningModule):
             sample written at each validation (0 new tokens turns it off).
         run_config: the resolved run config (plain data), saved in checkpoints.
         seed: seeds the sample generator (its own, so samples never move training RNG).
+        hooks: experiment hooks (``lm.hooks.build_hooks(cfg)``), applied in this order.
+            Forward and backward hooks are attached from setup to teardown of a fit (or
+            validate), removed on an exception too; update hooks run in
+            ``on_before_optimizer_step``, before Lightning's clipping; auxiliary losses
+            are added to the training loss (``train/loss`` stays the cross-entropy).
     """
 
     def __init__(
@@ -54,6 +62,7 @@ class LMModule(L.LightningModule):
         sample: dict | None = None,
         run_config: dict | None = None,
         seed: int = 0,
+        hooks: Sequence[Hook] = (),
     ):
         super().__init__()
         self.model = GPT(model_config)
@@ -69,6 +78,13 @@ class LMModule(L.LightningModule):
         self._val_losses: list[torch.Tensor] = []
         self._window_tokens = 0
         self._window_seconds = 0.0
+        self.hooks = list(hooks)
+        for hook in self.hooks:
+            hook.check(self.model)
+        self._aux_hooks = [h for h in self.hooks if isinstance(h, AuxLossHook)]
+        self._update_hooks = [h for h in self.hooks if isinstance(h, UpdateHook)]
+        self._hook_handles: list = []
+        self._first_val_batch = None
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """(B, T) token ids -> (logits (B, T, V), loss or None)."""
@@ -77,20 +93,38 @@ class LMModule(L.LightningModule):
     # --- training -------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self._step_started = time.perf_counter()
+        if self.hooks:
+            logging = self._is_logging_step(self.global_step + 1)
+            for hook in self.hooks:
+                hook.logging = logging
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch  # (B, T), (B, T)
         _, loss = self.model(x, y)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        if self._aux_hooks:
+            loss = loss + sum(hook.loss() for hook in self._aux_hooks)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if not self._is_logging_step(self.global_step + 1):
-            return
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
-        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+        logging = self._is_logging_step(self.global_step + 1)
+        if logging:  # the raw gradient, before update hooks and clipping
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+            self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+        if self.hooks:
+            self._run_update_hooks(logging)
+
+    def _run_update_hooks(self, logging: bool) -> None:
+        for hook in self._update_hooks:
+            hook.update(self.model, self.global_step)
+        for hook in self.hooks:
+            if logging:
+                for key, value in hook.metrics.items():
+                    self.log(f"hooks/{hook.name}/{key}", value, on_step=True, on_epoch=False)
+            hook.metrics.clear()
+            hook.logging = False
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self._window_tokens += batch[0].numel()
@@ -115,6 +149,8 @@ class LMModule(L.LightningModule):
         x, y = batch  # (B, T), (B, T)
         _, loss = self.model(x, y)
         self._val_losses.append(loss.detach())
+        if batch_idx == 0 and self.hooks:
+            self._first_val_batch = batch
         return loss
 
     def on_validation_epoch_end(self) -> None:
@@ -130,6 +166,10 @@ class LMModule(L.LightningModule):
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=self.global_step)
         self._log_sample()
+        if self.hooks:
+            for hook in self.hooks:
+                hook.on_validation_end(self, self._first_val_batch)
+            self._first_val_batch = None
 
     def _log_sample(self) -> None:
         n = self.sample.get("max_new_tokens", 0)
@@ -147,6 +187,20 @@ class LMModule(L.LightningModule):
         # Markdown collapses whitespace: a code block keeps the sample's line breaks.
         experiment.add_text("samples", "```\n" + text + "\n```", self.global_step)
 
+    # --- hooks ------------------------------------------------------------------
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [HookLifecycle()] if self.hooks else []
+
+    def attach_hooks(self) -> None:
+        """Register every hook on the model, in order (idempotent)."""
+        self.detach_hooks()
+        self._hook_handles = [h for hook in self.hooks for h in hook.attach(self.model)]
+
+    def detach_hooks(self) -> None:
+        """Remove every hook this module registered."""
+        remove_hooks(self._hook_handles)
+        self._hook_handles = []
+
     # --- optimizer and checkpoints ----------------------------------------------
     def configure_optimizers(self):
         weight_decay = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
@@ -161,3 +215,18 @@ class LMModule(L.LightningModule):
         checkpoint["run_config"] = self.run_config
         if self.tokenizer is not None:
             checkpoint["tokenizer"] = self.tokenizer.to_dict()
+
+
+class HookLifecycle(L.Callback):
+    """Attaches an ``LMModule``'s hooks at setup and removes them at teardown or on an
+    exception (Lightning calls no LightningModule method on an exception, only
+    ``Callback.on_exception``); PyTorch hooks are global state and must not outlive a fit."""
+
+    def setup(self, trainer: L.Trainer, pl_module: LMModule, stage: str) -> None:
+        pl_module.attach_hooks()
+
+    def teardown(self, trainer: L.Trainer, pl_module: LMModule, stage: str) -> None:
+        pl_module.detach_hooks()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: LMModule, exception: BaseException) -> None:
+        pl_module.detach_hooks()

@@ -20,7 +20,6 @@ if __package__ in (None, ""):  # run as a script: import the package, not lm/*.p
 
 import dataclasses
 import logging
-import math
 import warnings
 from collections.abc import Sequence
 

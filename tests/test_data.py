@@ -78,11 +78,22 @@ def test_get_batch_reproducible_from_seed_and_step_only():
 # ---- token cache ---------------------------------------------------------------------
 
 
+def test_token_cache_is_keyed_by_the_tokenizer_config(tmp_path):
+    a = prepare_tokens(TEXT, {"name": "bpe", "vocab_size": 300}, 0.1, tmp_path)
+    b = prepare_tokens(TEXT, {"name": "bpe", "vocab_size": 280}, 0.1, tmp_path)
+    assert a != b
+    assert load_tokens(a)[0].vocab_size == 300 and load_tokens(b)[0].vocab_size == 280
+    assert prepare_tokens(TEXT, {"name": "bpe", "vocab_size": 300}, 0.1, tmp_path) == a
+    assert prepare_tokens(TEXT, "char", 0.1, tmp_path) == prepare_tokens(
+        TEXT, {"name": "char", "vocab_size": None}, 0.1, tmp_path)
+
+
 def test_prepare_tokens_builds_once_and_round_trips(tmp_path, monkeypatch):
     text = TEXT + "ünïcode ending 😀"  # val split holds characters unseen in training
     out = prepare_tokens(text, "char", 0.1, tmp_path)
     digest = hashlib.sha256(text.encode()).hexdigest()
-    assert out == tmp_path / "tokens" / f"{digest[:16]}-char-0.1"
+    spec_digest = hashlib.sha256(b'{"name": "char"}').hexdigest()
+    assert out == tmp_path / "tokens" / f"{digest[:16]}-char-{spec_digest[:8]}-0.1"
     assert sorted(p.name for p in out.iterdir()) == [
         "meta.json", "tokenizer.json", "train.bin", "val.bin",
     ]  # fmt: skip

@@ -1,0 +1,71 @@
+"""Print every hook point of a model with its activation shape: ``python lm/inspect.py [overrides]``.
+
+The model comes from the composed config (``conf/train.yaml`` + overrides, as
+``lm/train.py`` composes it) and runs one batch of 1 x block_size zeros on the CPU.
+A third column names the configured hooks (``hooks=...``) attached at each point.
+
+Examples:
+    python lm/inspect.py model=small
+    python lm/inspect.py model=tiny 'hooks=[resid_noise,z_loss]'
+"""
+
+import os
+import sys
+
+# Run as a script, Python puts lm/ first on sys.path, and this file (inspect.py) would
+# shadow the standard library's ``inspect`` for every later import (torch uses it):
+# put the repository root there instead, before importing anything else.
+if __package__ in (None, ""):
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+
+from lm.config import ConfigError, compose_config
+from lm.hooks import ForwardHook, build_hooks
+from lm.model import GPT, GPTConfig
+
+PLACEHOLDER_VOCAB = 256
+
+
+def hook_shapes(model: GPT) -> dict[str, tuple[int, ...]]:
+    """Hook point name -> activation shape for a (1, block_size) batch, in data order."""
+    idx = torch.zeros(1, model.config.block_size, dtype=torch.long)  # (1, T)
+    with torch.no_grad():
+        _, cache = model.eval().run_with_cache(idx)
+    return {name: tuple(act.shape) for name, act in cache.items()}
+
+
+def main(overrides: Sequence[str]) -> int:
+    try:
+        cfg = compose_config([*overrides, "paths.output_dir=."])
+        config = GPTConfig(**OmegaConf.to_container(cfg.model, resolve=True))
+        hooks = build_hooks(cfg)
+    except (ConfigError, ValueError, HydraException) as err:
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    note = ""
+    if config.vocab_size is None:  # set from the tokenizer at train time; no data is read here
+        config = dataclasses.replace(config, vocab_size=PLACEHOLDER_VOCAB)
+        note = f" (model.vocab_size=null: V={PLACEHOLDER_VOCAB} is a placeholder)"
+    model = GPT(config)
+    attached: dict[str, list[str]] = {}
+    for hook in hooks:
+        if isinstance(hook, ForwardHook):
+            for name in model.hook_names(hook.patterns):
+                attached.setdefault(name, []).append(hook.name)
+    print(f"# n_layer={config.n_layer} n_head={config.n_head} n_embd={config.n_embd} "
+          f"block_size={config.block_size}; batch 1 x {config.block_size}{note}")
+    shapes = hook_shapes(model)
+    width = max(map(len, shapes))
+    for name, shape in shapes.items():
+        print(f"{name:<{width}}  {shape!s:<20}  {', '.join(attached.get(name, []))}".rstrip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
