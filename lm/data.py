@@ -118,6 +118,9 @@ def prepare_tokens(
     out = token_cache_dir(text, tokenizer, val_fraction, cache_dir)
     if out.is_dir():
         return out
+    spec = tokenizer_spec(tokenizer)
+    print(f"tokenizing {len(text):,} characters with {spec} into {out} (once; cached after)",
+          flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     tmp.mkdir()  # not mkdtemp: the cache should get the umask's permissions, not 0700

@@ -34,6 +34,15 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def bits_per_byte(loss: float, tokens_per_byte: float) -> float:
+    """Cross-entropy in nats per token -> bits per UTF-8 byte of text.
+
+    bpb = loss / ln 2 * (tokens / bytes): the same text costs the same bits whatever
+    the tokenizer, so character and BPE models compare on one scale.
+    """
+    return loss / math.log(2) * tokens_per_byte
+
+
 class LMModule(L.LightningModule):
     """Trains ``GPT(model_config)`` on (x, y) token batches of shape (B, T).
 
@@ -46,6 +55,8 @@ class LMModule(L.LightningModule):
             sample written at each validation (0 new tokens turns it off).
         run_config: the resolved run config (plain data), saved in checkpoints.
         seed: seeds the sample generator (its own, so samples never move training RNG).
+        val_tokens_per_byte: validation tokens per UTF-8 byte of the validation text;
+            with it ``val/bpb`` (bits per byte) is logged, comparable across tokenizers.
         hooks: experiment hooks (``lm.hooks.build_hooks(cfg)``), applied in this order.
             Forward and backward hooks are attached from setup to teardown of a fit (or
             validate), removed on an exception too; update hooks run in
@@ -63,6 +74,7 @@ class LMModule(L.LightningModule):
         run_config: dict | None = None,
         seed: int = 0,
         hooks: Sequence[Hook] = (),
+        val_tokens_per_byte: float | None = None,
     ):
         super().__init__()
         self.model = GPT(model_config)
@@ -78,6 +90,7 @@ class LMModule(L.LightningModule):
         self._val_losses: list[torch.Tensor] = []
         self._window_tokens = 0
         self._window_seconds = 0.0
+        self.val_tokens_per_byte = val_tokens_per_byte
         self.hooks = list(hooks)
         for hook in self.hooks:
             hook.check(self.model)
@@ -161,8 +174,10 @@ class LMModule(L.LightningModule):
         # Lightning would write these at step global_step - 1 (its count of finished
         # batches lags here); a curve point belongs at the number of updates behind it.
         metrics = {"val/loss": loss.item(), "val/ppl": math.exp(loss.item())}
-        self.log("val/loss", loss, prog_bar=True, logger=False)  # for checkpoints, progress bar
-        self.log("val/ppl", torch.exp(loss), logger=False)
+        if self.val_tokens_per_byte is not None:
+            metrics["val/bpb"] = bits_per_byte(loss.item(), self.val_tokens_per_byte)
+        for key, value in metrics.items():  # for checkpoints, the progress bar and run.json
+            self.log(key, value, prog_bar=key == "val/loss", logger=False)
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=self.global_step)
         self._log_sample()

@@ -219,6 +219,7 @@ def train(
         model_config, optimizer=hydra.utils.instantiate(cfg.optimizer),
         scheduler=hydra.utils.instantiate(cfg.scheduler), tokenizer=dm.tokenizer,
         sample=OmegaConf.to_container(cfg.sample), run_config=resolved, seed=cfg.seed,
+        val_tokens_per_byte=dm.meta["n_val"] / dm.meta["val_text_bytes"],
         hooks=build_hooks(cfg),
     )
     trainer = build_trainer(cfg, run_dir, extra_callbacks)
@@ -250,7 +251,7 @@ def final_metrics(trainer: L.Trainer, cfg: DictConfig) -> dict:
         "steps": trainer.global_step,
         "tokens_seen": trainer.global_step * tokens_per_step,
         "metrics": {
-            "final": {k: logged[k] for k in ("train/loss", "val/loss", "val/ppl") if k in logged},
+            "final": {k: logged[k] for k in ("train/loss", "val/loss", "val/ppl", "val/bpb") if k in logged},
             "best": {"val/loss": None if best is None else float(best)},
         },
         "checkpoints": {"last": str(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"),

@@ -56,13 +56,16 @@ def test_tensorboard_has_the_curves(tiny_run):
     scalars = SummaryReader(str(run_dir / "tb")).scalars
     tags = set(scalars.tag)
     for tag in ("train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec",
-                "val/loss", "val/ppl"):
+                "val/loss", "val/ppl", "val/bpb"):
         assert tag in tags, tag
     val = scalars[scalars.tag == "val/loss"]
     # validated every 3 steps and at the last step (7 is not a multiple of 3)
     assert list(val.step) == [3, 6, 7]
     ppl = scalars[scalars.tag == "val/ppl"].value.iloc[-1]
     assert ppl == pytest.approx(math.exp(val.value.iloc[-1]), rel=1e-5)
+    # ASCII text, one character per token: bits per byte = nats per token / ln 2
+    bpb = scalars[scalars.tag == "val/bpb"].value.iloc[-1]
+    assert bpb == pytest.approx(val.value.iloc[-1] / math.log(2), rel=1e-5)
     assert val.value.iloc[-1] == pytest.approx(metrics["metrics"]["final"]["val/loss"])
     text = SummaryReader(str(run_dir / "tb")).text
     assert "samples" in set(text.tag)
