@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300, help="training steps per run")
     parser.add_argument("--skip", type=int, default=20, help="warm-up steps left out of timing")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each, alternating")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each, alternating")
     parser.add_argument("--model", default="small", help="conf/model option")
     args = parser.parse_args(argv)
     overrides = [

@@ -128,7 +128,11 @@ def run_problem(record: dict) -> str | None:
 
 
 def load_run(run_dir: Path) -> Run:
-    """Read ``run.json`` and ``config.yaml`` of ``run_dir``."""
+    """Read ``run.json`` and ``config.yaml`` of ``run_dir``; a job that was skipped or
+    resumed elsewhere (``same_as`` in its ``run.json``) reads the run it points to."""
+    pointer = read_record(run_dir).get("same_as")
+    if pointer and (Path(pointer) / "run.json").exists():
+        run_dir = Path(pointer)
     config_path = run_dir / "config.yaml"
     if not config_path.exists():
         raise CompareError(f"{run_dir} has a run.json but no config.yaml")

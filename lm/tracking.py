@@ -199,3 +199,14 @@ class HashLock:
         if self._file is not None:
             self._file.close()  # closing drops the flock
             self._file = None
+
+
+def write_pointer(job_dir: str | Path, record: dict, status: str) -> None:
+    """A ``run.json`` in ``job_dir`` saying this job's hash was ``status`` (skipped or
+    resumed) in ``record['run_dir']`` (``same_as``), with that run's metrics, so a sweep's
+    summary has a row for every job. Registry searches ignore these records."""
+    assert status in ("skipped", "resumed"), status
+    pointer = {k: v for k, v in record.items() if k not in ("status", "run_dir")}
+    write_json_atomic(Path(job_dir) / "run.json",
+                      {**pointer, "status": status, "same_as": record["run_dir"],
+                       "run_dir": str(job_dir)})

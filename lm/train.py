@@ -45,6 +45,7 @@ from lm.tracking import (
     hashable_config,
     register_resolvers,
     resumable_run,
+    write_pointer,
 )
 
 register_configs()
@@ -179,18 +180,23 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     try:
         runs = find_runs(cfg.tracking.registry_dir, full_hash)
         done = completed_run(runs)
+        job_dir = Path(cfg.paths.output_dir)
         if done and cfg.tracking.skip_completed:
             print(f"skip {full_hash[:8]}: already completed in {done[0]} "
                   "(tracking.skip_completed=false trains it again)")
+            write_pointer(job_dir, {**done[1], "run_dir": str(done[0])}, "skipped")
             return {**done[1], "status": "skipped"}
-        run_dir, ckpt_path, prior = Path(cfg.paths.output_dir), None, {}
+        run_dir, ckpt_path, prior = job_dir, None, {}
         if cfg.resume == "auto" and (interrupted := resumable_run(runs)):
             run_dir, prior = interrupted
             ckpt_path = run_dir / "checkpoints" / "last.ckpt"
             print(f"resume {full_hash[:8]}: continuing {run_dir} from {ckpt_path}")
         elif cfg.resume not in ("auto", "never"):
             ckpt_path = Path(cfg.resume)
-        return train(cfg, full_hash, run_dir, ckpt_path, prior, extra_callbacks)
+        record = train(cfg, full_hash, run_dir, ckpt_path, prior, extra_callbacks)
+        if run_dir != job_dir:
+            write_pointer(job_dir, record, "resumed")
+        return record
     finally:
         lock.release()
 

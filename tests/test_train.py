@@ -106,7 +106,10 @@ def test_completed_hash_is_skipped(make_cfg, tmp_path, capsys):
     again = run(make_cfg(out="b"))
     assert again["status"] == "skipped" and again["hash"] == first["hash"]
     assert "already completed in" in capsys.readouterr().out
-    assert not (tmp_path / "b").exists()
+    pointer = json.loads((tmp_path / "b" / "run.json").read_text())  # a row for the summary
+    assert pointer["status"] == "skipped" and pointer["same_as"] == str(tmp_path / "a")
+    assert pointer["metrics"] == first["metrics"]
+    assert not (tmp_path / "b" / "checkpoints").exists()
 
 
 def test_interrupted_run_resumes_to_the_same_numbers(make_cfg, tmp_path):
@@ -129,6 +132,8 @@ def test_interrupted_run_resumes_to_the_same_numbers(make_cfg, tmp_path):
     assert resumed["resumed_from"][0].endswith("last.ckpt")
     assert resumed["steps"] == 12
     assert resumed["metrics"]["final"]["val/loss"] == straight["metrics"]["final"]["val/loss"]
+    pointer = json.loads((tmp_path / "new" / "run.json").read_text())
+    assert pointer["status"] == "resumed" and pointer["same_as"].endswith("crashed")
 
 
 def test_a_locked_hash_is_not_trained_twice(make_cfg, tmp_path):
