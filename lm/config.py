@@ -182,6 +182,27 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
         return hydra.compose(config_name="train", overrides=list(overrides))
 
 
+def unknown_choice(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> str | None:
+    """One line naming the first ``group=option`` override whose option file does not
+    exist (``model=nosuch``, ``'hooks=[z_loss,nosuch]'``, ``-m optimizer=adamw,nosuch``)
+    and the options there are; None if every choice exists.
+
+    Hydra would say the same over a dozen lines; this is checked before it composes.
+    Overrides with sweep functions (``range(...)``, ``glob(...)``) are left to Hydra.
+    """
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        group = conf_dir / key
+        if not sep or not group.is_dir() or "(" in value:
+            continue
+        for option in value.strip("[]").split(","):
+            option = option.strip()
+            if option and option != "null" and not (group / f"{option}.yaml").is_file():
+                available = sorted(p.stem for p in group.glob("*.yaml"))
+                return f"{key}={option} is not an option; available: {', '.join(available)}"
+    return None
+
+
 def _check(ok: bool, key: str, value: Any, rule: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value} is invalid: {rule}")

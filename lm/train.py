@@ -30,7 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from lm.config import ConfigError, register_configs, validate
+from lm.config import ConfigError, register_configs, unknown_choice, validate
 from lm.corpus import DataError
 from lm.data import LMDataModule
 from lm.hooks import build_hooks
@@ -277,4 +277,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    if problem := unknown_choice([a for a in sys.argv[1:] if not a.startswith("-")]):
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf, open_dict
 
-from lm.config import CONF_DIR, ConfigError, compose_config
+from lm.config import CONF_DIR, ConfigError, compose_config, unknown_choice
 from lm.corpus import DataError
 from lm.tracking import HASH_EXCLUDED_KEYS, config_hash, hashable_config, register_resolvers
 from lm.train import run
@@ -92,6 +92,21 @@ def test_cli_exit_code_2_and_one_line(tmp_path):
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: model.dropout=1.5") and "[0, 1]" in last
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model=nosuch"], "model=nosuch is not an option; available: gpt2, medium, small, tiny"),
+    (["hooks=[z_loss,nosuch]"], "hooks=nosuch is not an option; available: act_l2, "),
+    (["optimizer=adamw,sgdd"], "optimizer=sgdd is not an option; available: adamw, sgd"),
+    (["data/tokenizer=bpee"], "data/tokenizer=bpee is not an option; available: bpe, byte, char"),
+])
+def test_unknown_group_options_are_named_in_one_line(overrides, message):
+    assert unknown_choice(overrides).startswith(message)
+
+
+def test_known_options_and_plain_keys_pass():
+    assert unknown_choice(["model=tiny", "hooks=[z_loss,grad_clip_custom]", "experiment=null",
+                           "optimizer.lr=1e-3,3e-3", "seed=0,1", "data/tokenizer=bpe"]) is None
 
 
 # --- the config hash ------------------------------------------------------------
