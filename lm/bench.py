@@ -10,6 +10,7 @@ their ratio (harness / plain; we aim for >= 0.95).
 """
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
@@ -19,6 +20,7 @@ import lightning as L
 import torch
 
 from lm.config import compose_config, validate
+from lm.hook_points import HookPoint
 from lm.model import GPT
 from lm.module import param_groups
 
@@ -82,6 +84,31 @@ def bench_plain(overrides: list[str], skip: int) -> float:
     return steps * cfg.data.batch_size * cfg.model.block_size / elapsed
 
 
+@contextlib.contextmanager
+def without_hook_points():
+    """Within this block every ``HookPoint`` is a bare function call (``x -> x``), not a
+    module call: the model as if it had no hook points at all."""
+    original = HookPoint.__call__
+    HookPoint.__call__ = lambda self, x: x
+    try:
+        yield
+    finally:
+        HookPoint.__call__ = original
+
+
+def bench_hook_points(overrides: list[str], skip: int, repeats: int) -> tuple[float, float]:
+    """Median tokens/s of the plain loop with hook points (nothing attached, as with
+    ``hooks=none``) and without them, alternating."""
+    with_points, without = [], []
+    for i in range(repeats):
+        with_points.append(bench_plain(overrides, skip))
+        with without_hook_points():
+            without.append(bench_plain(overrides, skip))
+        print(f"  repeat {i + 1}: hook points {with_points[-1]:9.0f} tokens/s, "
+              f"none {without[-1]:9.0f} tokens/s", flush=True)
+    return statistics.median(with_points), statistics.median(without)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300, help="training steps per run")
@@ -106,6 +133,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"plain loop (median): {p:9.0f} tokens/s")
     print(f"harness    (median): {h:9.0f} tokens/s")
     print(f"ratio harness/plain: {h / p:.3f} (target >= 0.95)")
+    print("hook points: hooks=none against the same model without hook points (plain loop)")
+    with_points, without = bench_hook_points(overrides, args.skip, args.repeats)
+    print(f"with hook points (median):    {with_points:9.0f} tokens/s")
+    print(f"without hook points (median): {without:9.0f} tokens/s")
+    print(f"ratio with/without: {with_points / without:.3f}")
 
 
 if __name__ == "__main__":
