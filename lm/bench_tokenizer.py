@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lm.bpe import BPETokenizer
 from lm.corpus import shakespeare_text
+from lm.data import split_text
 
 MB = 1e6
 
@@ -24,7 +25,8 @@ def bench_tokenizers(text: str, vocab_size: int = 4096, readable_mb: float = 1.0
 
     Keys: `corpus_mb`, `train_s`, `vocab_size`, `n_tokens` (whole corpus),
     `bytes_per_token`, `readable_mb`, `readable_mb_per_s`, `tiktoken_mb_per_s`,
-    `readable_equals_tiktoken` (on the readable slice).
+    `readable_equals_tiktoken` (on the readable slice), `val_chars` and `val_equal`
+    (readable == tiktoken on the whole validation split, last 10% of the text).
     """
     corpus_mb = len(text.encode("utf-8")) / MB
     start = time.perf_counter()
@@ -42,8 +44,11 @@ def bench_tokenizers(text: str, vocab_size: int = 4096, readable_mb: float = 1.0
     ids = enc.encode(text, allowed_special="all")
     tiktoken_s = time.perf_counter() - start
 
+    _, val_text = split_text(text, 0.1)  # the validation split, as lm/data.py makes it
     part_mb = len(part.encode("utf-8")) / MB
     return {
+        "val_chars": len(val_text),
+        "val_equal": fresh.encode(val_text) == enc.encode(val_text, allowed_special="all"),
         "corpus_mb": corpus_mb,
         "train_s": train_s,
         "vocab_size": tok.vocab_size,
@@ -75,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
           f"(first {r['readable_mb']:.2f} MB, empty cache)")
     print(f"encode, tiktoken:      {r['tiktoken_mb_per_s']:6.2f} MB/s (whole corpus)")
     print(f"readable == tiktoken on the slice: {r['readable_equals_tiktoken']}")
+    print(f"readable == tiktoken on the whole validation split ({r['val_chars']:,} chars): "
+          f"{r['val_equal']}")
 
 
 if __name__ == "__main__":

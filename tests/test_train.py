@@ -165,3 +165,16 @@ def test_cosine_schedule_against_hand_values():
     assert cosine_multiplier(60, 10, 110, 0.1) == pytest.approx(0.1 + 0.5 * 0.9)
     assert cosine_multiplier(110, 10, 110, 0.1) == pytest.approx(0.1)
     assert cosine_multiplier(500, 10, 110, 0.1) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("tokenizer", [["data/tokenizer=byte"],
+                                       ["data/tokenizer=bpe", "data.tokenizer.vocab_size=300"]])
+def test_every_tokenizer_trains_and_generates(make_cfg, tmp_path, tokenizer):
+    record = run(make_cfg(*tokenizer, "trainer.max_steps=3", out="t"))
+    ckpt = tmp_path / "t" / "checkpoints" / "last.ckpt"
+    _, tok, _ = load_checkpoint(ckpt)
+    assert type(tok).__name__ == {"byte": "ByteTokenizer", "bpe": "BPETokenizer"}[
+        tokenizer[0].split("=")[1]]
+    assert record["metrics"]["final"]["val/bpb"] > 0
+    (text,) = sample_texts(GenerateConfig(ckpt=str(ckpt), prompt="ROMEO:", max_new_tokens=5))
+    assert text.startswith("ROMEO:")
