@@ -283,11 +283,28 @@ def config_diff(base: dict, other: dict) -> list[tuple[str, Any, Any]]:
     """``(dotted key, base value, other value)`` for each key that differs, sorted by key.
 
     Give it hashable configs (``lm.tracking.hashable_config``): keys that cannot change
-    the numbers are already out. ``seed`` is ignored; a missing key reads ``ABSENT``.
+    the numbers are already out. ``seed`` is ignored; a missing key reads ``ABSENT``. A
+    node present on one side only is one change (adding a hook is one ablation, however
+    many keys its YAML has), and ``hooks.order`` counts only when the same hooks were
+    reordered: when hooks are added or removed, their nodes already say so.
     """
-    a, b = flatten(without_seed(base)), flatten(without_seed(other))
-    pairs = {k: (a.get(k, ABSENT), b.get(k, ABSENT)) for k in sorted(a.keys() | b.keys())}
-    return [(k, old, new) for k, (old, new) in pairs.items() if old != new]
+    diff = _node_diff(without_seed(base), without_seed(other), "")
+    return [d for d in diff if d[0] != "hooks.order" or _same_members(d[1], d[2])]
+
+
+def _node_diff(a: dict, b: dict, prefix: str) -> list[tuple[str, Any, Any]]:
+    out = []
+    for key in sorted(a.keys() | b.keys()):
+        old, new = a.get(key, ABSENT), b.get(key, ABSENT)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += _node_diff(old, new, f"{prefix}{key}.")
+        elif old != new:
+            out.append((f"{prefix}{key}", old, new))
+    return out
+
+
+def _same_members(old: Any, new: Any) -> bool:
+    return isinstance(old, list) and isinstance(new, list) and sorted(old) == sorted(new)
 
 
 def describe_diff(diff: Sequence[tuple[str, Any, Any]]) -> str:

@@ -96,6 +96,22 @@ def test_config_diff_gives_nested_keys_old_to_new_without_seed_or_excluded_keys(
     assert compare.describe_diff([("optimizer.lr", 1e-3, 3e-4)]) == "optimizer.lr: 0.001 -> 0.0003"
 
 
+def test_adding_a_hook_is_one_change_and_reordering_hooks_is_one_too():
+    clip = {"_target_": "lm.hooks.GradClipCustom", "max_norm": 1.0}
+    z = {"_target_": "lm.hooks.ZLoss", "weight": 1e-4}
+    base = {"seed": 0, "hooks": {"order": []}}
+    one = {"seed": 0, "hooks": {"order": ["grad_clip_custom"], "grad_clip_custom": clip}}
+    assert compare.config_diff(base, one) == [("hooks.grad_clip_custom", compare.ABSENT, clip)]
+    ab = {"seed": 0, "hooks": {"order": ["grad_clip_custom", "z_loss"],
+                               "grad_clip_custom": clip, "z_loss": z}}
+    ba = {"seed": 0, "hooks": {**ab["hooks"], "order": ["z_loss", "grad_clip_custom"]}}
+    assert compare.config_diff(ab, ba) == [
+        ("hooks.order", ["grad_clip_custom", "z_loss"], ["z_loss", "grad_clip_custom"])]
+    changed = {"seed": 0, "hooks": {"order": ["grad_clip_custom"],
+                                    "grad_clip_custom": {**clip, "max_norm": 0.5}}}
+    assert compare.config_diff(one, changed) == [("hooks.grad_clip_custom.max_norm", 1.0, 0.5)]
+
+
 # --- statistics ----------------------------------------------------------------------
 
 
