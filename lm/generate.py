@@ -45,13 +45,30 @@ class GenerateConfig:
     device: str = "cpu"
 
 
+TEXT_KEYS = ("ckpt", "prompt", "prompt_file", "device")  # taken verbatim, never parsed as YAML
+
+
 def parse_args(argv: list[str]) -> GenerateConfig:
-    """``key=value`` arguments onto ``GenerateConfig`` (ValueError: one line)."""
+    """``key=value`` arguments onto ``GenerateConfig`` (ValueError: one line).
+
+    Text keys keep their value as typed (``prompt=ROMEO:`` is the string "ROMEO:", not
+    YAML); the others are parsed like Hydra overrides (``top_k=null``, ``seed=3``).
+    """
+    text, parsed = {}, []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise ValueError(f"{arg!r} is not key=value (keys: {', '.join(GenerateConfig.__annotations__)})")
+        if key in TEXT_KEYS:
+            text[key] = value
+        else:
+            parsed.append(arg)
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(GenerateConfig), OmegaConf.from_dotlist(argv))
+        cfg = OmegaConf.merge(OmegaConf.structured(GenerateConfig), OmegaConf.from_dotlist(parsed), text)
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
-        raise ValueError(str(err).splitlines()[0]) from None
+        key = getattr(err, "full_key", None)
+        raise ValueError(f"{key}: " * bool(key) + str(err).splitlines()[0]) from None
 
 
 def read_prompt(cfg: GenerateConfig) -> str:

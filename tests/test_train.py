@@ -84,6 +84,20 @@ def test_checkpoint_alone_generates_text(tiny_run):
     assert sample_texts(cfg) == [a, b]  # same seed, same text
 
 
+def test_generate_cli_takes_prompts_verbatim(tiny_run, capsys):
+    from lm.generate import main
+
+    ckpt = tiny_run[2] / "checkpoints" / "best.ckpt"
+    argv = [f"ckpt={ckpt}", "prompt=ROMEO: (1) is", "max_new_tokens=5", "top_k=null", "seed=0"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith("ROMEO: (1) is")
+    assert main([f"ckpt={ckpt}", "num_samples=2", "max_new_tokens=3"]) == 0
+    assert capsys.readouterr().out.count("--- sample") == 2
+    assert main(["prompt=hi"]) == 2 and "ckpt" in capsys.readouterr().err
+    assert main([f"ckpt={ckpt}", "temperature=hot"]) == 2
+    assert "temperature" in capsys.readouterr().err
+
+
 def test_bad_checkpoint_paths(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.ckpt")
