@@ -20,6 +20,7 @@ if __package__ in (None, ""):  # run as a script: import the package, not lm/*.p
 
 import dataclasses
 import logging
+import shutil
 import warnings
 from collections.abc import Sequence
 
@@ -272,8 +273,16 @@ def main(cfg: DictConfig) -> float | None:
         record = run(cfg)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
+        remove_unstarted_run_dir(Path(HydraConfig.get().runtime.output_dir))
         sys.exit(2)
     return record.get("metrics", {}).get("final", {}).get("val/loss")
+
+
+def remove_unstarted_run_dir(run_dir: Path) -> None:
+    """Remove the dir Hydra made for a run that a bad value stopped before it started
+    (nothing in it but Hydra's own ``.hydra/`` and log), so the registry holds runs only."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -92,6 +92,7 @@ def test_cli_exit_code_2_and_one_line(tmp_path):
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: model.dropout=1.5") and "[0, 1]" in last
+    assert not (tmp_path / "r").exists()  # no empty run dir left in the registry
 
 
 @pytest.mark.parametrize("overrides,message", [
