@@ -118,7 +118,27 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(sorted(table.items()))
 
 
-class ByteTokenizer:
+class _ByteLevel:
+    """What byte-level tokenizers share: ``_id_to_bytes`` (id -> bytes) and
+    ``special_tokens`` (name -> id) give the vocabulary size and the special ids."""
+
+    _id_to_bytes: list[bytes]
+    special_tokens: dict[str, int]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._id_to_bytes)
+
+    @property
+    def eos_id(self) -> int | None:
+        return next((self.special_tokens[s] for s in EOS_NAMES if s in self.special_tokens), None)
+
+    @property
+    def pad_id(self) -> int | None:
+        return self.special_tokens.get("<pad>")
+
+
+class ByteTokenizer(_ByteLevel):
     """One token per UTF-8 byte: ids 0-255 are the bytes, specials follow.
 
     With the default specials `<eos>` = 256 and `<pad>` = 257 (vocab_size 258).
@@ -148,18 +168,6 @@ class ByteTokenizer:
     def to_dict(self) -> dict:
         """JSON-able description: `{"type": "byte", "special_tokens": [...]}`."""
         return {"type": "byte", "special_tokens": list(self.special_tokens)}
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._id_to_bytes)
-
-    @property
-    def eos_id(self) -> int | None:
-        return next((self.special_tokens[s] for s in EOS_NAMES if s in self.special_tokens), None)
-
-    @property
-    def pad_id(self) -> int | None:
-        return self.special_tokens.get("<pad>")
 
     @property
     def unk_id(self) -> None:
@@ -298,7 +306,7 @@ def learn_merges(chunk_counts: dict[str, int], n_merges: int) -> list[tuple[int,
     return merges
 
 
-class BPETokenizer:
+class BPETokenizer(_ByteLevel):
     """GPT-2-style byte-level BPE: pre-tokenise, then merge byte pairs by rank.
 
     Ids: 0-255 are single bytes (our training puts byte b at id b; a GPT-2 file
@@ -381,18 +389,6 @@ class BPETokenizer:
         return cls.train(text, vocab_size, special_tokens)
 
     # -- the tokenizer interface ----------------------------------------------
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._id_to_bytes)
-
-    @property
-    def eos_id(self) -> int | None:
-        return next((self.special_tokens[s] for s in EOS_NAMES if s in self.special_tokens), None)
-
-    @property
-    def pad_id(self) -> int | None:
-        return self.special_tokens.get("<pad>")
 
     @property
     def unk_id(self) -> int | None:

@@ -43,23 +43,9 @@ from lm.model import GPT, GPTConfig
 from lm.module import LMModule
 from lm.tracking import config_hash
 from lm.train import run
+from tests.helpers import V, tiny, tokens
 
 ROOT = Path(__file__).resolve().parent.parent
-V = 37
-
-
-def tiny(**overrides) -> GPT:
-    """A 2-layer, 32-wide, 4-head model, seeded."""
-    kwargs = {"vocab_size": V, "block_size": 16, "n_layer": 2, "n_head": 4, "n_embd": 32}
-    kwargs.update(overrides)
-    torch.manual_seed(0)
-    return GPT(GPTConfig(**kwargs)).eval()
-
-
-def tokens(B: int = 2, T: int = 12, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
-
-
 def attached(model: GPT, hook) -> list:
     """Attach a hook as LMModule does (check, then attach); return the handles."""
     hook.check(model)

@@ -10,20 +10,7 @@ import torch.nn.functional as F
 
 from lm.hook_points import HookPoint
 from lm.model import GPT, GPTConfig, sinusoidal_positions
-
-V = 37
-
-
-def tiny(**overrides) -> GPT:
-    """A 2-layer, 32-wide model seeded for reproducibility."""
-    kwargs = {"vocab_size": V, "block_size": 16, "n_layer": 2, "n_head": 4, "n_embd": 32}
-    kwargs.update(overrides)
-    torch.manual_seed(0)
-    return GPT(GPTConfig(**kwargs)).eval()
-
-
-def tokens(B: int = 2, T: int = 12, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+from tests.helpers import V, tiny, tokens
 
 
 def reference_attention(attn, x: torch.Tensor) -> torch.Tensor:
