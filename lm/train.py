@@ -49,9 +49,6 @@ from lm.tracking import (
     write_pointer,
 )
 
-register_configs()
-register_resolvers()
-
 
 def quiet_lightning() -> None:
     """Drop Lightning's advertising tips and a deprecation warning it raises itself."""
@@ -59,6 +56,11 @@ def quiet_lightning() -> None:
         lambda record: "💡 Tip" not in str(record.msg)
     )
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+register_configs()
+register_resolvers()
+quiet_lightning()
 
 
 def build_datamodule(cfg: DictConfig) -> LMDataModule:
@@ -171,7 +173,6 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     Raises:
         ConfigError, DataError: a bad config value or corpus, before any training.
     """
-    quiet_lightning()
     validate(cfg)
     full_hash = config_hash(cfg)
     lock = HashLock(cfg.tracking.registry_dir, full_hash)
