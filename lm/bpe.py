@@ -383,10 +383,23 @@ class BPETokenizer(_ByteLevel):
 
     @classmethod
     def from_text(
-        cls, text: str, vocab_size: int = 4096, special_tokens: Sequence[str] = ("<eos>",)
+        cls, text: str, vocab_size: int | None = None, special_tokens: Sequence[str] = ("<eos>",),
+        path: str | None = None,
     ) -> "BPETokenizer":
-        """`train(text, vocab_size, special_tokens)`: the `build_tokenizer` entry point."""
-        return cls.train(text, vocab_size, special_tokens)
+        """The `build_tokenizer` entry point: `train(text, vocab_size or 4096, special_tokens)`, or,
+        with `path`, GPT-2's files read from that directory (`load_gpt2`; nothing is
+        trained, so a checkpoint's token ids are kept: fine-tuning with `init_from`).
+
+        Raises:
+            ValueError: `path` given with a `vocab_size` the files do not have.
+        """
+        if path is None:
+            return cls.train(text, vocab_size or 4096, special_tokens)
+        tokenizer = cls.load_gpt2(path)
+        if vocab_size is not None and vocab_size != tokenizer.vocab_size:
+            raise ValueError(f"data.tokenizer.vocab_size={vocab_size} but the files in "
+                             f"{path} have {tokenizer.vocab_size} tokens; leave it null")
+        return tokenizer
 
     # -- the tokenizer interface ----------------------------------------------
 

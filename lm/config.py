@@ -34,6 +34,7 @@ class PathsConfig:
 class TokenizerConfig:
     name: str = "char"
     vocab_size: int | None = None  # bpe only: bytes + merges + special tokens
+    path: str | None = None  # bpe only: read GPT-2's vocab.json + merges.txt from here
 
 
 @dataclass
@@ -137,7 +138,7 @@ class TrainConfig:
     hooks: Any = field(default_factory=lambda: {"order": "${hook_order:}"})
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     resume: str = "auto"
-
+    init_from: str | None = None  # a Hugging Face GPT-2 dir whose weights start the run
 
 def register_configs() -> None:
     """Register the schemas with Hydra's ConfigStore and the ``${hook_order:}``
@@ -235,6 +236,8 @@ def validate(cfg: DictConfig) -> GPTConfig:
     _check(every >= 1, "tracking.checkpoint_every_n_steps", every, "must be >= 1")
     _check(cfg.resume in ("auto", "never") or Path(cfg.resume).is_file(), "resume", cfg.resume,
            "must be auto, never or the path of an existing .ckpt file")
+    _check(cfg.init_from is None or Path(cfg.init_from).is_dir(), "init_from", cfg.init_from,
+           "must be null or a Hugging Face GPT-2 directory (config.json + model.safetensors)")
     _validate_optimizer(cfg.optimizer)
     _try_build_optimizer(cfg)
     _check(cfg.sample.max_new_tokens >= 0, "sample.max_new_tokens", cfg.sample.max_new_tokens,

@@ -32,6 +32,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from lm.config import ConfigError, register_configs, unknown_choice, validate
+from lm.convert import init_from_hf
 from lm.corpus import DataError
 from lm.data import LMDataModule
 from lm.hooks import build_hooks
@@ -230,6 +231,11 @@ def train(
         val_tokens_per_byte=dm.meta["n_val"] / dm.meta["val_text_bytes"],
         hooks=build_hooks(cfg),
     )
+    if cfg.init_from is not None and ckpt_path is None:  # a resume restores the tuned weights
+        try:
+            init_from_hf(module, cfg.init_from)
+        except ValueError as err:
+            raise ConfigError(f"init_from={cfg.init_from}: {err}") from None
     trainer = build_trainer(cfg, run_dir, extra_callbacks)
     record = RunRecord(
         run_dir, **{**{k: v for k, v in prior.items() if k != "run_dir"}, "hash": full_hash, "hash8": full_hash[:8], "code": code_version(),

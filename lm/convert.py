@@ -1,0 +1,331 @@
+"""Hugging Face GPT-2 directories <-> our ``GPT``: import, export, fine-tune init.
+
+A Hugging Face GPT-2 directory holds ``config.json``, the weights
+(``model.safetensors`` or ``pytorch_model.bin``) and, optionally, the tokenizer
+(``vocab.json`` + ``merges.txt``). Module names are the same on both sides (our
+``lm/model.py`` follows GPT-2's checkpoint), so conversion is a rename table plus
+one layout change: GPT-2's ``Conv1D`` stores a weight as (in, out), ``nn.Linear``
+as (out, in), so ``c_attn``, ``c_proj`` and ``c_fc`` weights are transposed.
+
+Command line:
+    python -m lm.convert import <hf_dir> <out.ckpt>   # a checkpoint lm/generate.py reads
+    python -m lm.convert export <in.ckpt> <hf_dir>    # a directory from_pretrained reads
+
+Sources: Radford et al. 2019 (GPT-2); Hugging Face ``transformers``
+``models/gpt2/modeling_gpt2.py`` (``Conv1D``, ``GPT2Config``); nanoGPT
+``GPT.from_pretrained`` (the transpose table).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lm.bpe import BPETokenizer
+from lm.model import GPT, GPTConfig
+
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+IGNORED_BUFFERS = (".attn.bias", ".attn.masked_bias")  # GPT-2's causal-mask buffers, not weights
+HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+EXPORT_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
+# GPT2Config switches our model does not implement, with the value it must have
+UNSUPPORTED = {
+    "scale_attn_weights": True,
+    "scale_attn_by_inverse_layer_idx": False,
+    "reorder_and_upcast_attn": False,
+    "add_cross_attention": False,
+}
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+# --- reading a Hugging Face directory -------------------------------------------------
+
+
+def read_hf_config(directory: Path) -> dict:
+    """``config.json`` of ``directory`` as a dict.
+
+    Raises:
+        ValueError: the directory or its config.json is missing or not JSON.
+    """
+    if not directory.is_dir():
+        raise ValueError(f"{directory} is not a directory (expected a Hugging Face GPT-2 dir)")
+    path = directory / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist (a Hugging Face GPT-2 dir needs config.json)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+
+
+def _dropout(hf: dict) -> float:
+    """Our single dropout from GPT-2's three (embd, attn, resid), which must agree."""
+    rates = {key: hf.get(key, 0.1) for key in ("embd_pdrop", "attn_pdrop", "resid_pdrop")}
+    if len(set(rates.values())) > 1:
+        raise ValueError(f"config.json dropouts {rates} must be equal (our model has one dropout)")
+    return float(rates["resid_pdrop"])
+
+
+def gpt_config_from_hf(hf: dict) -> GPTConfig:
+    """Our ``GPTConfig`` for a GPT-2 ``config.json`` dict.
+
+    Raises:
+        ValueError: one line naming a key whose value our model does not implement
+            (model_type, activation_function, n_inner, the attention-scaling switches).
+    """
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise ValueError(f"config.json model_type={hf['model_type']!r} is not supported (gpt2 only)")
+    for key, needed in UNSUPPORTED.items():
+        if hf.get(key, needed) != needed:
+            raise ValueError(f"config.json {key}={hf[key]} is not supported (must be {needed})")
+    activation = hf.get("activation_function", "gelu_new")
+    if activation not in HF_ACTIVATIONS:
+        raise ValueError(f"config.json activation_function={activation!r} is not supported "
+                         f"(one of {list(HF_ACTIVATIONS)})")
+    n_embd = hf.get("n_embd", 768)
+    if hf.get("n_inner") not in (None, 4 * n_embd):
+        raise ValueError(f"config.json n_inner={hf['n_inner']} is not supported "
+                         f"(must be null or 4 * n_embd = {4 * n_embd})")
+    return GPTConfig(
+        vocab_size=hf.get("vocab_size", 50257), block_size=hf.get("n_positions", 1024),
+        n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12), n_embd=n_embd,
+        dropout=_dropout(hf), bias=True, pos_encoding="learned",
+        tie_weights=hf.get("tie_word_embeddings", True), activation=HF_ACTIVATIONS[activation],
+        layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
+    )
+
+
+def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The raw tensors of ``model.safetensors`` (preferred) or ``pytorch_model.bin``.
+
+    Raises:
+        ValueError: neither file is there, or it cannot be read.
+    """
+    for name in WEIGHT_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            if name.endswith(".safetensors"):
+                from safetensors.torch import load_file
+
+                return load_file(path)
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any read failure means the same to a user
+            raise ValueError(f"{path} could not be read: {str(err).splitlines()[0]}") from None
+    raise ValueError(f"{directory} has no weights (expected one of {', '.join(WEIGHT_FILES)})")
+
+
+def state_dict_from_hf(hf_weights: dict[str, torch.Tensor], tie_weights: bool) -> dict:
+    """GPT-2 tensors -> our state dict: ``transformer.`` prefix, Conv1D weights transposed
+    to (out, in), mask buffers dropped, ``lm_head.weight`` = ``wte`` when tied."""
+    state = {}
+    for key, tensor in hf_weights.items():
+        if key.endswith(IGNORED_BUFFERS):
+            continue
+        if key != "lm_head.weight" and not key.startswith("transformer."):
+            key = f"transformer.{key}"  # a bare GPT2Model file (e.g. the hub's gpt2) has no prefix
+        state[key] = tensor.t().contiguous() if key.endswith(CONV1D_WEIGHTS) else tensor
+    if tie_weights or "lm_head.weight" not in state:
+        if "lm_head.weight" in state and not torch.equal(
+            state["lm_head.weight"], state["transformer.wte.weight"]
+        ):
+            raise ValueError("lm_head.weight differs from wte but tie_word_embeddings=true")
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+    return state
+
+
+def load_state(model: GPT, state: dict[str, torch.Tensor], source: object) -> None:
+    """``model.load_state_dict(state)``, raising one ``ValueError`` line naming the
+    missing, unexpected and mismatched keys (with both shapes)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    problems = [f"{label}: {', '.join(keys)}" for label, keys in
+                [("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)] if keys]
+    if problems:
+        raise ValueError(f"{source} does not fit the model: {'; '.join(problems)}")
+    model.load_state_dict(state)
+
+
+def load_hf_tokenizer(directory: Path) -> BPETokenizer | None:
+    """GPT-2's BPE from ``vocab.json`` + ``merges.txt`` (None when they are absent)."""
+    if not ((directory / "vocab.json").is_file() and (directory / "merges.txt").is_file()):
+        return None
+    return BPETokenizer.load_gpt2(directory)
+
+
+def load_hf_gpt2(directory: str | Path) -> tuple[GPT, BPETokenizer | None]:
+    """Our ``GPT`` (eval mode, float32) and tokenizer from a Hugging Face GPT-2 directory.
+
+    Args:
+        directory: holds ``config.json``, ``model.safetensors`` or ``pytorch_model.bin``,
+            and optionally ``vocab.json`` + ``merges.txt``.
+
+    Returns:
+        (model, tokenizer); tokenizer is None without the tokenizer files.
+
+    Raises:
+        ValueError: one line: a missing directory or file, a config our model does not
+            implement, or weights that do not fit the config.
+    """
+    directory = Path(directory)
+    config = gpt_config_from_hf(read_hf_config(directory))
+    state = state_dict_from_hf(read_hf_weights(directory), config.tie_weights)
+    model = GPT(config)
+    load_state(model, {k: v.float() for k, v in state.items()}, directory)
+    return model.eval(), load_hf_tokenizer(directory)
+
+
+def init_from_hf(module_or_model: nn.Module, directory: str | Path) -> GPT:
+    """Copy a Hugging Face GPT-2 directory's weights into an existing ``GPT`` (for
+    fine-tuning: ``init_from=<dir>``); returns that GPT.
+
+    ``module_or_model`` is a ``GPT`` or anything with a ``.model`` GPT (``LMModule``).
+
+    Raises:
+        ValueError: the directory cannot be read, the activation, epsilon or tying of
+            the two configs differ, or a weight's shape differs (named, with both shapes).
+    """
+    model = getattr(module_or_model, "model", module_or_model)
+    if not isinstance(model, GPT):
+        raise TypeError(f"init_from_hf needs a GPT or a module with .model, got {type(model).__name__}")
+    directory = Path(directory)
+    hf_config = gpt_config_from_hf(read_hf_config(directory))
+    for key in ("activation", "layer_norm_epsilon", "tie_weights", "pos_encoding", "bias"):
+        ours, theirs = getattr(model.config, key), getattr(hf_config, key)
+        if ours != theirs:
+            raise ValueError(f"init_from={directory}: model.{key}={ours} but the checkpoint has {theirs}")
+    state = state_dict_from_hf(read_hf_weights(directory), hf_config.tie_weights)
+    param = next(model.parameters())
+    state = {k: v.to(dtype=param.dtype, device=param.device) for k, v in state.items()}
+    with torch.no_grad():
+        load_state(model, state, f"init_from={directory}")
+    return model
+
+
+# --- writing a Hugging Face directory ---------------------------------------------------
+
+
+def hf_config_from_gpt(config: GPTConfig, tokenizer: object = None) -> dict:
+    """The ``config.json`` dict of GPT2LMHeadModel for our ``config``."""
+    eos = getattr(tokenizer, "eos_id", None)
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "vocab_size": config.vocab_size, "n_positions": config.block_size,
+        "n_ctx": config.block_size, "n_embd": config.n_embd, "n_layer": config.n_layer,
+        "n_head": config.n_head, "n_inner": None,
+        "activation_function": EXPORT_ACTIVATIONS[config.activation],
+        "resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.dropout,
+        "layer_norm_epsilon": config.layer_norm_epsilon, "initializer_range": 0.02,
+        "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False, "use_cache": True,
+        "tie_word_embeddings": config.tie_weights, "torch_dtype": "float32",
+        "bos_token_id": eos, "eos_token_id": eos,
+    }
+
+
+def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """Our weights in GPT2LMHeadModel's layout: Conv1D weights (in, out), contiguous.
+
+    GPT-2 always has biases and learned positions; a model without biases gets zero
+    biases and a sinusoidal one gets its fixed table as ``wpe``: the same function.
+    A tied ``lm_head.weight`` is left out (safetensors stores no shared tensors;
+    ``from_pretrained`` ties it again).
+    """
+    state = {k: v.detach().cpu().float() for k, v in model.state_dict().items()}
+    if model.config.tie_weights:
+        del state["lm_head.weight"]
+    if model.config.pos_encoding == "sinusoidal":
+        state["transformer.wpe.weight"] = model.sinusoidal_pe.detach().cpu().float()
+    if not model.config.bias:
+        for name, module in model.named_modules():
+            if isinstance(module, (nn.Linear, nn.LayerNorm)) and name != "lm_head":
+                state[f"{name}.bias"] = torch.zeros(module.weight.shape[0])
+    return {k: (v.t() if k.endswith(CONV1D_WEIGHTS) else v).contiguous() for k, v in state.items()}
+
+
+def save_hf_tokenizer(tokenizer: BPETokenizer, directory: Path) -> None:
+    """``vocab.json`` + ``merges.txt`` (GPT-2's encoder.json + vocab.bpe, HF's names)."""
+    tokenizer.save_gpt2(directory)
+    (directory / "encoder.json").replace(directory / "vocab.json")
+    (directory / "vocab.bpe").replace(directory / "merges.txt")
+
+
+def export_hf_gpt2(model: GPT, directory: str | Path, tokenizer: object = None) -> Path:
+    """Write ``model`` as a Hugging Face GPT-2 directory (``config.json`` +
+    ``model.safetensors``, float32), plus ``vocab.json`` + ``merges.txt`` when
+    ``tokenizer`` is a ``BPETokenizer`` (other tokenizers have no GPT-2 file format
+    and are not written). ``GPT2LMHeadModel.from_pretrained(directory)`` computes
+    the same logits. Returns the directory.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = hf_config_from_gpt(model.config, tokenizer)
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file(hf_state_dict(model), directory / "model.safetensors", metadata={"format": "pt"})
+    if isinstance(tokenizer, BPETokenizer):
+        save_hf_tokenizer(tokenizer, directory)
+    return directory
+
+
+# --- checkpoints and the command line -----------------------------------------------------
+
+
+def checkpoint_dict(model: GPT, tokenizer: object, run_config: dict | None = None) -> dict:
+    """A dict ``lm.checkpoint.load_checkpoint`` reads: weights under ``model.``, configs,
+    tokenizer."""
+    return {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "model_config": asdict(model.config),
+        "tokenizer": tokenizer.to_dict(),
+        "run_config": run_config or {},
+    }
+
+
+def import_command(hf_dir: str, out: str) -> str:
+    model, tokenizer = load_hf_gpt2(hf_dir)
+    if tokenizer is None:
+        raise ValueError(f"{hf_dir} has no vocab.json + merges.txt (a checkpoint needs its tokenizer)")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint_dict(model, tokenizer, {"init_from": str(hf_dir)}), out)
+    return f"wrote {out} ({model.num_params():,} parameters, vocab {model.config.vocab_size})"
+
+
+def export_command(ckpt: str, hf_dir: str) -> str:
+    from lm.checkpoint import load_checkpoint
+
+    model, tokenizer, _ = load_checkpoint(ckpt)
+    export_hf_gpt2(model, hf_dir, tokenizer)
+    note = "" if isinstance(tokenizer, BPETokenizer) else " (no tokenizer files: not a BPE tokenizer)"
+    return f"wrote {hf_dir}{note}"
+
+
+USAGE = "usage: python -m lm.convert import <hf_dir> <out.ckpt> | export <in.ckpt> <hf_dir>"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"import": import_command, "export": export_command}
+    if len(argv) != 3 or argv[0] not in commands:
+        print(USAGE, file=sys.stderr)
+        return 2
+    try:
+        print(commands[argv[0]](argv[1], argv[2]))
+    except (ValueError, OSError) as err:  # CheckpointError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

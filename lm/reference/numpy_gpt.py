@@ -1,0 +1,189 @@
+"""The GPT forward pass in plain NumPy, one function per operation.
+
+A reference to read and to test ``lm/model.py`` against: no autograd, no fused
+kernels, no hooks, float64 throughout. It takes our model's state dict (as NumPy
+arrays, ``numpy_state_dict``) and its ``GPTConfig``; it supports learned and
+sinusoidal positions, tied and untied output heads, biases on and off, and both
+activations (exact GELU and GPT-2's tanh approximation).
+
+Shape letters: B batch, T time, C channels (n_embd), H heads, Dh head dim (C // H),
+V vocab.
+
+Command line (greedy decoding from a checkpoint written by ``lm/train.py`` or
+``python -m lm.convert import``):
+    python -m lm.reference.numpy_gpt ckpt=<path> prompt="ROMEO:" max_new_tokens=50
+
+Sources: Radford et al. 2019 (GPT-2); Vaswani et al. 2017 (attention, sinusoidal
+positions); Hendrycks & Gimpel 2016 (GELU); Ba et al. 2016 (layer norm);
+Jay Mody, "GPT in 60 Lines of NumPy" (picoGPT).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+
+from lm.model import GPTConfig
+
+Params = dict[str, np.ndarray]
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def gelu(x: np.ndarray, approximate: bool = False) -> np.ndarray:
+    """GELU(x) = x * Phi(x); with ``approximate`` GPT-2's tanh form (``gelu_new``).
+
+    Exact: 0.5 x (1 + erf(x / sqrt 2)). Tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+    """
+    if approximate:
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """exp(x) / sum exp(x) along ``axis``, shifted by the max for stability; -inf -> 0."""
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray | None, eps: float) -> np.ndarray:
+    """(x - mean) / sqrt(var + eps) * g + b over the last axis (biased variance)."""
+    mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
+    var = x.var(axis=-1, keepdims=True)  # (..., 1)
+    y = (x - mean) / np.sqrt(var + eps) * g  # (..., C)
+    return y if b is None else y + b
+
+
+def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """x @ w.T + b, with ``w`` in nn.Linear's (out, in) layout: (..., in) -> (..., out)."""
+    y = x @ w.T  # (..., out)
+    return y if b is None else y + b
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Causal softmax(q k^T / sqrt(Dh)) v: (B, H, T, Dh) x3 -> (B, H, T, Dh)."""
+    T, Dh = q.shape[-2:]
+    scores = q @ k.swapaxes(-2, -1) / math.sqrt(Dh)  # (B, H, T, T)
+    future = np.triu(np.ones((T, T), dtype=bool), k=1)  # (T, T), True above the diagonal
+    scores = np.where(future, -np.inf, scores)  # (B, H, T, T)
+    return softmax(scores) @ v  # (B, H, T, Dh)
+
+
+def multi_head_attention(x: np.ndarray, p: Params, prefix: str, n_head: int) -> np.ndarray:
+    """Fused qkv projection, H heads of causal attention, output projection: (B, T, C) -> (B, T, C)."""
+    B, T, C = x.shape
+    Dh = C // n_head
+    qkv = linear(x, p[f"{prefix}.c_attn.weight"], p.get(f"{prefix}.c_attn.bias"))  # (B, T, 3C)
+    q, k, v = np.split(qkv, 3, axis=-1)  # 3 x (B, T, C)
+    q, k, v = (a.reshape(B, T, n_head, Dh).transpose(0, 2, 1, 3) for a in (q, k, v))  # (B, H, T, Dh)
+    y = attention(q, k, v)  # (B, H, T, Dh)
+    y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C)
+    return linear(y, p[f"{prefix}.c_proj.weight"], p.get(f"{prefix}.c_proj.bias"))  # (B, T, C)
+
+
+def mlp(x: np.ndarray, p: Params, prefix: str, approximate: bool) -> np.ndarray:
+    """Linear(C, 4C) -> GELU -> Linear(4C, C): (B, T, C) -> (B, T, C)."""
+    h = linear(x, p[f"{prefix}.c_fc.weight"], p.get(f"{prefix}.c_fc.bias"))  # (B, T, 4C)
+    h = gelu(h, approximate)  # (B, T, 4C)
+    return linear(h, p[f"{prefix}.c_proj.weight"], p.get(f"{prefix}.c_proj.bias"))  # (B, T, C)
+
+
+def block(x: np.ndarray, p: Params, prefix: str, config: GPTConfig) -> np.ndarray:
+    """Pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); (B, T, C) -> (B, T, C)."""
+    eps = config.layer_norm_epsilon
+    h = layer_norm(x, p[f"{prefix}.ln_1.weight"], p.get(f"{prefix}.ln_1.bias"), eps)  # (B, T, C)
+    x = x + multi_head_attention(h, p, f"{prefix}.attn", config.n_head)  # (B, T, C)
+    h = layer_norm(x, p[f"{prefix}.ln_2.weight"], p.get(f"{prefix}.ln_2.bias"), eps)  # (B, T, C)
+    return x + mlp(h, p, f"{prefix}.mlp", config.activation == "gelu_tanh")  # (B, T, C)
+
+
+def sinusoidal_positions(block_size: int, n_embd: int) -> np.ndarray:
+    """PE[pos, 2i] = sin(pos / 10000^(2i/C)), PE[pos, 2i+1] = cos(...): (block_size, C)."""
+    pos = np.arange(block_size, dtype=np.float64)[:, None]  # (T, 1)
+    two_i = np.arange(0, n_embd, 2, dtype=np.float64)  # (ceil(C/2),)
+    angle = pos / 10000.0 ** (two_i / n_embd)  # (T, ceil(C/2))
+    pe = np.zeros((block_size, n_embd))  # (T, C)
+    pe[:, 0::2] = np.sin(angle)
+    pe[:, 1::2] = np.cos(angle)[:, : n_embd // 2]
+    return pe
+
+
+def positions(p: Params, config: GPTConfig, T: int) -> np.ndarray:
+    """Position embedding rows 0..T-1: (T, C)."""
+    if config.pos_encoding == "learned":
+        return p["transformer.wpe.weight"][:T]  # (T, C)
+    return sinusoidal_positions(config.block_size, config.n_embd)[:T]  # (T, C)
+
+
+def gpt(idx: np.ndarray, p: Params, config: GPTConfig) -> np.ndarray:
+    """Next-token logits of token ids ``idx`` (B, T), T <= block_size -> (B, T, V).
+
+    ``p`` is ``numpy_state_dict(model)``: our parameter names, nn.Linear layouts.
+    An untied model reads its own ``lm_head.weight``; a tied one's equals ``wte``.
+    """
+    assert idx.ndim == 2 and idx.shape[1] <= config.block_size, idx.shape
+    T = idx.shape[1]
+    x = p["transformer.wte.weight"][idx] + positions(p, config, T)  # (B, T, C)
+    for i in range(config.n_layer):
+        x = block(x, p, f"transformer.h.{i}", config)  # (B, T, C)
+    x = layer_norm(x, p["transformer.ln_f.weight"], p.get("transformer.ln_f.bias"),
+                   config.layer_norm_epsilon)  # (B, T, C)
+    head = p["lm_head.weight"] if "lm_head.weight" in p else p["transformer.wte.weight"]  # (V, C)
+    return linear(x, head, None)  # (B, T, V)
+
+
+def numpy_state_dict(model) -> Params:
+    """A torch module's state dict as float64 NumPy arrays."""
+    return {k: v.detach().cpu().double().numpy() for k, v in model.state_dict().items()}
+
+
+def generate_greedy(idx: np.ndarray, p: Params, config: GPTConfig, max_new_tokens: int) -> np.ndarray:
+    """Append ``max_new_tokens`` argmax tokens to ``idx`` (B, T), seeing at most the last
+    block_size tokens: -> (B, T + max_new_tokens)."""
+    for _ in range(max_new_tokens):
+        logits = gpt(idx[:, -config.block_size:], p, config)  # (B, T', V)
+        nxt = logits[:, -1, :].argmax(axis=-1)[:, None]  # (B, 1)
+        idx = np.concatenate([idx, nxt], axis=1)  # (B, T + 1)
+    return idx
+
+
+def parse_args(argv: list[str]) -> dict:
+    """``ckpt=<path> [prompt=...] [max_new_tokens=N]`` (ValueError: one line)."""
+    args = {"ckpt": None, "prompt": "\n", "max_new_tokens": "50"}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in args:
+            raise ValueError(f"{arg!r} is not key=value with a key in {list(args)}")
+        args[key] = value
+    if not args["ckpt"]:
+        raise ValueError("ckpt=<path to a .ckpt> is required")
+    try:
+        args["max_new_tokens"] = int(args["max_new_tokens"])
+    except ValueError:
+        raise ValueError(f"max_new_tokens={args['max_new_tokens']} must be an integer") from None
+    if args["max_new_tokens"] < 0:
+        raise ValueError(f"max_new_tokens={args['max_new_tokens']} must be >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lm.checkpoint import load_checkpoint
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse_args(argv)
+        model, tokenizer, _ = load_checkpoint(args["ckpt"])
+    except ValueError as err:  # CheckpointError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    ids = tokenizer.encode(args["prompt"]) or [tokenizer.eos_id]
+    out = generate_greedy(np.array([ids]), numpy_state_dict(model), model.config,
+                          args["max_new_tokens"])  # (1, T + n)
+    print(tokenizer.decode(out[0].tolist()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

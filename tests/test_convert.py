@@ -1,0 +1,225 @@
+"""lm/convert.py against Hugging Face ``transformers``' GPT-2 (the reference)."""
+
+import json
+
+import pytest
+import torch
+
+from lm.bpe import BPETokenizer
+from lm.checkpoint import load_checkpoint
+from lm.convert import (
+    export_hf_gpt2,
+    init_from_hf,
+    load_hf_gpt2,
+    main,
+    save_hf_tokenizer,
+)
+from lm.model import GPT, GPTConfig
+from lm.sampling import generate
+
+transformers = pytest.importorskip("transformers")
+transformers.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
+
+SIZES = {"n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 32, "vocab_size": 100}
+
+
+def hf_model(seed: int = 0, **overrides) -> "transformers.GPT2LMHeadModel":
+    """A random tiny GPT-2 in eval mode; a wide init (0.2) so logits are far from uniform."""
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(**{**SIZES, "initializer_range": 0.2, **overrides})
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # GPT-2 inits LayerNorm to (1, 0); random values test the mapping
+        for name, p in model.named_parameters():
+            if "ln_" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def hf_logits(model, idx: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(idx).logits  # (B, T, V)
+
+
+def our_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(idx)[0]  # (B, T, V)
+
+
+@pytest.fixture
+def idx():
+    return torch.randint(0, SIZES["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "pytorch_model.bin"])
+def test_import_gives_hf_logits(tmp_path, idx, safe):
+    hf = hf_model()
+    hf.save_pretrained(tmp_path, safe_serialization=safe)
+    if not safe and not (tmp_path / "pytorch_model.bin").is_file():
+        # transformers 5 always writes safetensors; write the legacy file as 4.x did
+        torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+        (tmp_path / "model.safetensors").unlink()
+    assert (tmp_path / ("model.safetensors" if safe else "pytorch_model.bin")).is_file()
+    model, tokenizer = load_hf_gpt2(tmp_path)
+    assert tokenizer is None
+    assert model.config.activation == "gelu_tanh" and model.config.block_size == 32
+    torch.testing.assert_close(our_logits(model, idx), hf_logits(hf, idx), atol=1e-5, rtol=0)
+
+
+def test_import_untied_and_exact_gelu(tmp_path, idx):
+    hf = hf_model(tie_word_embeddings=False, activation_function="gelu", layer_norm_epsilon=1e-3)
+    hf.save_pretrained(tmp_path)
+    model, _ = load_hf_gpt2(tmp_path)
+    assert not model.config.tie_weights and model.config.activation == "gelu"
+    assert model.config.layer_norm_epsilon == 1e-3
+    torch.testing.assert_close(our_logits(model, idx), hf_logits(hf, idx), atol=1e-5, rtol=0)
+
+
+def test_greedy_tokens_match_hf_generate(tmp_path, idx):
+    hf = hf_model()
+    hf.save_pretrained(tmp_path)
+    model, _ = load_hf_gpt2(tmp_path)
+    prompt = idx[:, :6]  # (2, 6)
+    ours = generate(model, prompt, max_new_tokens=12, temperature=0)  # (2, 18)
+    theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12,
+                         min_new_tokens=12, do_sample=False, pad_token_id=0)  # (2, 18)
+    assert torch.equal(ours, theirs)
+
+
+def test_export_reimport_is_exact_and_hf_loads_it(tmp_path, idx):
+    hf = hf_model()
+    hf.save_pretrained(tmp_path / "hf")
+    model, _ = load_hf_gpt2(tmp_path / "hf")
+    export_hf_gpt2(model, tmp_path / "out")
+    again, _ = load_hf_gpt2(tmp_path / "out")
+    assert again.config == model.config
+    ours, theirs = model.state_dict(), again.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
+    torch.testing.assert_close(hf_logits(reloaded, idx), hf_logits(hf, idx), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("config", [
+    {"tie_weights": False, "activation": "gelu"},
+    {"bias": False, "activation": "gelu_tanh"},
+    {"pos_encoding": "sinusoidal", "layer_norm_epsilon": 1e-3},
+], ids=["untied-gelu", "no-bias", "sinusoidal"])
+def test_export_of_other_variants_gives_our_logits_in_hf(tmp_path, idx, config):
+    """GPT-2 has no bias-free or sinusoidal variant: they export as zero biases / a fixed wpe."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=100, block_size=32, n_layer=2, n_head=2, n_embd=32,
+                          **config)).eval()
+    export_hf_gpt2(model, tmp_path)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(hf_logits(hf, idx), our_logits(model, idx), atol=1e-5, rtol=0)
+
+
+def test_cli_import_then_export_round_trip(tmp_path, idx, capsys):
+    tokenizer = BPETokenizer.train("the cat sat on the mat. " * 20, vocab_size=270)
+    hf = hf_model(vocab_size=tokenizer.vocab_size)
+    hf.save_pretrained(tmp_path / "hf")
+    save_hf_tokenizer(tokenizer, tmp_path / "hf")
+    assert main(["import", str(tmp_path / "hf"), str(tmp_path / "gpt.ckpt")]) == 0
+    model, loaded_tokenizer, _ = load_checkpoint(tmp_path / "gpt.ckpt")
+    assert loaded_tokenizer.encode("the cat") == tokenizer.encode("the cat")
+    torch.testing.assert_close(our_logits(model, idx), hf_logits(hf, idx), atol=1e-5, rtol=0)
+
+    assert main(["export", str(tmp_path / "gpt.ckpt"), str(tmp_path / "out")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["eos_token_id"] == (
+        tokenizer.eos_id
+    )
+    assert BPETokenizer.load_gpt2(tmp_path / "out").to_dict() == tokenizer.to_dict()
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
+    torch.testing.assert_close(hf_logits(reloaded, idx), hf_logits(hf, idx), atol=1e-5, rtol=0)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["import", str(tmp_path / "nope"), str(tmp_path / "x.ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "is not a directory" in err and err.count("\n") == 1
+    assert main(["frobnicate"]) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_missing_weights_is_a_value_error(tmp_path):
+    hf_model().config.to_json_file(tmp_path / "config.json")
+    with pytest.raises(ValueError, match="has no weights"):
+        load_hf_gpt2(tmp_path)
+    with pytest.raises(ValueError, match="config.json does not exist"):
+        load_hf_gpt2(tmp_path.parent)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("scale_attn_by_inverse_layer_idx", True),
+    ("reorder_and_upcast_attn", True),
+    ("scale_attn_weights", False),
+    ("activation_function", "relu"),
+    ("n_inner", 40),
+    ("model_type", "llama"),
+])
+def test_unsupported_config_is_rejected(tmp_path, key, value):
+    hf_model().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, key: value}))
+    with pytest.raises(ValueError, match=key):
+        load_hf_gpt2(tmp_path)
+
+
+def test_init_from_hf_copies_weights(tmp_path, idx):
+    hf = hf_model()
+    hf.save_pretrained(tmp_path)
+    model = GPT(GPTConfig(vocab_size=100, block_size=32, n_layer=2, n_head=2, n_embd=32,
+                          activation="gelu_tanh")).eval()
+    assert init_from_hf(model, tmp_path) is model
+    torch.testing.assert_close(our_logits(model, idx), hf_logits(hf, idx), atol=1e-5, rtol=0)
+    assert model.lm_head.weight is model.transformer.wte.weight  # still tied
+
+
+def test_init_from_hf_names_mismatched_shapes(tmp_path):
+    hf_model().save_pretrained(tmp_path)
+    model = GPT(GPTConfig(vocab_size=120, block_size=32, n_layer=2, n_head=2, n_embd=32,
+                          activation="gelu_tanh"))
+    with pytest.raises(ValueError, match=r"transformer\.wte\.weight \(100, 32\) vs model \(120, 32\)"):
+        init_from_hf(model, tmp_path)
+    with pytest.raises(ValueError, match="model.activation=gelu"):
+        init_from_hf(GPT(GPTConfig(vocab_size=100, block_size=32, n_layer=2, n_head=2,
+                                   n_embd=32)), tmp_path)
+
+
+def test_train_fine_tunes_from_a_hf_directory(make_cfg, corpus, tmp_path):
+    """init_from + GPT-2's tokenizer files: the run starts from the HF weights, so with a
+    negligible learning rate its val/loss is the HF model's loss on the same batches."""
+    import torch.nn.functional as F
+
+    from lm.train import build_datamodule, run
+
+    hf_dir = tmp_path / "hf"
+    tokenizer = BPETokenizer.train(corpus.read_text(), 300, ("<|endoftext|>",))
+    tokenizer.save_gpt2(hf_dir)
+    hf = hf_model(n_layer=2, n_head=4, n_embd=64, n_positions=64,
+                  vocab_size=tokenizer.vocab_size)
+    hf.save_pretrained(hf_dir)
+    cfg = make_cfg(f"init_from={hf_dir}", "data/tokenizer=gpt2_files",
+                   f"data.tokenizer.path={hf_dir}", f"model.vocab_size={tokenizer.vocab_size}",
+                   "model.activation=gelu_tanh", "optimizer.lr=1e-12", "trainer.max_steps=1",
+                   "trainer.val_check_interval=1")
+    record = run(cfg)
+    dm = build_datamodule(cfg)
+    assert dm.tokenizer.to_dict() == tokenizer.to_dict()  # the files' ids, not retrained
+    with torch.no_grad():
+        losses = [F.cross_entropy(hf(x).logits.flatten(0, 1), y.flatten())
+                  for x, y in dm.val_dataloader()]
+    expected = torch.stack(losses).mean().item()
+    assert record["metrics"]["final"]["val/loss"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_init_from_a_mismatched_model_is_one_config_error(make_cfg, tmp_path):
+    from lm.config import ConfigError
+    from lm.train import run
+
+    hf_model(n_positions=64).save_pretrained(tmp_path / "hf")  # 32 wide; model=tiny is 64
+    with pytest.raises(ConfigError, match="init_from=.*hf") as err:
+        run(make_cfg(f"init_from={tmp_path / 'hf'}", "model.activation=gelu_tanh"))
+    assert "\n" not in str(err.value)
