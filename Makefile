@@ -34,6 +34,7 @@ tensorboard: $(STAMP)
 bench: $(STAMP)  ## harness vs plain loop tokens/s; BPE training time and encode MB/s
 	$(PY) -m lm.bench $(ARGS)
 	$(PY) -m lm.bench_tokenizer
+	$(PY) -m lm.bench_generate
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lm tests

@@ -116,6 +116,46 @@ def sinusoidal_positions(block_size: int, n_embd: int) -> torch.Tensor:
     return pe
 
 
+class LayerKV:
+    """One layer's cached keys and values, each (B, H, T_past, Dh); empty at first."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new (B, H, T, Dh) keys and values; return all of them, (B, H, T_past + T, Dh)."""
+        if self.k is not None:
+            k = torch.cat([self.k, k], dim=2)  # (B, H, T_past + T, Dh)
+            v = torch.cat([self.v, v], dim=2)  # (B, H, T_past + T, Dh)
+        self.k, self.v = k, v
+        return k, v
+
+
+class KVCache:
+    """Keys and values of every layer for incremental decoding (``GPT.forward(kv_cache=...)``).
+
+    ``len(cache)`` is the number of positions cached; the next tokens fed to the model
+    take positions ``len(cache), len(cache) + 1, ...``. ``reorder(index)`` picks batch
+    rows (beam search). Keys and values are stored after ``hook_k``/``hook_v``, so an
+    edit made by a hook when a position was computed stays in the cache.
+    """
+
+    def __init__(self, n_layer: int) -> None:
+        self.layers = [LayerKV() for _ in range(n_layer)]
+
+    def __len__(self) -> int:
+        k = self.layers[0].k
+        return 0 if k is None else k.size(2)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows ``index`` (B',) int64, in that order."""
+        for layer in self.layers:
+            if layer.k is not None:
+                layer.k = layer.k.index_select(0, index)  # (B', H, T_past, Dh)
+                layer.v = layer.v.index_select(0, index)  # (B', H, T_past, Dh)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with a fused qkv projection (GPT-2 ``attn``).
 
@@ -143,34 +183,55 @@ class CausalSelfAttention(nn.Module):
         self.hook_pattern = HookPoint()  # (B, H, T, T), explicit path only
         self.hook_z = HookPoint()  # (B, T, H, Dh)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T, C) -> (B, T, C)."""
+    def forward(self, x: torch.Tensor, kv: LayerKV | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C).
+
+        With ``kv`` (this layer's slot of a ``KVCache``) the T new positions attend
+        to the cached keys and values too, and their own k, v are appended to it.
+        The hook points see the new positions only (hook_scores/hook_pattern:
+        (B, H, T, T_past + T)).
+        """
         B, T, C = x.shape
         H, Dh = self.n_head, C // self.n_head
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q = self.hook_q(q.view(B, T, H, Dh).transpose(1, 2))  # (B, H, T, Dh)
         k = self.hook_k(k.view(B, T, H, Dh).transpose(1, 2))  # (B, H, T, Dh)
         v = self.hook_v(v.view(B, T, H, Dh).transpose(1, 2))  # (B, H, T, Dh)
+        if kv is not None:
+            k, v = kv.append(k, v)  # 2 x (B, H, Tk, Dh), Tk = T_past + T
         if self.hook_scores.has_hooks or self.hook_pattern.has_hooks:
             y = self._explicit_attention(q, k, v)  # (B, H, T, Dh)
         else:
-            p = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=p, is_causal=True
-            )  # (B, H, T, Dh)
+            y = self._fused_attention(q, k, v)  # (B, H, T, Dh)
         z = self.hook_z(y.transpose(1, 2))  # (B, T, H, Dh)
         return self.resid_dropout(self.c_proj(z.reshape(B, T, C)))  # (B, T, C)
+
+    def _fused_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        """SDPA; ``is_causal`` only when Tq == Tk (its mask is top-left aligned, so with a
+        cache the last Tq rows of the causal mask are passed explicitly)."""
+        p = self.dropout if self.training else 0.0
+        Tq, Tk = q.size(-2), k.size(-2)
+        if Tq == Tk:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        mask = _causal_mask(Tq, Tk, q.device)  # (Tq, Tk)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
 
     def _explicit_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
         """softmax(q k^T / sqrt(Dh) + causal mask) v, with scores and pattern hooked."""
-        T = q.size(-2)
-        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, H, T, T)
-        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()  # (T, T)
-        scores = self.hook_scores(scores.masked_fill(~causal, float("-inf")))  # (B, H, T, T)
-        pattern = self.hook_pattern(F.softmax(scores, dim=-1))  # (B, H, T, T)
-        return self.attn_dropout(pattern) @ v  # (B, H, T, Dh)
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, H, Tq, Tk)
+        causal = _causal_mask(q.size(-2), k.size(-2), q.device)  # (Tq, Tk)
+        scores = self.hook_scores(scores.masked_fill(~causal, float("-inf")))  # (B, H, Tq, Tk)
+        pattern = self.hook_pattern(F.softmax(scores, dim=-1))  # (B, H, Tq, Tk)
+        return self.attn_dropout(pattern) @ v  # (B, H, Tq, Dh)
+
+
+def _causal_mask(Tq: int, Tk: int, device: torch.device) -> torch.Tensor:
+    """(Tq, Tk) bool, True where allowed: the queries are the last Tq of Tk positions."""
+    return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(diagonal=Tk - Tq)
 
 
 class MLP(nn.Module):
@@ -209,10 +270,10 @@ class Block(nn.Module):
         self.hook_mlp_out = HookPoint()  # (B, T, C)
         self.hook_resid_post = HookPoint()  # (B, T, C)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T, C) -> (B, T, C)."""
+    def forward(self, x: torch.Tensor, kv: LayerKV | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C); ``kv``: this layer's KV cache slot, if any."""
         x = self.hook_resid_pre(x)  # (B, T, C)
-        attn_out = self.hook_attn_out(self.attn(self.ln_1(x)))  # (B, T, C)
+        attn_out = self.hook_attn_out(self.attn(self.ln_1(x), kv))  # (B, T, C)
         x = self.hook_resid_mid(x + attn_out)  # (B, T, C)
         mlp_out = self.hook_mlp_out(self.mlp(self.ln_2(x)))  # (B, T, C)
         return self.hook_resid_post(x + mlp_out)  # (B, T, C)
@@ -345,39 +406,54 @@ class GPT(nn.Module):
                 n -= self.transformer.wte.weight.numel()
         return n
 
-    def _positions(self, T: int, device: torch.device) -> torch.Tensor:
-        """Position embedding rows 0..T-1, shape (T, C)."""
+    def new_kv_cache(self) -> KVCache:
+        """An empty ``KVCache`` for ``forward(idx, kv_cache=...)``."""
+        return KVCache(self.config.n_layer)
+
+    def _positions(self, T: int, device: torch.device, start: int = 0) -> torch.Tensor:
+        """Position embedding rows start..start+T-1, shape (T, C)."""
         if self.config.pos_encoding == "learned":
-            return self.transformer.wpe(torch.arange(T, device=device))  # (T, C)
-        return self.sinusoidal_pe[:T]  # (T, C)
+            return self.transformer.wpe(torch.arange(start, start + T, device=device))  # (T, C)
+        return self.sinusoidal_pe[start : start + T]  # (T, C)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Next-token logits and, given targets, the mean cross-entropy.
 
         Args:
             idx: (B, T) int64 token ids, T <= block_size.
             targets: (B, T) int64 next-token ids; -100 marks positions to ignore.
+            kv_cache: from ``new_kv_cache()``; ``idx`` then continues the cached
+                sequence (positions ``len(kv_cache)`` onwards), its keys and values
+                are appended, and the logits are those of the new positions only,
+                equal (float32 rounding) to the uncached forward of the whole sequence.
 
         Returns:
             logits (B, T, V) and the scalar loss (None without targets).
 
         Raises:
-            ValueError: idx is not (B, T), or T > block_size.
+            ValueError: idx is not (B, T), or len(kv_cache) + T > block_size (a
+                longer sequence must be cropped and recomputed with a new cache).
         """
         if idx.dim() != 2:
             raise ValueError(f"idx must be (B, T), got shape {tuple(idx.shape)}")
         B, T = idx.shape
-        if T > self.config.block_size:
+        start = 0 if kv_cache is None else len(kv_cache)
+        if start + T > self.config.block_size:
             raise ValueError(
-                f"sequence length T={T} exceeds model.block_size={self.config.block_size}"
+                f"sequence length T={start + T} exceeds model.block_size={self.config.block_size}"
             )
         tok = self.hook_embed(self.transformer.wte(idx))  # (B, T, C)
-        pos = self.hook_pos_embed(self._positions(T, idx.device).expand(B, T, -1))  # (B, T, C)
+        pos = self._positions(T, idx.device, start).expand(B, T, -1)  # (B, T, C)
+        pos = self.hook_pos_embed(pos)  # (B, T, C)
         x = self.transformer.drop(tok + pos)  # (B, T, C)
-        for block in self.transformer.h:
-            x = block(x)  # (B, T, C)
+        kvs = [None] * len(self.transformer.h) if kv_cache is None else kv_cache.layers
+        for block, kv in zip(self.transformer.h, kvs):
+            x = block(x, kv)  # (B, T, C)
         x = self.hook_final_norm(self.transformer.ln_f(x))  # (B, T, C)
         logits = self.hook_logits(self.lm_head(x))  # (B, T, V)
         if targets is None:
