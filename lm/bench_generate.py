@@ -1,12 +1,13 @@
 """Benchmark: greedy generation tokens/s with and without the KV cache.
 
-``model=small`` (conf/model/small.yaml) with random weights and vocab 65 (Shakespeare
+``model=small`` (conf/model/small.yaml, with GPT-2's gelu_tanh) with random weights and vocab 65 (Shakespeare
 characters), one prompt of ``--prompt`` tokens, ``--new`` new tokens, greedy.
 Two context lengths: the config's block_size 64, shorter than 256 new tokens, so
 once the window is full the cache is rebuilt every step (as costly as no cache);
 and block_size 512, where all new tokens fit in the cache. If ``transformers``
 is importable, Hugging Face's ``GPT2LMHeadModel.generate`` (do_sample=False,
-use_cache=True) on a same-sized GPT-2 config is timed for reference. Each
+use_cache=True) on the same weights (exported with ``lm.convert``) is timed for
+reference, and its greedy tokens are checked against ours. Each
 variant runs once to warm up, then reports the best of ``--repeats`` runs.
 
     python -m lm.bench_generate [--new 256] [--prompt 16] [--repeats 3] [--device cpu]
@@ -15,6 +16,7 @@ variant runs once to warm up, then reports the best of ``--repeats`` runs.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,29 +50,37 @@ def best_tokens_per_sec(run: Callable[[], torch.Tensor], n_new: int, repeats: in
     return n_new / min(times)
 
 
-def ours(config: GPTConfig, prompt: torch.Tensor, n_new: int, use_cache: bool, device: str):
+def build(config: GPTConfig, device: str) -> GPT:
+    """Our model, seeded, in eval mode."""
     torch.manual_seed(0)
-    model = GPT(config).to(device).eval()
+    return GPT(config).to(device).eval()
+
+
+def ours(model: GPT, prompt: torch.Tensor, n_new: int, use_cache: bool):
     return lambda: generate(model, prompt, n_new, temperature=0, use_cache=use_cache)
 
 
-def hugging_face(config: GPTConfig, prompt: torch.Tensor, n_new: int, device: str):
-    """``GPT2LMHeadModel.generate`` with the same sizes, or None without ``transformers``."""
+def hugging_face(model: GPT, prompt: torch.Tensor, n_new: int, device: str):
+    """``GPT2LMHeadModel.generate`` on our model's weights (exported with ``lm.convert``),
+    or None without ``transformers``."""
     try:
-        from transformers import GPT2Config, GPT2LMHeadModel
+        import transformers
+        from transformers import GPT2LMHeadModel
     except ImportError:
         return None
-    hf_config = GPT2Config(vocab_size=VOCAB, n_positions=config.block_size,
-                           n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head,
-                           bos_token_id=None, eos_token_id=None)  # no eos: all n_new tokens
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(hf_config).to(device).eval()
+    transformers.utils.logging.disable_progress_bar()
+    from lm.convert import export_hf_gpt2
+
+    with tempfile.TemporaryDirectory() as directory:
+        export_hf_gpt2(model, directory)
+        hf = GPT2LMHeadModel.from_pretrained(directory).to(device).eval()
     mask = torch.ones_like(prompt)
 
     def run():
         with torch.no_grad():
-            return model.generate(prompt, attention_mask=mask, max_new_tokens=n_new,
-                                  do_sample=False, use_cache=True, pad_token_id=0)
+            return hf.generate(prompt, attention_mask=mask, max_new_tokens=n_new,
+                               do_sample=False, use_cache=True, pad_token_id=0,
+                               eos_token_id=None)  # no eos: all n_new tokens
 
     return run
 
@@ -84,23 +94,24 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     prompt = torch.randint(0, VOCAB, (1, args.prompt), generator=torch.Generator().manual_seed(0))
     prompt = prompt.to(args.device)  # (1, T)
-    print(f"greedy, model=small (4 layers, 4 heads, 128 wide), vocab {VOCAB}, "
+    print(f"greedy, model=small (4 layers, 4 heads, 128 wide, gelu_tanh), vocab {VOCAB}, "
           f"prompt {args.prompt}, {args.new} new tokens, device {args.device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for block_size in (64, 512):
-        config = small_config(block_size=block_size)
+        model = build(small_config(block_size=block_size, activation="gelu_tanh"), args.device)
         for use_cache in (False, True):
-            rate = best_tokens_per_sec(ours(config, prompt, args.new, use_cache, args.device),
+            rate = best_tokens_per_sec(ours(model, prompt, args.new, use_cache),
                                        args.new, args.repeats)
             cache = "KV cache" if use_cache else "no cache"
             print(f"lm       block_size={block_size:<4} {cache:9} {rate:8.1f} tokens/s")
-        run = hugging_face(config, prompt, args.new, args.device)
+        run = hugging_face(model, prompt, args.new, args.device)
         if run is None:
             print("hf GPT2LMHeadModel: transformers is not installed")
         elif block_size >= args.prompt + args.new:  # HF has no sliding window past n_positions
             rate = best_tokens_per_sec(run, args.new, args.repeats)
-            print(f"hf GPT2  block_size={block_size:<4} {'KV cache':9} {rate:8.1f} tokens/s")
-
+            same = torch.equal(run(), ours(model, prompt, args.new, True)())
+            print(f"hf GPT2  block_size={block_size:<4} {'KV cache':9} {rate:8.1f} tokens/s "
+                  f"(same weights; same greedy tokens as lm: {same})")
 
 if __name__ == "__main__":
     main()

@@ -114,7 +114,8 @@ class LMModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch  # (B, T), (B, T)
         _, loss = self.model(x, y)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        if self._is_logging_step(self.global_step + 1):  # self.log costs ~1 ms: not every step
+            self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         if self._aux_hooks:
             loss = loss + sum(hook.loss() for hook in self._aux_hooks)
         return loss
@@ -155,7 +156,9 @@ class LMModule(L.LightningModule):
     def _is_logging_step(self, steps_done: int) -> bool:
         # Lightning writes step scalars when the count of finished steps is a multiple
         # of log_every_n_steps; computing a metric at other steps would be wasted work.
-        return steps_done % self.trainer.log_every_n_steps == 0
+        # Outside a Trainer (a module driven by hand) nothing is written, so never.
+        trainer = self._trainer
+        return trainer is not None and steps_done % trainer.log_every_n_steps == 0
 
     # --- validation -----------------------------------------------------------
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
