@@ -85,8 +85,6 @@ class LMModule(L.LightningModule):
         self.sample = sample or {"max_new_tokens": 0}
         self.run_config = run_config or {}
         self.seed = seed
-        self.best_val_loss = math.inf
-        self.last_val_loss = math.nan
         self._val_losses: list[torch.Tensor] = []
         self._window_tokens = 0
         self._window_seconds = 0.0
@@ -172,8 +170,6 @@ class LMModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         loss = torch.stack(self._val_losses).mean()
         self._val_losses.clear()
-        self.last_val_loss = loss.item()
-        self.best_val_loss = min(self.best_val_loss, self.last_val_loss)
         # Lightning would write these at step global_step - 1 (its count of finished
         # batches lags here); a curve point belongs at the number of updates behind it.
         metrics = {"val/loss": loss.item(), "val/ppl": math.exp(loss.item())}
