@@ -95,6 +95,7 @@ class LMModule(L.LightningModule):
         self._aux_hooks = [h for h in self.hooks if isinstance(h, AuxLossHook)]
         self._update_hooks = [h for h in self.hooks if isinstance(h, UpdateHook)]
         self._hook_handles: list = []
+        self._logging = False  # whether this step's scalars are written (set per step)
         self._first_val_batch = None
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
@@ -104,29 +105,27 @@ class LMModule(L.LightningModule):
     # --- training -------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self._step_started = time.perf_counter()
-        if self.hooks:
-            logging = self._is_logging_step(self.global_step + 1)
-            for hook in self.hooks:
-                hook.logging = logging
+        self._logging = self._is_logging_step(self.global_step + 1)  # for this whole step
+        for hook in self.hooks:
+            hook.logging = self._logging
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch  # (B, T), (B, T)
         _, loss = self.model(x, y)
-        if self._is_logging_step(self.global_step + 1):  # self.log costs ~1 ms: not every step
+        if self._logging:  # self.log costs ~1 ms: not every step
             self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         if self._aux_hooks:
             loss = loss + sum(hook.loss() for hook in self._aux_hooks)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        logging = self._is_logging_step(self.global_step + 1)
-        if logging:  # the raw gradient, before update hooks and clipping
+        if self._logging:  # the raw gradient, before update hooks and clipping
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+            norm = torch.nn.utils.get_total_norm(grads)
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
             self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
         if self.hooks:
-            self._run_update_hooks(logging)
+            self._run_update_hooks(self._logging)
 
     def _run_update_hooks(self, logging: bool) -> None:
         for hook in self._update_hooks:

@@ -36,6 +36,7 @@ from lm.convert import init_from_hf
 from lm.corpus import DataError
 from lm.data import LMDataModule
 from lm.hooks import build_hooks
+from lm.model import GPTConfig
 from lm.module import LMModule
 from lm.tracking import (
     HashLock,
@@ -174,7 +175,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     Raises:
         ConfigError, DataError: a bad config value or corpus, before any training.
     """
-    validate(cfg)
+    model_config = validate(cfg)
     full_hash = config_hash(cfg)
     lock = HashLock(cfg.tracking.registry_dir, full_hash)
     if not lock.acquire():
@@ -196,7 +197,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
             print(f"resume {full_hash[:8]}: continuing {run_dir} from {ckpt_path}")
         elif cfg.resume not in ("auto", "never"):
             ckpt_path = Path(cfg.resume)
-        record = train(cfg, full_hash, run_dir, ckpt_path, prior, extra_callbacks)
+        record = train(cfg, model_config, full_hash, run_dir, ckpt_path, prior, extra_callbacks)
         if run_dir != job_dir:
             write_pointer(job_dir, record, "resumed")
         return record
@@ -205,11 +206,11 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
 
 
 def train(
-    cfg: DictConfig, full_hash: str, run_dir: Path, ckpt_path: Path | None, prior: dict,
-    extra_callbacks: Sequence[L.Callback] = (),
+    cfg: DictConfig, model_config: GPTConfig, full_hash: str, run_dir: Path,
+    ckpt_path: Path | None, prior: dict, extra_callbacks: Sequence[L.Callback] = (),
 ) -> dict:
-    """Build data, model and Trainer, fit (from ``ckpt_path`` if given), record in ``run_dir``."""
-    model_config = validate(cfg)
+    """Build data, model and Trainer from the validated ``cfg``, fit (from ``ckpt_path`` if
+    given), and record the run in ``run_dir`` (``prior``: an interrupted run's record)."""
     dm = build_datamodule(cfg)
     if model_config.vocab_size is None:
         model_config = dataclasses.replace(model_config, vocab_size=dm.tokenizer.vocab_size)
@@ -237,10 +238,10 @@ def train(
         except ValueError as err:
             raise ConfigError(f"init_from={cfg.init_from}: {err}") from None
     trainer = build_trainer(cfg, run_dir, extra_callbacks)
-    record = RunRecord(
-        run_dir, **{**{k: v for k, v in prior.items() if k != "run_dir"}, "hash": full_hash, "hash8": full_hash[:8], "code": code_version(),
-                    "n_params": module.model.num_params(), **hydra_job_info()},
-    )
+    fields = {k: v for k, v in prior.items() if k != "run_dir"}  # resumed: keep its history
+    fields.update(hash=full_hash, hash8=full_hash[:8], code=code_version(),
+                  n_params=module.model.num_params(), **hydra_job_info())
+    record = RunRecord(run_dir, **fields)
     if ckpt_path is not None:
         record.data["resumed_from"] = [*prior.get("resumed_from", []), str(ckpt_path)]
     record.start()
