@@ -7,15 +7,20 @@ types cannot express and raises ``ConfigError`` with one line naming the key, th
 value and the rule. ``lm/train.py`` turns that into exit code 2.
 """
 
+import difflib
+import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from lm.model import GPTConfig
 
@@ -116,6 +121,8 @@ class TrackingConfig:
     registry_dir: str = "outputs"
     skip_completed: bool = True
     checkpoint_every_n_steps: int = 50
+    divergence_guard: bool = True
+    retry_diverged: bool = False
 
 
 @dataclass
@@ -204,6 +211,131 @@ def unknown_choice(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> str |
     return None
 
 
+# The typed nodes of the config and the keys each may hold. Hydra's ``+key=value``
+# appends a key even to a typed node, so ``validate`` checks these itself. The trainer
+# also takes any other argument of ``lightning.Trainer`` (``+trainer.strategy=ddp``).
+SCHEMA_NODES: dict[str, type] = {
+    "": TrainConfig, "model": GPTConfig, "data": DataConfig, "data.tokenizer": TokenizerConfig,
+    "trainer": TrainerConfig, "paths": PathsConfig, "sample": SampleConfig,
+    "tracking": TrackingConfig,
+}
+
+
+def allowed_keys(node: str) -> set[str]:
+    """The keys the typed config node ``node`` (a ``SCHEMA_NODES`` key) may hold."""
+    keys = {f.name for f in fields(SCHEMA_NODES[node])}
+    if node == "trainer":
+        import lightning
+
+        keys |= set(inspect.signature(lightning.Trainer.__init__).parameters) - {"self"}
+    return keys | ({"hydra"} if node == "" else set())
+
+
+def unknown_key(cfg: DictConfig) -> str | None:
+    """One line naming the first key of a typed node that its schema does not have
+    (``+foo=1``, ``+data.foo=1``, ``+model.foo=1``), with the closest valid keys; None if
+    every key is known. Untyped groups (optimizer, scheduler, logger, hooks) are checked
+    by building them."""
+    for node in SCHEMA_NODES:
+        sub = OmegaConf.select(cfg, node) if node else cfg
+        if not isinstance(sub, DictConfig):
+            if node and sub is not None:
+                return f"{node}={sub} is invalid: must be a config node (keys: {_keys(node)})"
+            continue
+        allowed = allowed_keys(node)
+        for key in sub:
+            if key not in allowed:
+                return unknown_key_line(f"{node}.{key}" if node else str(key), allowed)
+    return None
+
+
+def unknown_key_line(full_key: str, allowed: set[str]) -> str:
+    """``<key> is not a config key; closest: <keys> (<node> keys: ...)``."""
+    node, _, leaf = full_key.rpartition(".")
+    prefix = f"{node}." if node else ""
+    close = difflib.get_close_matches(leaf, sorted(allowed), n=3, cutoff=0.5)
+    hint = f"closest: {', '.join(prefix + c for c in close)}; " if close else ""
+    shown = sorted(k for k in allowed if not k.startswith("_"))
+    listed = ", ".join(shown) if len(shown) <= 25 else ", ".join(shown[:25]) + ", ..."
+    return f"{full_key} is not a config key; {hint}{node or 'top-level'} keys: {listed}"
+
+
+def _keys(node: str) -> str:
+    return ", ".join(sorted(allowed_keys(node)))
+
+
+def check_overrides(argv: Sequence[str]) -> str | None:
+    """One line saying what is wrong with the command line of ``lm/train.py``, or None.
+
+    Checked before Hydra starts (which would print a dozen lines and make a run dir):
+    unknown group options, overrides that do not parse, keys that do not exist (with the
+    closest), values of the wrong type, keys no schema has. A sweep (``-m a=1,2``) is
+    composed with each of its values. Sweeps by function (``range``, ``interval``) are
+    left to Hydra.
+    """
+    overrides = [a for a in argv if not a.startswith("-")]
+    if problem := unknown_choice(overrides):
+        return problem
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:
+        return _first_line(err)
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    for variant in _variants(parsed, multirun):
+        if isinstance(variant, str):
+            return variant
+        try:
+            cfg = compose_config(variant)
+        except (HydraException, OmegaConfBaseException) as err:
+            return compose_error_line(err, variant)
+        if problem := unknown_key(cfg):
+            return problem
+    return None
+
+
+def _variants(parsed: list, multirun: bool) -> list:
+    """Override lists to compose: each sweep's first value, then each other value in
+    turn; or one line if a sweep is given without ``-m``."""
+    base, sweeps = [], []
+    for o in parsed:
+        text = o.input_line
+        if not o.is_sweep_override():
+            base.append(text)
+            continue
+        if not multirun:
+            return [f"{text} is a sweep: add -m (--multirun) to run one job per value"]
+        try:
+            values = list(o.sweep_string_iterator())
+        except Exception:  # noqa: BLE001, S112 - range/interval/glob sweeps: Hydra checks them
+            continue
+        sweeps.append((o.get_key_element(), values))
+    first = base + [f"{key}={values[0]}" for key, values in sweeps if values]
+    variants = [first]
+    for i, (key, values) in enumerate(sweeps):
+        others = [f"{k}={v[0]}" for j, (k, v) in enumerate(sweeps) if j != i and v]
+        variants += [base + others + [f"{key}={value}"] for value in values[1:]]
+    return variants
+
+
+def compose_error_line(err: Exception, overrides: Sequence[str]) -> str:
+    """One line for a Hydra composition error: a missing key (with the closest ones) or
+    a value of the wrong type."""
+    cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
+    full_key = getattr(cause, "full_key", None)
+    message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    if full_key and ("not in struct" in str(cause) or "Key '" in message):
+        node, _, _ = full_key.rpartition(".")
+        base = compose_config([o for o in overrides if not o.lstrip("+~").startswith(full_key)])
+        sub = OmegaConf.select(base, node) if node else base
+        allowed = set(sub.keys()) if isinstance(sub, DictConfig) else set()
+        return unknown_key_line(full_key, allowed)
+    if full_key:
+        value = next((o.partition("=")[2] for o in overrides
+                      if o.lstrip("+~").partition("=")[0] == full_key), None)
+        return f"{full_key}={value} is invalid: {message}"
+    return message
+
+
 def _check(ok: bool, key: str, value: Any, rule: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value} is invalid: {rule}")
@@ -218,6 +350,8 @@ def validate(cfg: DictConfig) -> GPTConfig:
     Raises:
         ConfigError: one line, ``<key>=<value> is invalid: <rule>``.
     """
+    if problem := unknown_key(cfg):
+        raise ConfigError(problem)
     try:
         model = GPTConfig(**OmegaConf.to_container(cfg.model, resolve=True))
     except ValueError as err:

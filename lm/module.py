@@ -43,6 +43,11 @@ def bits_per_byte(loss: float, tokens_per_byte: float) -> float:
     return loss / math.log(2) * tokens_per_byte
 
 
+def perplexity(loss: float) -> float:
+    """exp(loss) for a loss in nats per token; inf (not OverflowError) past float range."""
+    return math.inf if loss > 709.0 else math.exp(loss)  # NaN stays NaN
+
+
 class LMModule(L.LightningModule):
     """Trains ``GPT(model_config)`` on (x, y) token batches of shape (B, T).
 
@@ -97,6 +102,10 @@ class LMModule(L.LightningModule):
         self._hook_handles: list = []
         self._logging = False  # whether this step's scalars are written (set per step)
         self._first_val_batch = None
+        # The latest logged train/loss and validation metrics; saved in checkpoints, so a
+        # run resumed at its last step still reports them (run.json's final metrics).
+        self.latest_metrics: dict[str, float] = {}
+        self._latest_train_loss: torch.Tensor | None = None
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """(B, T) token ids -> (logits (B, T, V), loss or None)."""
@@ -114,6 +123,7 @@ class LMModule(L.LightningModule):
         _, loss = self.model(x, y)
         if self._logging:  # self.log costs ~1 ms: not every step
             self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+            self._latest_train_loss = loss.detach()
         if self._aux_hooks:
             loss = loss + sum(hook.loss() for hook in self._aux_hooks)
         return loss
@@ -171,14 +181,16 @@ class LMModule(L.LightningModule):
         self._val_losses.clear()
         # Lightning would write these at step global_step - 1 (its count of finished
         # batches lags here); a curve point belongs at the number of updates behind it.
-        metrics = {"val/loss": loss.item(), "val/ppl": math.exp(loss.item())}
+        metrics = {"val/loss": loss.item(), "val/ppl": perplexity(loss.item())}
         if self.val_tokens_per_byte is not None:
             metrics["val/bpb"] = bits_per_byte(loss.item(), self.val_tokens_per_byte)
         for key, value in metrics.items():  # for checkpoints, the progress bar and run.json
             self.log(key, value, prog_bar=key == "val/loss", logger=False)
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=self.global_step)
-        self._log_sample()
+        self.latest_metrics.update(metrics)
+        if math.isfinite(metrics["val/loss"]):  # NaN logits cannot be sampled from
+            self._log_sample()
         if self.hooks:
             for hook in self.hooks:
                 hook.on_validation_end(self, self._first_val_batch)
@@ -223,11 +235,23 @@ class LMModule(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def final_metrics(self) -> dict[str, float]:
+        """The latest ``train/loss`` (of a logging step) and validation metrics."""
+        if self._latest_train_loss is not None:
+            self.latest_metrics["train/loss"] = self._latest_train_loss.item()
+            self._latest_train_loss = None
+        return dict(self.latest_metrics)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["latest_metrics"] = self.final_metrics()
         checkpoint["model_config"] = asdict(self.model_config)
         checkpoint["run_config"] = self.run_config
         if self.tokenizer is not None:
             checkpoint["tokenizer"] = self.tokenizer.to_dict()
+
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.latest_metrics = dict(checkpoint.get("latest_metrics", {}))
 
 
 class HookLifecycle(L.Callback):

@@ -1,0 +1,162 @@
+"""Lightning callbacks and plugins that keep a run's record and checkpoints honest.
+
+- ``LastCheckpoint``: ``checkpoints/last.ckpt`` every N steps and after every
+  validation, so a resumed run repeats no validation and misses none.
+- ``AtomicCheckpointIO``: checkpoints written to a temporary file and renamed, so a
+  kill mid-write leaves the previous checkpoint, never half of one.
+- ``DivergenceGuard``: stops the run at the first non-finite loss or gradient norm,
+  before the optimizer step, so no NaN weight is ever saved.
+- ``RNGState``: the torch RNG states in checkpoints, so dropout resumes exactly.
+"""
+
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from lm.tracking import umask
+
+
+class Diverged(RuntimeError):
+    """Training met a non-finite loss or gradient norm; the message is one line."""
+
+
+class DivergenceGuard(L.Callback):
+    """Raises ``Diverged`` at the first non-finite training loss, gradient norm or
+    validation loss.
+
+    Checked in ``on_before_optimizer_step``, after backward and before clipping and the
+    update, so the weights (and any checkpoint written later) are those of the last
+    good step. Costs one gradient-norm pass and one device sync per step.
+    """
+
+    def __init__(self) -> None:
+        self._losses: list[torch.Tensor] = []
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           loss: torch.Tensor) -> None:
+        self._losses.append(loss.detach())
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        loss = torch.stack(self._losses).sum() if self._losses else torch.zeros(())
+        self._losses.clear()
+        if not bool(torch.isfinite(loss) & torch.isfinite(norm)):  # one sync
+            what = "train/loss" if not torch.isfinite(loss) else "train/grad_norm"
+            value = float(loss if what == "train/loss" else norm)
+            raise Diverged(f"{what}={value} at step {trainer.global_step + 1}")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loss = trainer.callback_metrics.get("val/loss")
+        if trainer.state.fn == "fit" and loss is not None and not math.isfinite(float(loss)):
+            raise Diverged(f"val/loss={float(loss)} at step {trainer.global_step}")
+
+
+class LastCheckpoint(Checkpoint):
+    """``<dirpath>/last.ckpt``: the state to resume from.
+
+    Written at every ``every_n_steps``-th step and at the end of every validation
+    during a fit. At a step that validates, it is written after the validation (not
+    at the end of the training batch, as ``ModelCheckpoint`` does), so the checkpoint
+    holds that validation's metrics and best score and a resumed run neither skips nor
+    repeats it. A ``Checkpoint`` subclass: Lightning runs it after the other callbacks
+    and, among checkpoint callbacks, in list order (put it after ``best``).
+
+    Args:
+        dirpath: the run's ``checkpoints/`` dir.
+        every_n_steps: steps between checkpoints (>= 1).
+        on_save: called after each save with the trainer (the run record's heartbeat).
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_steps: int,
+                 on_save: Callable[[L.Trainer], None] | None = None):
+        self.path = Path(dirpath) / "last.ckpt"
+        self.every_n_steps = every_n_steps
+        self.on_save = on_save
+        self._saved_step = -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step % self.every_n_steps == 0 and not self._validates_now(trainer, batch_idx):
+            self.save(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self.save(trainer)
+
+    @staticmethod
+    def _validates_now(trainer: L.Trainer, batch_idx: int) -> bool:
+        # Lightning validates after this batch when its count of batches is a multiple of
+        # val_check_batch (check_val_every_n_epoch=None, as conf/trainer sets), and the
+        # module validates at the last step (LMModule.on_train_batch_end).
+        last = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
+        return last or (batch_idx + 1) % trainer.val_check_batch == 0
+
+    def save(self, trainer: L.Trainer) -> None:
+        """Write ``last.ckpt`` now (once per step at most)."""
+        if self._saved_step == trainer.global_step:
+            return
+        trainer.save_checkpoint(self.path, weights_only=False)
+        self._saved_step = trainer.global_step
+        if self.on_save is not None:
+            self.on_save(trainer)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` into a temporary file beside the target, then ``os.replace``: a
+    reader (or a resumed run) sees the old checkpoint or the new one, never half."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
+                        storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.chmod(tmp, 0o666 & ~umask())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class RNGState(L.Callback):
+    """Saves the CPU (and CUDA) RNG states in checkpoints and restores them on resume,
+    so dropout after a resume draws what an uninterrupted run would have drawn.
+    (Batches need no state: they depend on (seed, step) only.)"""
+
+    def state_dict(self) -> dict:
+        state = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be resumed from (unreadable, not a training checkpoint,
+    non-finite weights), or None if it can."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure to unpickle means the same
+        return f"unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    if not isinstance(ckpt, dict) or not {"state_dict", "global_step"} <= ckpt.keys():
+        return "not a training checkpoint (no state_dict or global_step)"
+    bad = [k for k, v in ckpt["state_dict"].items()
+           if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    return f"non-finite weights ({bad[0]})" if bad else None
