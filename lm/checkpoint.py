@@ -4,8 +4,14 @@ A checkpoint written by ``lm/train.py`` carries the model weights (``state_dict`
 keys prefixed ``model.``), the model config, the tokenizer and the resolved run
 config, so nothing else is needed. Loaded with ``weights_only=True``: a checkpoint
 is data, never code.
+
+``load_checkpoint`` is the one loader every tool uses (``lm/generate.py``,
+``lm/evaluate.py``, ``python -m lm.convert export``, ``python -m lm.reference.numpy_gpt``):
+it checks the file before any model is built or run, so a bad file is one
+``CheckpointError`` line naming the path, what is wrong and what was expected.
 """
 
+import sys
 from pathlib import Path
 
 import torch
@@ -13,31 +19,175 @@ import torch
 from lm.model import GPT, GPTConfig
 from lm.tokenizer import tokenizer_from_dict
 
+REQUIRED_KEYS = ("state_dict", "model_config", "tokenizer")
+NONFINITE = ("warn", "error")  # what load_checkpoint does with NaN/Inf weights
+MAX_NAMED = 3  # keys named in one error line; the rest are counted
+
 
 class CheckpointError(ValueError):
     """A checkpoint path that is missing, unreadable or not written by lm/train.py."""
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[GPT, object, dict]:
+def load_checkpoint(
+    path: str | Path, device: str = "cpu", nonfinite: str = "warn"
+) -> tuple[GPT, object, dict]:
     """(model in eval mode, tokenizer, resolved run config) from a Lightning checkpoint.
 
+    Checked, in order: the file exists and is not empty; it unpickles (weights only)
+    to a dict with ``state_dict``, ``model_config`` and ``tokenizer``; the model config
+    and the tokenizer rebuild; the weights have exactly the names and shapes of that
+    config's model (compared on the meta device, before any memory is allocated); the
+    tokenizer's ids fit the model's vocabulary; every weight is finite.
+
+    Args:
+        path: a ``.ckpt`` file.
+        device: ``cpu`` or ``cuda[:N]``.
+        nonfinite: NaN/Inf weights: ``"warn"`` loads them with one ``warning:`` line on
+            stderr (the file is data: exporting it keeps it as it is); ``"error"`` refuses
+            (generating or evaluating with them gives garbage).
+
     Raises:
-        CheckpointError: one line naming the path and what is wrong with it.
+        CheckpointError: one line naming the path, what is wrong and what was expected.
+        ValueError: a device that is not cpu or an available cuda.
     """
+    check_device(device)
     path = Path(path)
+    ckpt = read_checkpoint(path, device)
+    config = model_config(ckpt, path)
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+    problems = state_problems(expected_shapes(config), state)
+    if problems:
+        raise CheckpointError(f"ckpt={path}: its weights do not fit its model_config "
+                              f"({describe_config(config)}): {problems}")
+    tokenizer = checkpoint_tokenizer(ckpt, path, config)
+    check_finite(state, path, nonfinite)
+    model = GPT(config)
+    model.load_state_dict(state)
+    model.to(device).eval()
+    return model, tokenizer, ckpt.get("run_config") or {}
+
+
+def check_device(device: str) -> None:
+    """Raise ``ValueError`` (one line) unless ``device`` is cpu or an available cuda."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r} is invalid: must be cpu or cuda (cuda:N for GPU N)")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device} is invalid here: no CUDA GPU is visible "
+                         "(use device=cpu)")
+
+
+def read_checkpoint(path: Path, device: str) -> dict:
+    """The unpickled checkpoint dict, with its required keys present (CheckpointError)."""
+    if path.is_dir():
+        raise CheckpointError(f"ckpt={path} is a directory (pass a .ckpt file from its "
+                              "checkpoints/ dir, e.g. checkpoints/best.ckpt)")
     if not path.is_file():
         raise CheckpointError(f"ckpt={path} does not exist (pass a .ckpt file from a run's "
-                              "checkpoints/ dir, e.g. outputs/runs/<date>/<run>/checkpoints/best.ckpt)")
+                              "checkpoints/ dir, e.g. "
+                              "outputs/runs/<date>/<run>/checkpoints/best.ckpt)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"ckpt={path} is empty (0 bytes; an interrupted copy or save?): "
+                              "expected a checkpoint written by lm/train.py")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same to a user
         raise CheckpointError(f"ckpt={path} could not be loaded as a torch checkpoint: "
-                              f"{str(err).splitlines()[0]}") from None
-    missing = [k for k in ("state_dict", "model_config", "tokenizer") if k not in ckpt]
+                              f"{first_line(err)}") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"ckpt={path} holds a Python {type(ckpt).__name__}, not a "
+                              f"checkpoint: expected a dict with {', '.join(REQUIRED_KEYS)}")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
-        raise CheckpointError(f"ckpt={path} was not written by lm/train.py (no {', '.join(missing)})")
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
-    model.load_state_dict(state)
-    model.to(device).eval()
-    return model, tokenizer_from_dict(ckpt["tokenizer"]), ckpt.get("run_config", {})
+        raise CheckpointError(f"ckpt={path} was not written by lm/train.py (no "
+                              f"{', '.join(missing)}; expected {', '.join(REQUIRED_KEYS)})")
+    for key, kind in (("state_dict", dict), ("model_config", dict), ("tokenizer", dict),
+                      ("run_config", (dict, type(None)))):
+        if not isinstance(ckpt.get(key), kind):
+            raise CheckpointError(f"ckpt={path}: {key} is a {type(ckpt.get(key)).__name__}, "
+                                  "expected a dict")
+    if not all(isinstance(k, str) for k in ckpt["state_dict"]):
+        raise CheckpointError(f"ckpt={path}: state_dict has keys that are not weight names "
+                              "(expected str keys such as model.transformer.wte.weight)")
+    return ckpt
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def model_config(ckpt: dict, path: Path) -> GPTConfig:
+    """``GPTConfig(**ckpt["model_config"])``, or CheckpointError naming the bad key."""
+    try:
+        config = GPTConfig(**ckpt["model_config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"ckpt={path}: model_config is not a valid model config: "
+                              f"{first_line(err)}") from None
+    if config.vocab_size is None:
+        raise CheckpointError(f"ckpt={path}: model_config has vocab_size=None (expected the "
+                              "tokenizer's vocabulary size)")
+    return config
+
+
+def describe_config(config: GPTConfig) -> str:
+    return (f"n_layer={config.n_layer}, n_head={config.n_head}, n_embd={config.n_embd}, "
+            f"vocab_size={config.vocab_size}, block_size={config.block_size}")
+
+
+def expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Weight name -> shape of ``GPT(config)``, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = GPT(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def state_problems(expected: dict[str, tuple[int, ...]], state: dict) -> str:
+    """What keeps ``state`` from loading into a model with weights ``expected`` (name ->
+    shape), as one line: missing, unexpected, not a tensor, shape mismatch (both
+    shapes); "" when it fits."""
+    own = set(expected)
+    not_tensor = sorted(k for k in own & set(state) if not isinstance(state[k], torch.Tensor))
+    shapes = [f"{k} {tuple(state[k].shape)} vs model {expected[k]}" for k in expected
+              if isinstance(state.get(k), torch.Tensor) and tuple(state[k].shape) != expected[k]]
+    groups = [("missing", sorted(own - set(state))), ("unexpected", sorted(set(state) - own)),
+              ("not a tensor", not_tensor), ("shape mismatch", shapes)]
+    return "; ".join(f"{label}: {named(keys)}" for label, keys in groups if keys)
+
+
+def named(keys: list[str]) -> str:
+    """The first ``MAX_NAMED`` keys, then how many more."""
+    more = len(keys) - MAX_NAMED
+    return ", ".join(keys[:MAX_NAMED]) + (f" (and {more} more)" if more > 0 else "")
+
+
+def checkpoint_tokenizer(ckpt: dict, path: Path, config: GPTConfig):
+    """The checkpoint's tokenizer, whose ids must all be rows of the model's embedding."""
+    try:
+        tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"ckpt={path}: its tokenizer cannot be rebuilt: "
+                              f"{first_line(err)}") from None
+    if tokenizer.vocab_size > config.vocab_size:
+        raise CheckpointError(f"ckpt={path}: its tokenizer has {tokenizer.vocab_size} tokens but "
+                              f"model_config vocab_size={config.vocab_size} (expected >= the "
+                              "tokenizer's)")
+    return tokenizer
+
+
+def check_finite(state: dict[str, torch.Tensor], path: Path, nonfinite: str) -> None:
+    """Warn (one stderr line) or raise CheckpointError when a weight holds NaN or Inf."""
+    if nonfinite not in NONFINITE:
+        raise ValueError(f"nonfinite={nonfinite!r} must be one of {list(NONFINITE)}")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if not bad:
+        return
+    what = f"ckpt={path} has NaN/Inf weights in {len(bad)} tensor(s) ({named(bad)})"
+    if nonfinite == "error":
+        raise CheckpointError(f"{what}: its output would be garbage; use an earlier "
+                              "checkpoint of the run (expected finite weights)")
+    print(f"warning: {what}; loaded as they are", file=sys.stderr)

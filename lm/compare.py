@@ -17,12 +17,16 @@ compared as floats): ``--baseline optimizer.lr=3e-4``. Default: the group of the
 Flags: a group that changes more than one key from the baseline (a warning; exit code 1
 with ``--strict``); one config hash run on different code (commit or dirty flag);
 failed, running or diverged (non-finite ``val/loss``) runs, and repeats of one config
-hash (same config, same seed: not a new sample), listed and never averaged.
+hash (same config, same seed: not a new sample), listed and never averaged. A run dir
+whose ``run.json`` or ``config.yaml`` cannot be read (empty, not JSON or YAML) is excluded
+too: listed with the reason, and a ``warning:`` line on stderr; one bad file does not stop
+the comparison of the others.
 
 Writes ``report.md``, ``report.csv`` and ``curves.png`` (mean ``val/loss`` per group
 against step, min-max band over seeds) into ``--out``. Default: the first PATH if it is
 a sweep dir (it holds ``<job>-<hash8>`` job dirs), else ``outputs/compare/<date>/<time>/``.
-Exit code 2 with one ``error:`` line for a path or baseline that matches no run.
+Exit code 2 with one ``error:`` line for a path or baseline that matches no run, or when
+no run can be read.
 """
 
 import sys
@@ -68,6 +72,10 @@ REPORT_COLUMNS = (
 
 class CompareError(Exception):
     """A path or a baseline spec that matches no run (exit code 2)."""
+
+
+class UnreadableRun(Exception):
+    """A run dir whose ``run.json`` or ``config.yaml`` cannot be read: it is excluded."""
 
 
 # --- runs and groups ---------------------------------------------------------------
@@ -129,17 +137,76 @@ def run_problem(record: dict) -> str | None:
 
 def load_run(run_dir: Path) -> Run:
     """Read ``run.json`` and ``config.yaml`` of ``run_dir``; a job that was skipped or
-    resumed elsewhere (``same_as`` in its ``run.json``) reads the run it points to."""
-    pointer = read_record(run_dir).get("same_as")
-    if pointer and (Path(pointer) / "run.json").exists():
+    resumed elsewhere (``same_as`` in its ``run.json``) reads the run it points to.
+
+    Raises:
+        CompareError: a run.json without a config.yaml beside it.
+        UnreadableRun: a run.json or config.yaml that is empty, not UTF-8, not JSON
+            (YAML) or not a mapping (one line: the file and what is wrong).
+    """
+    pointer = safe_record(run_dir).get("same_as")
+    if isinstance(pointer, str) and pointer and (Path(pointer) / "run.json").exists():
         run_dir = Path(pointer)
     config_path = run_dir / "config.yaml"
     if not config_path.exists():
         raise CompareError(f"{run_dir} has a run.json but no config.yaml")
-    cfg = OmegaConf.load(config_path)
-    record = read_record(run_dir)
+    cfg = safe_config(config_path)
+    record = safe_record(run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     return Run(run_dir, record, resolved, hashable_config(cfg), run_problem(record))
+
+
+def safe_record(run_dir: Path) -> dict:
+    """``read_record(run_dir)``, or UnreadableRun naming what is wrong with ``run.json``."""
+    path = run_dir / "run.json"
+    if path.is_file() and path.stat().st_size == 0:
+        raise UnreadableRun(f"{path} is empty (0 bytes)")
+    try:
+        record = read_record(run_dir)
+    except OSError as err:
+        raise UnreadableRun(f"{path} could not be read ({first_line(err)})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UnreadableRun(f"{path} is not valid JSON ({first_line(err)})") from None
+    if not isinstance(record, dict):
+        raise UnreadableRun(f"{path} holds a {type(record).__name__}, not a JSON object")
+    return record
+
+
+def safe_config(path: Path):
+    """``OmegaConf.load(path)`` of a mapping, or UnreadableRun naming what is wrong."""
+    if path.stat().st_size == 0:
+        raise UnreadableRun(f"{path} is empty (0 bytes)")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:  # noqa: BLE001 - yaml, OmegaConf and OS errors alike
+        raise UnreadableRun(f"{path} could not be read as YAML ({first_line(err)})") from None
+    if not OmegaConf.is_dict(cfg):
+        raise UnreadableRun(f"{path} is not a mapping of config keys")
+    return cfg
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def load_runs(run_dirs: Sequence[Path]) -> tuple[list[Run], list[str]]:
+    """(the runs that could be read, ``<file> is ...`` for each that could not).
+
+    Raises:
+        CompareError: not one run could be read.
+    """
+    runs, unreadable = [], []
+    for run_dir in run_dirs:
+        try:
+            runs.append(load_run(run_dir))
+        except UnreadableRun as err:
+            unreadable.append(str(err))
+    if not runs:
+        raise CompareError(f"no run could be read ({len(unreadable)} unreadable; first: "
+                           f"{unreadable[0]})")
+    return runs, unreadable
 
 
 def mark_repeats(runs: Sequence[Run]) -> None:
@@ -535,7 +602,7 @@ def curve_label(row: dict[str, Any]) -> str:
 
 def compare(paths: Sequence[str], baseline_spec: str | None = None) -> dict[str, Any]:
     """Load, group and tabulate the runs under ``paths``: rows, flags and groups."""
-    runs = [load_run(d) for d in expand_paths(paths)]
+    runs, unreadable = load_runs(expand_paths(paths))
     mark_repeats(runs)
     groups = group_runs(runs)
     baseline = select_baseline(groups, baseline_spec)
@@ -543,7 +610,7 @@ def compare(paths: Sequence[str], baseline_spec: str | None = None) -> dict[str,
     rows = [group_row(label, g, baseline) for label, g in zip(labels, groups)]
     return {"runs": runs, "groups": groups, "labels": labels, "rows": rows,
             "ablation_flags": ablation_flags(rows), "code_flags": code_flags(runs),
-            "excluded": excluded_lines(runs)}
+            "unreadable": unreadable, "excluded": unreadable + excluded_lines(runs)}
 
 
 def write_report(result: dict[str, Any], out: Path, command: str) -> str:
@@ -586,6 +653,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CompareError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for line in result["unreadable"]:
+        print(f"warning: excluded from the comparison: {line}", file=sys.stderr)
     out = args.out or default_out_dir(args.paths[0])
     command = shlex.join(["python", "lm/compare.py", *(argv if argv is not None else sys.argv[1:])])
     print(write_report(result, out, command))

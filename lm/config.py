@@ -9,6 +9,8 @@ value and the rule. ``lm/train.py`` turns that into exit code 2.
 
 import difflib
 import inspect
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -176,8 +178,9 @@ def hook_order(*, _parent_: DictConfig) -> list[str]:
     return [key for key in _parent_ if key != "order"]
 
 
-def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """``conf/train.yaml`` composed with ``overrides`` through Hydra's compose API.
+def compose_config(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConfig:
+    """``conf/train.yaml`` composed with ``overrides`` through Hydra's compose API
+    (with the ``hydra`` node too if ``with_hydra``).
 
     For code outside ``@hydra.main`` (tests, the benchmark): pass
     ``paths.output_dir=...``, since there is no Hydra run dir to interpolate.
@@ -187,7 +190,8 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     register_configs()
     register_resolvers()
     with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra.compose(config_name="train", overrides=list(overrides))
+        return hydra.compose(config_name="train", overrides=list(overrides),
+                             return_hydra_config=with_hydra)
 
 
 def unknown_choice(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> str | None:
@@ -205,7 +209,7 @@ def unknown_choice(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> str |
             continue
         for option in value.strip("[]").split(","):
             option = option.strip()
-            if option and option != "null" and not (group / f"{option}.yaml").is_file():
+            if option and not (group / f"{option}.yaml").is_file():
                 available = sorted(p.stem for p in group.glob("*.yaml"))
                 return f"{key}={option} is not an option; available: {', '.join(available)}"
     return None
@@ -285,11 +289,25 @@ def check_overrides(argv: Sequence[str]) -> str | None:
         if isinstance(variant, str):
             return variant
         try:
-            cfg = compose_config(variant)
+            cfg = compose_config(variant, with_hydra=True)
         except (HydraException, OmegaConfBaseException) as err:
             return compose_error_line(err, variant)
-        if problem := unknown_key(cfg):
+        if problem := unknown_key(cfg) or unwritable_output(cfg, multirun):
             return problem
+    return None
+
+
+def unwritable_output(cfg: DictConfig, multirun: bool) -> str | None:
+    """One line if the run (or sweep) dir Hydra is about to make, or the registry, cannot
+    be created: its nearest existing ancestor is not a writable directory."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    for name, value in ((key, OmegaConf.select(cfg, key)),
+                        ("tracking.registry_dir", cfg.tracking.registry_dir)):
+        path = Path(str(value)).absolute()
+        ancestor = next(p for p in (path, *path.parents) if p.exists())
+        if not (ancestor.is_dir() and _can_create_in(ancestor)):
+            return (f"{name}={value} cannot be written: {ancestor} is not a writable "
+                    "directory; pick another path")
     return None
 
 
@@ -334,6 +352,17 @@ def compose_error_line(err: Exception, overrides: Sequence[str]) -> str:
                       if o.lstrip("+~").partition("=")[0] == full_key), None)
         return f"{full_key}={value} is invalid: {message}"
     return message
+
+
+def _can_create_in(directory: Path) -> bool:
+    """Whether a directory can be made in ``directory`` (tried: permission bits do not
+    tell for root or read-only file systems)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=directory, prefix=".lm-probe-"))
+    except OSError:
+        return False
+    else:
+        return True
 
 
 def _check(ok: bool, key: str, value: Any, rule: str) -> None:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from lm.bpe import BPETokenizer
+from lm.checkpoint import load_checkpoint, state_problems
 from lm.model import GPT, GPTConfig
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -143,15 +144,10 @@ def state_dict_from_hf(hf_weights: dict[str, torch.Tensor], tie_weights: bool) -
 def load_state(model: GPT, state: dict[str, torch.Tensor], source: object) -> None:
     """``model.load_state_dict(state)``, raising one ``ValueError`` line naming the
     missing, unexpected and mismatched keys (with both shapes)."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    problems = [f"{label}: {', '.join(keys)}" for label, keys in
-                [("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)] if keys]
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = state_problems(expected, state)
     if problems:
-        raise ValueError(f"{source} does not fit the model: {'; '.join(problems)}")
+        raise ValueError(f"{source} does not fit the model: {problems}")
     model.load_state_dict(state)
 
 
@@ -302,9 +298,7 @@ def import_command(hf_dir: str, out: str) -> str:
 
 
 def export_command(ckpt: str, hf_dir: str) -> str:
-    from lm.checkpoint import load_checkpoint
-
-    model, tokenizer, _ = load_checkpoint(ckpt)
+    model, tokenizer, _ = load_checkpoint(ckpt, nonfinite="warn")  # exported as they are
     export_hf_gpt2(model, hf_dir, tokenizer)
     note = "" if isinstance(tokenizer, BPETokenizer) else " (no tokenizer files: not a BPE tokenizer)"
     return f"wrote {hf_dir}{note}"

@@ -262,8 +262,13 @@ class LMDataModule(L.LightningDataModule):
         self._prepare()
 
     def _prepare(self) -> Path:
-        text = load_text(self.source, self.path, self.data_dir)
-        return prepare_tokens(text, self.tokenizer_spec, self.val_fraction, self.data_dir)
+        try:
+            text = load_text(self.source, self.path, self.data_dir)
+            return prepare_tokens(text, self.tokenizer_spec, self.val_fraction, self.data_dir)
+        except OSError as err:  # a data dir that cannot be written (the cache is built once)
+            raise DataError(f"paths.data_dir={self.data_dir} cannot be written "
+                            f"({err.strerror or err}: {err.filename}); pick a writable dir "
+                            "or build the cache there once as its owner") from None
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is not None:

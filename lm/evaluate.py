@@ -141,7 +141,7 @@ def evaluate(args: dict, data_overrides: list[str]) -> dict[str, float]:
     Raises:
         CheckpointError, DataError, ValueError: one line.
     """
-    model, tokenizer, run_config = load_checkpoint(args["ckpt"], args["device"])
+    model, tokenizer, run_config = load_checkpoint(args["ckpt"], args["device"], nonfinite="error")
     cfg = data_config(args, data_overrides, run_config, model.config.block_size)
     dm = build_datamodule(cfg)
     reencode_validation(dm, cfg, tokenizer)

@@ -16,6 +16,7 @@ uncached.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -23,17 +24,33 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _check_args(
-    max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None = None
+def check_decoding_args(
+    max_new_tokens: int = 0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    beam_width: int = 1,
+    length_penalty: float = 0.0,
 ) -> None:
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k={top_k} must be >= 1 (or None for no limit)")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p={top_p} must be in (0, 1] (or None for no limit)")
+    """Raise ``ValueError`` for the first argument out of range, one line:
+    ``temperature=nan is invalid: must be a finite number >= 0 (0 means greedy)``.
+
+    The rules: max_new_tokens >= 0; temperature finite >= 0; top_k >= 1 or None;
+    top_p in (0, 1] or None; beam_width >= 1; length_penalty finite >= 0.
+    """
+    checks = [
+        ("max_new_tokens", max_new_tokens, max_new_tokens >= 0, "an integer >= 0"),
+        ("temperature", temperature, math.isfinite(temperature) and temperature >= 0,
+         "a finite number >= 0 (0 means greedy)"),
+        ("top_k", top_k, top_k is None or top_k >= 1, "an integer >= 1, or null/None for no limit"),
+        ("top_p", top_p, top_p is None or 0 < top_p <= 1, "in (0, 1] (1: no limit)"),
+        ("beam_width", beam_width, beam_width >= 1, "an integer >= 1"),
+        ("length_penalty", length_penalty, math.isfinite(length_penalty) and length_penalty >= 0,
+         "a finite number >= 0"),
+    ]
+    for key, value, ok, rule in checks:
+        if not ok:
+            raise ValueError(f"{key}={value} is invalid: must be {rule}")
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -158,10 +175,11 @@ def generate(
         (B, T + n) int64, the prompt followed by n <= max_new_tokens new tokens.
 
     Raises:
-        ValueError: max_new_tokens < 0, temperature < 0, top_k < 1, top_p outside
-            (0, 1], or stop_strings without decode.
+        ValueError: one line (``check_decoding_args``): max_new_tokens < 0, temperature
+            negative or not finite, top_k < 1, top_p outside (0, 1], or stop_strings
+            without decode.
     """
-    _check_args(max_new_tokens, temperature, top_k, top_p)
+    check_decoding_args(max_new_tokens, temperature, top_k, top_p)
     if stop_strings and decode is None:
         raise ValueError("stop_strings needs decode (a token ids -> text function)")
     pad = 0 if eos_id is None else eos_id
@@ -234,13 +252,10 @@ def beam_search(
         (B, T + n) int64, each prompt followed by its best beam, n <= max_new_tokens.
 
     Raises:
-        ValueError: max_new_tokens < 0, beam_width < 1 or length_penalty < 0.
+        ValueError: one line (``check_decoding_args``): max_new_tokens < 0, beam_width < 1,
+            or length_penalty negative or not finite.
     """
-    _check_args(max_new_tokens, 1.0, None)
-    if beam_width < 1:
-        raise ValueError(f"beam_width={beam_width} must be >= 1")
-    if length_penalty < 0:
-        raise ValueError(f"length_penalty={length_penalty} must be >= 0")
+    check_decoding_args(max_new_tokens, beam_width=beam_width, length_penalty=length_penalty)
     B, W = idx.size(0), beam_width
     was_training = model.training
     model.eval()

@@ -237,6 +237,37 @@ def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert code == 2 and "matches no run" in err and err.count("\n") == 1
 
 
+def test_an_unreadable_run_is_excluded_with_a_warning_line(tmp_path, capsys):
+    base = make_run(tmp_path, "base", val_loss=2.25)
+    abl = make_run(tmp_path, "abl", {"model.n_layer": 4}, val_loss=2.125)
+    corrupt = make_run(tmp_path, "corrupt", {"seed": 1})
+    (corrupt / "run.json").write_text('{"status": "compl')
+    empty = make_run(tmp_path, "empty", {"seed": 2})
+    (empty / "run.json").write_text("")
+    out = tmp_path / "report"
+    code, stdout, err = run_main(capsys, tmp_path, "--out", out)
+    assert code == 0 and "Traceback" not in err
+    warning = "warning: excluded from the comparison:"
+    reason = "is not valid JSON (Unterminated string starting at: line 1 column 12 (char 11))"
+    assert err.splitlines() == [f"{warning} {corrupt / 'run.json'} {reason}",
+                                f"{warning} {empty / 'run.json'} is empty (0 bytes)"]
+    assert f"excluded: {empty / 'run.json'} is empty (0 bytes)" in stdout
+    rows = list(csv.DictReader((out / "report.csv").open()))  # runs in name order
+    assert [r["run_dirs"] for r in rows] == [str(abl), str(base)]
+    assert rows[1]["seeds"] == "0" and rows[1]["n"] == "1"  # seeds 1 and 2 were unreadable
+    excluded = (out / "report.md").read_text().split("## Excluded runs")[1]
+    assert f"- {corrupt / 'run.json'} is not valid JSON" in excluded
+    assert f"- {empty / 'run.json'} is empty (0 bytes)" in excluded
+
+
+def test_no_readable_run_is_one_line_and_exit_2(tmp_path, capsys):
+    (make_run(tmp_path, "a") / "run.json").write_text("")
+    (make_run(tmp_path, "b") / "config.yaml").write_text("")
+    code, _, err = run_main(capsys, tmp_path)
+    assert code == 2 and err.startswith("error: no run could be read (2 unreadable; first: ")
+    assert err.count("\n") == 1 and "is empty (0 bytes)" in err
+
+
 # --- written files -------------------------------------------------------------------
 
 

@@ -130,9 +130,11 @@ def test_restores_training_mode_and_runs_in_eval():
 @pytest.mark.parametrize(
     "kwargs, fragment",
     [
-        ({"temperature": -0.5}, "temperature=-0.5 must be >= 0"),
-        ({"top_k": 0}, "top_k=0 must be >= 1"),
-        ({"max_new_tokens": -1}, "max_new_tokens=-1 must be >= 0"),
+        ({"temperature": -0.5}, "temperature=-0.5 is invalid: must be a finite number >= 0"),
+        ({"temperature": float("nan")}, "temperature=nan is invalid: must be a finite number"),
+        ({"temperature": float("inf")}, "temperature=inf is invalid: must be a finite number"),
+        ({"top_k": 0}, "top_k=0 is invalid: must be an integer >= 1"),
+        ({"max_new_tokens": -1}, "max_new_tokens=-1 is invalid: must be an integer >= 0"),
     ],
 )
 def test_invalid_arguments_raise(kwargs, fragment):
@@ -249,9 +251,14 @@ def test_stop_strings_end_rows_and_cut_the_text():
 @pytest.mark.parametrize(
     "call, fragment",
     [
-        (lambda: generate(tiny(), prompt(), 3, top_p=0.0), "top_p=0.0 must be in (0, 1]"),
-        (lambda: beam_search(tiny(), prompt(), 3, 0), "beam_width=0 must be >= 1"),
+        (lambda: generate(tiny(), prompt(), 3, top_p=0.0),
+         "top_p=0.0 is invalid: must be in (0, 1]"),
+        (lambda: generate(tiny(), prompt(), 3, top_p=float("nan")), "top_p=nan is invalid"),
+        (lambda: beam_search(tiny(), prompt(), 3, 0),
+         "beam_width=0 is invalid: must be an integer >= 1"),
         (lambda: beam_search(tiny(), prompt(), 3, 2, length_penalty=-1), "length_penalty=-1"),
+        (lambda: beam_search(tiny(), prompt(), 3, 2, length_penalty=float("inf")),
+         "length_penalty=inf is invalid: must be a finite number >= 0"),
     ],
 )
 def test_invalid_new_arguments_raise(call, fragment):

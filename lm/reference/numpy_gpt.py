@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = parse_args(argv)
-        model, tokenizer, _ = load_checkpoint(args["ckpt"])
+        model, tokenizer, _ = load_checkpoint(args["ckpt"], nonfinite="error")
     except ValueError as err:  # CheckpointError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
