@@ -153,7 +153,8 @@ def load_run(run_dir: Path) -> Run:
     cfg = safe_config(config_path)
     record = safe_record(run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    return Run(run_dir, record, resolved, hashable_config(cfg), run_problem(record))
+    config = hashable_config(cfg, digests=record.get("content"))  # as hashed when it ran
+    return Run(run_dir, record, resolved, config, run_problem(record))
 
 
 def safe_record(run_dir: Path) -> dict:

@@ -59,7 +59,11 @@ def find_run_dirs(root: str | Path) -> list[Path]:
 
 
 def read_record(run_dir: Path) -> dict:
-    """The ``run.json`` of ``run_dir`` as a dict."""
+    """The ``run.json`` of ``run_dir`` as a dict.
+
+    Raises:
+        OSError, json.JSONDecodeError: the file cannot be read or is not JSON.
+    """
     return json.loads((run_dir / "run.json").read_text())
 
 
@@ -70,8 +74,14 @@ def metric(record: dict, kind: str, key: str) -> float | None:
 
 
 def summary_row(sweep_dir: Path, run_dir: Path) -> dict[str, Any]:
-    """One summary row (keys ``SUMMARY_COLUMNS``) for the job in ``run_dir``."""
-    record = read_record(run_dir)
+    """One summary row (keys ``SUMMARY_COLUMNS``) for the job in ``run_dir``; a
+    ``run.json`` that cannot be read gives a row with status ``unreadable``."""
+    try:
+        record = read_record(run_dir)
+    except (OSError, ValueError):
+        record = {"status": "unreadable"}
+    if not isinstance(record, dict):
+        record = {"status": "unreadable"}
     return {
         "job": job_number(run_dir),
         "hash8": record.get("hash8"),

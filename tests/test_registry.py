@@ -307,13 +307,22 @@ def test_a_sweep_goes_on_past_a_diverged_job(tmp_path, corpus):
     (["+trainer.foo=1"], "trainer.foo is not a config key"),
     (["trainer.max_stepz=3"], "closest: trainer.max_steps"),
     (["-m", "optimizer.lr=1e-3,abc"], "optimizer.lr=abc is invalid"),
+    (["optimizer.lr=1e-3,1e-2"], "is a sweep: add -m"),
+    (["hydra.run.dir=/proc/lm-run"], "hydra.run.dir=/proc/lm-run cannot be written"),
 ])
-def test_bad_overrides_are_one_line_before_anything_is_written(tmp_path, corpus, args, says):
+def test_bad_overrides_are_named_in_one_line(args, says):
+    from lm.config import check_overrides
+
+    problem = check_overrides(args)  # defect 9: tracebacks, exit 0 or multi-line Hydra errors
+    assert problem is not None and "\n" not in problem and says in problem, problem
+
+
+def test_a_bad_override_exits_2_before_anything_is_written(tmp_path, corpus):
     (tmp_path / "corpus.txt").write_text(corpus.read_text())
-    proc = cli(tmp_path, *args)
+    proc = cli(tmp_path, "+model.foo=1")
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, err
-    assert err.count("\n") == 1 and err.startswith("error: ") and says in err, err
+    assert err.count("\n") == 1 and err.startswith("error: model.foo is not a config key"), err
     assert not (tmp_path / "out").exists()
 
 

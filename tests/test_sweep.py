@@ -47,3 +47,11 @@ def test_split_overrides_separates_what_the_sweep_varied():
     common, varied = split_overrides(rows)
     assert common == ["model=tiny", "sample.prompt=ROMEO: "]
     assert varied == ["optimizer.lr=0.001", "optimizer.lr=0.003"]
+
+
+def test_an_unreadable_run_json_is_a_row_not_a_crash(sweep):
+    job = next(p for p in sweep.iterdir() if p.name.startswith("2-"))
+    (job / "run.json").write_text("{not json")
+    csv_path, _ = write_summary(sweep)
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [r["status"] for r in rows] == ["completed", "unreadable", "completed"]
