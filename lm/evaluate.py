@@ -26,7 +26,6 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import the package, not lm/*.py as top level
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-import math
 import tempfile
 
 import torch
@@ -38,7 +37,7 @@ from lm.checkpoint import load_checkpoint
 from lm.config import compose_config
 from lm.corpus import DataError, load_text
 from lm.data import split_text
-from lm.module import bits_per_byte
+from lm.module import bits_per_byte, perplexity
 from lm.train import build_datamodule
 
 KEYS = ("ckpt", "data", "eval_iters", "device")
@@ -147,7 +146,7 @@ def evaluate(args: dict, data_overrides: list[str]) -> dict[str, float]:
     reencode_validation(dm, cfg, tokenizer)
     loss = mean_loss(model, dm.val_dataloader(), args["device"])
     tokens_per_byte = dm.meta["n_val"] / dm.meta["val_text_bytes"]
-    return {"val/loss": loss, "val/ppl": math.exp(loss), "val/bpb": bits_per_byte(loss, tokens_per_byte)}
+    return {"val/loss": loss, "val/ppl": perplexity(loss), "val/bpb": bits_per_byte(loss, tokens_per_byte)}
 
 
 def main(argv: list[str] | None = None) -> int:

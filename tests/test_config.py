@@ -106,8 +106,13 @@ def test_unknown_group_options_are_named_in_one_line(overrides, message):
 
 
 def test_known_options_and_plain_keys_pass():
-    assert unknown_choice(["model=tiny", "hooks=[z_loss,grad_clip_custom]", "experiment=null",
+    assert unknown_choice(["model=tiny", "hooks=[z_loss,grad_clip_custom]", "~experiment",
                            "optimizer.lr=1e-3,3e-3", "seed=0,1", "data/tokenizer=bpe"]) is None
+
+
+def test_null_is_not_an_option_of_a_group():
+    # Hydra cannot compose `group=null` (a 25-line ValueError); `~group` removes a group
+    assert unknown_choice(["experiment=null"]).startswith("experiment=null is not an option")
 
 
 # --- the config hash ------------------------------------------------------------
