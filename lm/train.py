@@ -406,9 +406,14 @@ def final_metrics(trainer: L.Trainer, module: LMModule, cfg: DictConfig) -> dict
             "final": {k: logged[k] for k in ("train/loss", "val/loss", "val/ppl", "val/bpb") if k in logged},
             "best": {"val/loss": None if best is None else float(best)},
         },
-        "checkpoints": {"last": str(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"),
-                        "best": trainer.checkpoint_callback.best_model_path},
+        "checkpoints": {"last": existing(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"),
+                        "best": existing(trainer.checkpoint_callback.best_model_path)},
     }
+
+
+def existing(path: str | Path) -> str | None:
+    """``path`` as a string if that file exists, else None."""
+    return str(path) if path and Path(path).is_file() else None
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
