@@ -106,6 +106,8 @@ class LastCheckpoint(Checkpoint):
         """Write ``last.ckpt`` now (once per step at most)."""
         if self._saved_step == trainer.global_step:
             return
+        for logger in trainer.loggers:  # events up to this step reach the disk first
+            logger.save()
         trainer.save_checkpoint(self.path, weights_only=False)
         self._saved_step = trainer.global_step
         if self.on_save is not None:

@@ -122,38 +122,53 @@ class LMModule(L.LightningModule):
         x, y = batch  # (B, T), (B, T)
         _, loss = self.model(x, y)
         if self._logging:  # self.log costs ~1 ms: not every step
-            self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+            self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True,
+                     logger=False)  # the progress bar; the logger gets it in _write_step
             self._latest_train_loss = loss.detach()
         if self._aux_hooks:
             loss = loss + sum(hook.loss() for hook in self._aux_hooks)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        scalars = {}
         if self._logging:  # the raw gradient, before update hooks and clipping
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(grads)
-            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
-            self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+            scalars["train/grad_norm"] = torch.nn.utils.get_total_norm(grads)
+            scalars["train/lr"] = optimizer.param_groups[0]["lr"]
+            scalars["train/loss"] = self._latest_train_loss
+            if self._window_seconds > 0:  # over the steps since the last logging step
+                scalars["train/tokens_per_sec"] = self._window_tokens / self._window_seconds
+                self._window_tokens, self._window_seconds = 0, 0.0
         if self.hooks:
-            self._run_update_hooks(self._logging)
+            scalars.update(self._run_update_hooks(self._logging))
+        if scalars:
+            self._write_step(scalars)
 
-    def _run_update_hooks(self, logging: bool) -> None:
+    def _write_step(self, scalars: dict) -> None:
+        """Write this step's scalars to the logger now, at the step Lightning would use
+        (the count of updates before this one). Lightning would write them after the
+        batch ends, after ``checkpoints/last.ckpt`` of this step is saved; a run killed
+        in between and resumed from that checkpoint would lack these points."""
+        if self.logger is not None:
+            values = {k: float(v) for k, v in scalars.items() if v is not None}
+            self.logger.log_metrics(values, step=self.global_step)
+
+    def _run_update_hooks(self, logging: bool) -> dict:
+        """Apply the update hooks; return every hook's scalars (``hooks/<name>/<key>``)
+        if this is a logging step."""
         for hook in self._update_hooks:
             hook.update(self.model, self.global_step)
+        scalars = {}
         for hook in self.hooks:
             if logging:
-                for key, value in hook.metrics.items():
-                    self.log(f"hooks/{hook.name}/{key}", value, on_step=True, on_epoch=False)
+                scalars.update({f"hooks/{hook.name}/{k}": v for k, v in hook.metrics.items()})
             hook.metrics.clear()
             hook.logging = False
+        return scalars
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self._window_tokens += batch[0].numel()
         self._window_seconds += time.perf_counter() - self._step_started
-        if self._is_logging_step(self.global_step):
-            rate = self._window_tokens / max(self._window_seconds, 1e-9)
-            self.log("train/tokens_per_sec", rate, on_step=True, on_epoch=False)
-            self._window_tokens, self._window_seconds = 0, 0.0
         # Validate at the last step too, when max_steps is not a multiple of the interval.
         trainer = self.trainer
         last_step = trainer.max_steps > 0 and self.global_step >= trainer.max_steps
