@@ -75,13 +75,16 @@ class LastCheckpoint(Checkpoint):
         dirpath: the run's ``checkpoints/`` dir.
         every_n_steps: steps between checkpoints (>= 1).
         on_save: called after each save with the trainer (the run record's heartbeat).
+        finite_only: raise ``Diverged`` instead of saving non-finite weights (an update
+            that overflowed while its loss and gradient were still finite).
     """
 
     def __init__(self, dirpath: str | Path, every_n_steps: int,
-                 on_save: Callable[[L.Trainer], None] | None = None):
+                 on_save: Callable[[L.Trainer], None] | None = None, finite_only: bool = True):
         self.path = Path(dirpath) / "last.ckpt"
         self.every_n_steps = every_n_steps
         self.on_save = on_save
+        self.finite_only = finite_only
         self._saved_step = -1
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
@@ -106,6 +109,8 @@ class LastCheckpoint(Checkpoint):
         """Write ``last.ckpt`` now (once per step at most)."""
         if self._saved_step == trainer.global_step:
             return
+        if self.finite_only and not all(bool(p.isfinite().all()) for p in trainer.lightning_module.parameters()):
+            raise Diverged(f"non-finite weights after step {trainer.global_step}")
         for logger in trainer.loggers:  # events up to this step reach the disk first
             logger.save()
         trainer.save_checkpoint(self.path, weights_only=False)

@@ -152,7 +152,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence = ()
             dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
             auto_insert_metric_name=False,
         ),
-        LastCheckpoint(ckpt_dir, cfg.tracking.checkpoint_every_n_steps, on_save=heartbeat),
+        LastCheckpoint(ckpt_dir, cfg.tracking.checkpoint_every_n_steps, on_save=heartbeat,
+                       finite_only=cfg.tracking.divergence_guard),
         RNGState(),
     ]
     if cfg.tracking.divergence_guard:

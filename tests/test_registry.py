@@ -345,3 +345,17 @@ def test_unknown_keys_fail_through_the_compose_api_too(make_cfg):
 
     assert unknown_key(cfg) is None
 
+
+
+def test_weights_made_non_finite_by_an_update_are_never_saved(make_cfg, tmp_path):
+    class Overflow(L.Callback):  # an update that overflows while loss and gradient are finite
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            if trainer.global_step == 4:  # not a validation step (every 3)
+                with torch.no_grad():
+                    next(pl_module.parameters()).fill_(math.inf)
+
+    rec = run(make_cfg("tracking.checkpoint_every_n_steps=1", out="inf"), extra_callbacks=[Overflow()])
+    assert rec["status"] == "diverged" and rec["error"] == "non-finite weights after step 4"
+    state = torch.load(tmp_path / "inf" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
