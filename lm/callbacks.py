@@ -4,12 +4,9 @@
   validation, so a resumed run repeats no validation and misses none.
 - ``AtomicCheckpointIO``: checkpoints written to a temporary file and renamed, so a
   kill mid-write leaves the previous checkpoint, never half of one.
-- ``DivergenceGuard``: stops the run at the first non-finite loss or gradient norm,
-  before the optimizer step, so no NaN weight is ever saved.
 - ``RNGState``: the torch RNG states in checkpoints, so dropout resumes exactly.
 """
 
-import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -21,44 +18,8 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lm.module import Diverged
 from lm.tracking import umask
-
-
-class Diverged(RuntimeError):
-    """Training met a non-finite loss or gradient norm; the message is one line."""
-
-
-class DivergenceGuard(L.Callback):
-    """Raises ``Diverged`` at the first non-finite training loss, gradient norm or
-    validation loss.
-
-    Checked in ``on_before_optimizer_step``, after backward and before clipping and the
-    update, so the weights (and any checkpoint written later) are those of the last
-    good step. Costs one gradient-norm pass and one device sync per step.
-    """
-
-    def __init__(self) -> None:
-        self._losses: list[torch.Tensor] = []
-
-    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                           loss: torch.Tensor) -> None:
-        self._losses.append(loss.detach())
-
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                                 optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        loss = torch.stack(self._losses).sum() if self._losses else torch.zeros(())
-        self._losses.clear()
-        if not bool(torch.isfinite(loss) & torch.isfinite(norm)):  # one sync
-            what = "train/loss" if not torch.isfinite(loss) else "train/grad_norm"
-            value = float(loss if what == "train/loss" else norm)
-            raise Diverged(f"{what}={value} at step {trainer.global_step + 1}")
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        loss = trainer.callback_metrics.get("val/loss")
-        if trainer.state.fn == "fit" and loss is not None and not math.isfinite(float(loss)):
-            raise Diverged(f"val/loss={float(loss)} at step {trainer.global_step}")
 
 
 class LastCheckpoint(Checkpoint):

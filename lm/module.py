@@ -43,6 +43,20 @@ def bits_per_byte(loss: float, tokens_per_byte: float) -> float:
     return loss / math.log(2) * tokens_per_byte
 
 
+class Diverged(RuntimeError):
+    """Training met a non-finite loss, gradient norm, validation loss or weight; the
+    message is one line naming which, its value and the step."""
+
+
+def check_finite_step(loss: torch.Tensor | None, grad_norm: torch.Tensor, step: int) -> None:
+    """Raise ``Diverged`` unless the step's loss and gradient norm are finite (one sync)."""
+    loss = torch.zeros(()) if loss is None else loss
+    if bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
+        return
+    what, value = ("train/loss", loss) if not torch.isfinite(loss) else ("train/grad_norm", grad_norm)
+    raise Diverged(f"{what}={float(value)} at step {step}")
+
+
 def perplexity(loss: float) -> float:
     """exp(loss) for a loss in nats per token; inf (not OverflowError) past float range."""
     return math.inf if loss > 709.0 else math.exp(loss)  # NaN stays NaN
@@ -67,6 +81,9 @@ class LMModule(L.LightningModule):
             validate), removed on an exception too; update hooks run in
             ``on_before_optimizer_step``, before Lightning's clipping; auxiliary losses
             are added to the training loss (``train/loss`` stays the cross-entropy).
+        divergence_guard: raise ``Diverged`` at the first non-finite training loss or
+            gradient norm (before that update, ``configure_gradient_clipping``) or
+            validation loss (before any checkpoint of that validation is written).
     """
 
     def __init__(
@@ -80,6 +97,7 @@ class LMModule(L.LightningModule):
         seed: int = 0,
         hooks: Sequence[Hook] = (),
         val_tokens_per_byte: float | None = None,
+        divergence_guard: bool = False,
     ):
         super().__init__()
         self.model = GPT(model_config)
@@ -94,6 +112,8 @@ class LMModule(L.LightningModule):
         self._window_tokens = 0
         self._window_seconds = 0.0
         self.val_tokens_per_byte = val_tokens_per_byte
+        self.divergence_guard = divergence_guard
+        self._step_loss: torch.Tensor | None = None
         self.hooks = list(hooks)
         for hook in self.hooks:
             hook.check(self.model)
@@ -127,7 +147,31 @@ class LMModule(L.LightningModule):
             self._latest_train_loss = loss.detach()
         if self._aux_hooks:
             loss = loss + sum(hook.loss() for hook in self._aux_hooks)
+        self._step_loss = loss.detach()
         return loss
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
+                                    gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Lightning's clipping; with the divergence guard, also stop before the update if
+        the loss or the gradient norm is not finite (``Diverged``).
+
+        Norm clipping already computes the total norm: it is done here as Lightning does
+        it (``clip_grad_norm_`` over the optimizer's parameters in group order, so the
+        same numbers), and its norm is checked, at the cost of one sync per step.
+        """
+        if not self.divergence_guard:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if str(self.trainer.precision).startswith("16"):  # the grad scaler skips inf steps
+            norm = torch.zeros(())
+        check_finite_step(self._step_loss, norm, self.global_step + 1)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         scalars = {}
@@ -204,8 +248,11 @@ class LMModule(L.LightningModule):
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=self.global_step)
         self.latest_metrics.update(metrics)
-        if math.isfinite(metrics["val/loss"]):  # NaN logits cannot be sampled from
-            self._log_sample()
+        if not math.isfinite(metrics["val/loss"]):
+            if self.divergence_guard:  # before any checkpoint callback sees this validation
+                raise Diverged(f"val/loss={metrics['val/loss']} at step {self.global_step}")
+            return  # NaN logits cannot be sampled from
+        self._log_sample()
         if self.hooks:
             for hook in self.hooks:
                 hook.on_validation_end(self, self._first_val_batch)

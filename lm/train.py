@@ -35,21 +35,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from lm.callbacks import (
-    AtomicCheckpointIO,
-    Diverged,
-    DivergenceGuard,
-    LastCheckpoint,
-    RNGState,
-    checkpoint_problem,
-)
+from lm.callbacks import AtomicCheckpointIO, LastCheckpoint, RNGState, checkpoint_problem
 from lm.config import ConfigError, check_overrides, register_configs, validate
 from lm.convert import init_from_hf
 from lm.corpus import DataError
 from lm.data import LMDataModule
 from lm.hooks import build_hooks
 from lm.model import GPTConfig
-from lm.module import LMModule
+from lm.module import Diverged, LMModule
 from lm.tracking import (
     RESUMABLE,
     HashLock,
@@ -156,8 +149,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence = ()
                        finite_only=cfg.tracking.divergence_guard),
         RNGState(),
     ]
-    if cfg.tracking.divergence_guard:
-        callbacks.append(DivergenceGuard())
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     callbacks.extend(extra_callbacks)
@@ -332,7 +323,7 @@ def train(
         scheduler=hydra.utils.instantiate(cfg.scheduler), tokenizer=dm.tokenizer,
         sample=OmegaConf.to_container(cfg.sample), run_config=resolved, seed=cfg.seed,
         val_tokens_per_byte=dm.meta["n_val"] / dm.meta["val_text_bytes"],
-        hooks=build_hooks(cfg),
+        hooks=build_hooks(cfg), divergence_guard=cfg.tracking.divergence_guard,
     )
     if cfg.init_from is not None and ckpt_path is None:  # a resume restores the tuned weights
         try:
