@@ -7,8 +7,6 @@
 - ``RNGState``: the torch RNG states in checkpoints, so dropout resumes exactly.
 """
 
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,8 +16,9 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lm.errors import first_line
 from lm.module import Diverged
-from lm.tracking import umask
+from lm.tracking import atomic_file
 
 
 class LastCheckpoint(Checkpoint):
@@ -86,17 +85,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
                         storage_options: Any | None = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_file(path) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)
-            os.chmod(tmp, 0o666 & ~umask())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
 
 class RNGState(L.Callback):
@@ -116,15 +106,15 @@ class RNGState(L.Callback):
             torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
-def checkpoint_problem(path: str | Path) -> str | None:
-    """Why ``path`` cannot be resumed from (unreadable, not a training checkpoint,
-    non-finite weights), or None if it can."""
+def resume_step(path: str | Path) -> tuple[int | None, str | None]:
+    """(the global step a training checkpoint was written at, None), or (None, why it
+    cannot be resumed from: unreadable, not a training checkpoint, non-finite weights)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure to unpickle means the same
-        return f"unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        return None, f"unreadable ({type(err).__name__}: {first_line(err)})"
     if not isinstance(ckpt, dict) or not {"state_dict", "global_step"} <= ckpt.keys():
-        return "not a training checkpoint (no state_dict or global_step)"
+        return None, "not a training checkpoint (no state_dict or global_step)"
     bad = [k for k, v in ckpt["state_dict"].items()
            if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
-    return f"non-finite weights ({bad[0]})" if bad else None
+    return (None, f"non-finite weights ({bad[0]})") if bad else (int(ckpt["global_step"]), None)

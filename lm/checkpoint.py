@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from lm.errors import first_line
 from lm.model import GPT, GPTConfig
 from lm.tokenizer import tokenizer_from_dict
 
@@ -113,12 +114,6 @@ def read_checkpoint(path: Path, device: str) -> dict:
         raise CheckpointError(f"ckpt={path}: state_dict has keys that are not weight names "
                               "(expected str keys such as model.transformer.wte.weight)")
     return ckpt
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of an exception's message, or its type name when it has none."""
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 def model_config(ckpt: dict, path: Path) -> GPTConfig:

@@ -51,6 +51,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from scipy import stats
 
+from lm.errors import first_line
 from lm.sweep import (
     find_run_dirs,
     fmt,
@@ -184,12 +185,6 @@ def safe_config(path: Path):
     if not OmegaConf.is_dict(cfg):
         raise UnreadableRun(f"{path} is not a mapping of config keys")
     return cfg
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of an exception's message, or its type name when it has none."""
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 def load_runs(run_dirs: Sequence[Path]) -> tuple[list[Run], list[str]]:

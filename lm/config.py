@@ -24,11 +24,9 @@ from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lm.errors import ConfigError, first_line
+from lm.hooks.build import build_hooks, hook_order
 from lm.model import GPTConfig
-
-
-class ConfigError(ValueError):
-    """A config value a user set is out of range; the message is one line."""
 
 
 @dataclass
@@ -170,14 +168,6 @@ def register_configs() -> None:
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-def hook_order(*, _parent_: DictConfig) -> list[str]:
-    """Resolver ``${hook_order:}``: the keys of the node holding it except ``order``, in
-    the order Hydra merged them, which is the order the hooks were given in
-    (``hooks=[a,b]``). As a list it keeps that order in the config hash, whose
-    canonical JSON sorts dict keys."""
-    return [key for key in _parent_ if key != "order"]
-
-
 def compose_config(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConfig:
     """``conf/train.yaml`` composed with ``overrides`` through Hydra's compose API
     (with the ``hydra`` node too if ``with_hydra``).
@@ -283,7 +273,7 @@ def check_overrides(argv: Sequence[str]) -> str | None:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as err:
-        return _first_line(err)
+        return first_line(err)
     multirun = any(a in ("-m", "--multirun") for a in argv)
     for variant in _variants(parsed, multirun):
         if isinstance(variant, str):
@@ -412,8 +402,6 @@ def validate(cfg: DictConfig) -> GPTConfig:
 def _validate_hooks(cfg: DictConfig) -> None:
     """Build the hooks once, so an unknown ``_target_``, a bad argument or a pattern
     matching no hook point fails now (``lm.hooks.build_hooks``)."""
-    from lm.hooks import build_hooks  # lm.hooks imports this module
-
     build_hooks(cfg)
 
 
@@ -423,15 +411,11 @@ def _try_build_optimizer(cfg: DictConfig) -> None:
     try:
         optimizer = hydra.utils.instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"optimizer: {_first_line(err)}") from None
+        raise ConfigError(f"optimizer: {first_line(err)}") from None
     try:
         hydra.utils.instantiate(cfg.scheduler)(optimizer)
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"scheduler: {_first_line(err)}") from None
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"scheduler: {first_line(err)}") from None
 
 
 def _validate_optimizer(opt: DictConfig) -> None:

@@ -311,7 +311,6 @@ class LMModule(L.LightningModule):
         if self.tokenizer is not None:
             checkpoint["tokenizer"] = self.tokenizer.to_dict()
 
-
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.latest_metrics = dict(checkpoint.get("latest_metrics", {}))
 

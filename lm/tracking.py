@@ -8,6 +8,7 @@ same thing; the code version (git commit + dirty flag) is recorded beside the ha
 not in it, so a comparison can flag one hash run on different code.
 """
 
+import contextlib
 import copy
 import datetime as dt
 import hashlib
@@ -17,7 +18,7 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -192,24 +193,39 @@ def write_json_atomic(path: str | Path, data: dict) -> None:
     Raises:
         OSError: the directory cannot be written.
     """
-    path = Path(path)
     data, bad = strict_json(data)
     if bad:
         data["non_finite"] = sorted(set(data.get("non_finite") or []) | set(bad))
+    text = json.dumps(data, indent=2, sort_keys=True, default=str, allow_nan=False) + "\n"
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; when the block ends, it is renamed
+    onto ``path`` (with the umask's permissions, as ``open`` would give), or deleted if
+    the block raised. A reader sees the old file or the new one, never half.
+
+    Raises:
+        OSError: the directory cannot be written.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str, allow_nan=False)
-            f.write("\n")
+        yield tmp
         os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
 def umask() -> int:
+    """The process's file-creation mask (read without changing it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -35,7 +35,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from lm.callbacks import AtomicCheckpointIO, LastCheckpoint, RNGState, checkpoint_problem
+from lm.callbacks import AtomicCheckpointIO, LastCheckpoint, RNGState, resume_step
 from lm.config import ConfigError, check_overrides, register_configs, validate
 from lm.convert import init_from_hf
 from lm.corpus import DataError
@@ -251,10 +251,10 @@ def run_locked(cfg: DictConfig, model_config: GPTConfig, full_hash: str, digests
               "(tracking.retry_diverged=true trains it again from scratch)")
         write_pointer(job_dir, {**bad[1], "run_dir": str(bad[0])}, "skipped")
         return {**bad[1], "status": "skipped"}
-    run_dir, ckpt_path, prior = job_dir, None, {}
+    run_dir, ckpt_path, prior, purge_step = job_dir, None, {}, None
     if cfg.resume == "auto" and (interrupted := latest(runs, *RESUMABLE)):
         run_dir, prior = interrupted
-        ckpt_path = resumable_checkpoint(run_dir)
+        ckpt_path, purge_step = resumable_checkpoint(run_dir)
         print(f"resume {h8}: continuing {run_dir} from "
               f"{ckpt_path or 'scratch (no readable checkpoint)'}")
     else:
@@ -265,35 +265,38 @@ def run_locked(cfg: DictConfig, model_config: GPTConfig, full_hash: str, digests
         if cfg.resume not in ("auto", "never"):
             ckpt_path = Path(cfg.resume)
     record = train(cfg, model_config, full_hash, run_dir, ckpt_path, prior, extra_callbacks,
-                   digests=digests)
+                   digests=digests, purge_step=purge_step)
     if run_dir.resolve() != job_dir.resolve():
         write_pointer(job_dir, record, "resumed")
     return record
 
 
-def resumable_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint of an interrupted run that can be resumed: ``last.ckpt``,
-    else ``best.ckpt``, else None (start afresh). One that cannot (unreadable, truncated,
-    non-finite weights) is renamed ``<name>.bad`` with one warning line."""
+def resumable_checkpoint(run_dir: Path) -> tuple[Path | None, int]:
+    """(the newest checkpoint of an interrupted run that can be resumed: ``last.ckpt``,
+    else ``best.ckpt``, else None to start afresh; the first step it trains). One that
+    cannot (unreadable, truncated, non-finite weights) is renamed ``<name>.bad`` with one
+    warning line."""
     for name in ("last.ckpt", "best.ckpt"):
         path = run_dir / "checkpoints" / name
         if not path.is_file():
             continue
-        if (problem := checkpoint_problem(path)) is None:
-            return path
+        step, problem = resume_step(path)
+        if problem is None:
+            return path, step + 1
         aside = path.with_name(f"{name}.bad")
         path.replace(aside)
         print(f"warning: {path} is {problem}; set aside as {aside.name}", file=sys.stderr)
-    return None
+    return None, 0
 
 
 def train(
     cfg: DictConfig, model_config: GPTConfig, full_hash: str, run_dir: Path,
     ckpt_path: Path | None, prior: dict, extra_callbacks: Sequence[L.Callback] = (),
-    digests: dict | None = None,
+    digests: dict | None = None, purge_step: int | None = None,
 ) -> dict:
     """Build data, model and Trainer from the validated ``cfg``, fit (from ``ckpt_path`` if
-    given), and record the run in ``run_dir`` (``prior``: an interrupted run's record).
+    given), and record the run in ``run_dir`` (``prior``: an interrupted run's record;
+    ``purge_step``: its first step trained again, for TensorBoard).
 
     Returns the record; a diverged run returns with status ``diverged``.
 
@@ -336,7 +339,6 @@ def train(
     record = RunRecord(run_dir, **fields)
     if prior:
         record.data["resumed_from"] = [*prior.get("resumed_from", []), str(ckpt_path or "scratch")]
-    purge_step = checkpoint_step(ckpt_path) + 1 if ckpt_path else (0 if prior else None)
     trainer = build_trainer(cfg, run_dir, extra_callbacks, record, purge_step)
     record.start()
     if ckpt_path is None:
@@ -369,13 +371,6 @@ def fit(trainer: L.Trainer, module: LMModule, dm: LMDataModule, ckpt_path: Path 
     except BaseException as err:  # the record must say the run did not finish
         record.finish("failed", error=f"{type(err).__name__}: {err}", **progress(trainer, cfg))
         raise
-
-
-def checkpoint_step(path: Path) -> int:
-    """The global step a Lightning checkpoint was written at."""
-    import torch
-
-    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
 
 
 def progress(trainer: L.Trainer, cfg: DictConfig) -> dict:

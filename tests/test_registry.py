@@ -17,7 +17,7 @@ import torch
 from tbparse import SummaryReader
 
 from lm.config import ConfigError, compose_config
-from lm.tracking import config_hash, write_json_atomic
+from lm.tracking import config_hash, umask, write_json_atomic
 from lm.train import run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -200,13 +200,7 @@ def test_wall_time_sums_segments_and_run_json_is_world_readable(make_cfg, tmp_pa
     resumed = run(make_cfg(out="seg2"))
     assert resumed["wall_time_s"] >= first
     mode = stat.S_IMODE((tmp_path / "seg" / "run.json").stat().st_mode)
-    assert mode == 0o666 & ~_umask()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    assert mode == 0o666 & ~umask()
 
 
 def test_a_locked_hash_leaves_a_pointer_in_its_job_dir(make_cfg, tmp_path):

@@ -2,7 +2,7 @@
 
 Each option ``conf/hooks/<name>.yaml`` is ``# @package hooks.<name>``, so
 ``hooks=[a,b]`` composes to ``hooks: {order: [a, b], a: {...}, b: {...}}``. The
-``order`` key is ``${hook_order:}`` (``lm.config.hook_order``): the hook keys in the order Hydra merged them,
+``order`` key is ``${hook_order:}`` (``hook_order`` below): the hook keys in the order Hydra merged them,
 which is the order of the defaults list / the override. It is a list, so it keeps
 that order in the config hash (canonical JSON with sorted keys would lose the key
 order of the dict), and it is the order ``build_hooks`` applies the hooks in.
@@ -16,13 +16,21 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lm.config import ConfigError, hook_order
+from lm.errors import ConfigError, first_line
 from lm.hooks.base import Hook
 from lm.model import GPT, GPTConfig
 
 ORDER_KEY = "order"
 PLACEHOLDER_VOCAB = 256  # hook point names do not depend on the vocabulary
 __all__ = ["build_hooks", "hook_order"]
+
+
+def hook_order(*, _parent_: DictConfig) -> list[str]:
+    """Resolver ``${hook_order:}``: the keys of the node holding it except ``order``, in
+    the order Hydra merged them, which is the order the hooks were given in
+    (``hooks=[a,b]``). As a list it keeps that order in the config hash, whose
+    canonical JSON sorts dict keys."""
+    return [key for key in _parent_ if key != ORDER_KEY]
 
 
 def build_hooks(cfg: DictConfig) -> list[Hook]:
@@ -74,7 +82,7 @@ def _instantiate(name: str, spec: object) -> Hook:
         hook = hydra.utils.instantiate(spec, _convert_="all")
     except Exception as err:  # noqa: BLE001 - Hydra wraps the constructor's error
         cause = err.__cause__ or err
-        raise ConfigError(f"hooks.{name}: {_first_line(cause)}") from None
+        raise ConfigError(f"hooks.{name}: {first_line(cause)}") from None
     hook.name = name
     return hook
 
@@ -113,7 +121,3 @@ def _meta_model(cfg: DictConfig) -> GPT:
             return GPT(config)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
