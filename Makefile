@@ -32,9 +32,9 @@ tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir outputs
 
 bench: $(STAMP)  ## harness vs plain loop tokens/s; BPE training time and encode MB/s
-	$(PY) -m lm.bench $(ARGS)
-	$(PY) -m lm.bench_tokenizer
-	$(PY) -m lm.bench_generate
+	$(PY) -m lm.bench.train $(ARGS)
+	$(PY) -m lm.bench.tokenizer
+	$(PY) -m lm.bench.generate
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lm tests

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lm.config import compose_config
+from lm.training.config import compose_config
 
 # About 6,000 characters of varied text: enough for a validation split of
 # several block_size=64 windows, small enough to tokenise instantly.

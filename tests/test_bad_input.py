@@ -1,7 +1,7 @@
 """Bad input to the command-line tools: one ``error:`` line on stderr, exit code 2, no
 traceback; or, for input that can still be used, one ``warning:`` line and exit code 0.
 
-Checkpoints are built by hand (``lm.convert.checkpoint_dict``: what ``load_checkpoint``
+Checkpoints are built by hand (``lm.interop.hf.checkpoint_dict``: what ``load_checkpoint``
 reads), random weights, a char tokenizer; nothing trains.
 """
 
@@ -10,13 +10,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lm import convert, evaluate, generate
-from lm.checkpoint import CheckpointError, load_checkpoint
-from lm.convert import checkpoint_dict
+from lm.commands import evaluate, generate
+from lm.interop import hf as convert
+from lm.training.checkpoint import CheckpointError, load_checkpoint
+from lm.interop.hf import checkpoint_dict
 from lm.model import GPT, GPTConfig
 from lm.reference import numpy_gpt
 from lm.sampling import generate as generate_ids
-from lm.tokenizer import CharTokenizer
+from lm.tokenizers.char import CharTokenizer
 
 TEXT = "ROMEO: but soft, what light\nJULIET: ay me\n"
 NAN_KEY = "transformer.h.0.attn.c_attn.weight"

@@ -11,7 +11,7 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lm.bpe import (
+from lm.tokenizers.bpe import (
     GPT2_PATTERN,
     BPETokenizer,
     ByteTokenizer,
@@ -20,7 +20,7 @@ from lm.bpe import (
     merge_ids,
     pretokenize,
 )
-from lm.tokenizer import CharTokenizer, build_tokenizer, tokenizer_from_dict
+from lm.tokenizers.char import CharTokenizer, build_tokenizer, tokenizer_from_dict
 
 LINES = [
     "First Citizen: Before we proceed any further, hear me speak.",
@@ -343,7 +343,7 @@ def test_registry_dispatch(bpe, byte):
 
 
 def test_bench_tokenizers_runs_on_a_small_text():
-    from lm.bench_tokenizer import bench_tokenizers
+    from lm.bench.tokenizer import bench_tokenizers
 
     r = bench_tokenizers(TRAIN_TEXT, vocab_size=300, readable_mb=0.002)
     assert r["vocab_size"] == 300 and r["readable_equals_tiktoken"]

@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 from scipy import stats
 from torch.utils.tensorboard import SummaryWriter
 
-from lm import compare
-from lm.tracking import config_hash, hashable_config
+from lm.analysis import compare
+from lm.training.registry import config_hash, hashable_config
 
 # A small config shaped like the resolved conf/train.yaml.
 BASE_CONFIG = {

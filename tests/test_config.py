@@ -9,10 +9,10 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf, open_dict
 
-from lm.config import CONF_DIR, ConfigError, compose_config, unknown_choice
-from lm.corpus import DataError
-from lm.tracking import HASH_EXCLUDED_KEYS, config_hash, hashable_config, register_resolvers
-from lm.train import run
+from lm.training.config import CONF_DIR, ConfigError, compose_config, unknown_choice
+from lm.data.corpus import DataError
+from lm.training.registry import HASH_EXCLUDED_KEYS, config_hash, hashable_config, register_resolvers
+from lm.training.run import run
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from lm.bpe import BPETokenizer
-from lm.checkpoint import load_checkpoint
-from lm.convert import (
+from lm.tokenizers.bpe import BPETokenizer
+from lm.training.checkpoint import load_checkpoint
+from lm.interop.hf import (
     export_hf_gpt2,
     init_from_hf,
     load_hf_gpt2,
@@ -193,7 +193,7 @@ def test_train_fine_tunes_from_a_hf_directory(make_cfg, corpus, tmp_path):
     negligible learning rate its val/loss is the HF model's loss on the same batches."""
     import torch.nn.functional as F
 
-    from lm.train import build_datamodule, run
+    from lm.training.run import build_datamodule, run
 
     hf_dir = tmp_path / "hf"
     tokenizer = BPETokenizer.train(corpus.read_text(), 300, ("<|endoftext|>",))
@@ -216,8 +216,8 @@ def test_train_fine_tunes_from_a_hf_directory(make_cfg, corpus, tmp_path):
 
 
 def test_init_from_a_mismatched_model_is_one_config_error(make_cfg, tmp_path):
-    from lm.config import ConfigError
-    from lm.train import run
+    from lm.training.config import ConfigError
+    from lm.training.run import run
 
     hf_model(n_positions=64).save_pretrained(tmp_path / "hf")  # 32 wide; model=tiny is 64
     with pytest.raises(ConfigError, match="init_from=.*hf") as err:

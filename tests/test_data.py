@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from lm import corpus, data
-from lm.corpus import DataError, load_text, shakespeare_text, text_file_text
-from lm.data import LMDataModule, get_batch, load_tokens, prepare_tokens, split_text
-from lm.tokenizer import CharTokenizer
+from lm.data import corpus
+from lm.data import tokens as data
+from lm.data.corpus import DataError, load_text, shakespeare_text, text_file_text
+from lm.data.tokens import LMDataModule, get_batch, load_tokens, prepare_tokens, split_text
+from lm.tokenizers.char import CharTokenizer
 
 TEXT = "".join(f"line {i}: to be, or not to be, that is the question.\n" for i in range(40))
 

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from lm.evaluate import main
-from lm.train import run
+from lm.commands.evaluate import main
+from lm.training.run import run
 
 
 def printed_metrics(out: str) -> dict[str, float]:

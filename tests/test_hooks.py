@@ -21,7 +21,7 @@ from tbparse import SummaryReader
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import lm.model
-from lm.config import ConfigError, compose_config, validate
+from lm.training.config import ConfigError, compose_config, validate
 from lm.hooks import (
     ActL2,
     AttnEntropy,
@@ -40,9 +40,9 @@ from lm.hooks import (
     clip_groups,
 )
 from lm.model import GPT, GPTConfig
-from lm.module import LMModule
-from lm.tracking import config_hash
-from lm.train import run
+from lm.training.module import LMModule
+from lm.training.registry import config_hash
+from lm.training.run import run
 from tests.helpers import V, tiny, tokens
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -524,8 +524,7 @@ def test_bad_pattern_exits_2_from_the_command_line(tmp_path):
 
 
 def test_inspect_prints_every_hook_point_with_its_shape():
-    # run as a script, so lm/inspect.py must not shadow the stdlib inspect (torch imports it)
-    result = subprocess.run([sys.executable, str(ROOT / "lm" / "inspect.py"), "model=tiny"],
+    result = subprocess.run([sys.executable, "-m", "lm", "inspect", "model=tiny"],
                             capture_output=True, text=True, cwd=ROOT, check=False)
     assert result.returncode == 0, result.stderr
     rows = dict(re.findall(r"^(\S*hook_\S+)\s+(\(.*?\))", result.stdout, flags=re.MULTILINE))

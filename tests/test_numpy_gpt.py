@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lm.bpe import ByteTokenizer
-from lm.convert import checkpoint_dict
+from lm.tokenizers.bpe import ByteTokenizer
+from lm.interop.hf import checkpoint_dict
 from lm.model import GPT, GPTConfig
 from lm.reference import numpy_gpt
 from lm.sampling import generate

@@ -16,9 +16,9 @@ import pytest
 import torch
 from tbparse import SummaryReader
 
-from lm.config import ConfigError, compose_config
-from lm.tracking import config_hash, umask, write_json_atomic
-from lm.train import run
+from lm.training.config import ConfigError, compose_config
+from lm.training.registry import config_hash, umask, write_json_atomic
+from lm.training.run import run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -204,7 +204,7 @@ def test_wall_time_sums_segments_and_run_json_is_world_readable(make_cfg, tmp_pa
 
 
 def test_a_locked_hash_leaves_a_pointer_in_its_job_dir(make_cfg, tmp_path):
-    from lm.tracking import HashLock
+    from lm.training.registry import HashLock
 
     (tmp_path / "job" / ".hydra").mkdir(parents=True)  # as Hydra makes it
     cfg = make_cfg(out="job")
@@ -305,7 +305,7 @@ def test_a_sweep_goes_on_past_a_diverged_job(tmp_path, corpus):
     (["hydra.run.dir=/proc/lm-run"], "hydra.run.dir=/proc/lm-run cannot be written"),
 ])
 def test_bad_overrides_are_named_in_one_line(args, says):
-    from lm.config import check_overrides
+    from lm.training.config import check_overrides
 
     problem = check_overrides(args)  # defect 9: tracebacks, exit 0 or multi-line Hydra errors
     assert problem is not None and "\n" not in problem and says in problem, problem
@@ -325,7 +325,7 @@ def test_an_unwritable_registry_or_data_dir_is_one_line(make_cfg, tmp_path):
     blocker.write_text("")
     with pytest.raises(ConfigError, match="tracking.registry_dir=.* cannot be written"):
         run(make_cfg(f"tracking.registry_dir={blocker / 'reg'}"))
-    from lm.corpus import DataError
+    from lm.data.corpus import DataError
 
     with pytest.raises(DataError, match="paths.data_dir=.* cannot be written"):
         run(make_cfg(f"paths.data_dir={blocker / 'data'}"))
@@ -335,7 +335,7 @@ def test_unknown_keys_fail_through_the_compose_api_too(make_cfg):
     with pytest.raises(ConfigError, match="data.foo is not a config key"):
         run(make_cfg("+data.foo=1"))
     cfg = compose_config(["paths.output_dir=x", "+trainer.strategy=auto"])  # a Trainer argument
-    from lm.config import unknown_key
+    from lm.training.config import unknown_key
 
     assert unknown_key(cfg) is None
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from lm.checkpoint import load_checkpoint
+from lm.training.checkpoint import load_checkpoint
 from lm.model import GPT, GPTConfig
 from lm.sampling import beam_search, cut_at_stop, generate, top_k_filter, top_p_filter
-from lm.tokenizer import CharTokenizer
+from lm.tokenizers.char import CharTokenizer
 
 V = 29
 
@@ -281,7 +281,7 @@ def ckpt(tmp_path):
 
 
 def test_cli_strategies(ckpt, capsys):
-    from lm.generate import main
+    from lm.commands.generate import main
 
     base = [f"ckpt={ckpt}", "prompt=ROMEO:", "max_new_tokens=6"]
     assert main(base + ["strategy=top_p", "top_p=0.9", "num_samples=3"]) == 0
@@ -301,7 +301,7 @@ def test_cli_strategies(ckpt, capsys):
 
 
 def test_cli_greedy_and_stop_match_the_library(ckpt):
-    from lm.generate import GenerateConfig, sample_texts
+    from lm.commands.generate import GenerateConfig, sample_texts
 
     cfg = GenerateConfig(ckpt=str(ckpt), prompt="ROMEO:", max_new_tokens=12, strategy="greedy")
     (full,) = sample_texts(cfg)

@@ -5,8 +5,8 @@ import csv
 import pytest
 from omegaconf import OmegaConf
 
-from lm.sweep import SweepSummary, split_overrides, write_summary
-from lm.tracking import config_hash
+from lm.analysis.sweep_summary import SweepSummary, split_overrides, write_summary
+from lm.training.registry import config_hash
 from tests.test_compare import make_config, make_run
 
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lm.tokenizer import (
+from lm.tokenizers.char import (
     SPECIAL_TOKENS,
     TOKENIZERS,
     CharTokenizer,

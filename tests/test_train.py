@@ -8,12 +8,12 @@ import pytest
 import torch
 from tbparse import SummaryReader
 
-from lm.checkpoint import CheckpointError, load_checkpoint
-from lm.generate import GenerateConfig, sample_texts
-from lm.module import param_groups
-from lm.schedule import cosine_multiplier
-from lm.tracking import config_hash
-from lm.train import run
+from lm.training.checkpoint import CheckpointError, load_checkpoint
+from lm.commands.generate import GenerateConfig, sample_texts
+from lm.training.module import param_groups
+from lm.training.schedule import cosine_multiplier
+from lm.training.registry import config_hash
+from lm.training.run import run
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def tiny_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     corpus = tmp / "corpus.txt"
     corpus.write_text("\n".join(LINES[i % len(LINES)] + f" ({i})" for i in range(90)) + "\n")
-    from lm.config import compose_config
+    from lm.training.config import compose_config
 
     cfg = compose_config([
         "model=tiny", "data=text_file", f"data.path={corpus}", "data.batch_size=4",
@@ -85,7 +85,7 @@ def test_checkpoint_alone_generates_text(tiny_run):
 
 
 def test_generate_cli_takes_prompts_verbatim(tiny_run, capsys):
-    from lm.generate import main
+    from lm.commands.generate import main
 
     ckpt = tiny_run[2] / "checkpoints" / "best.ckpt"
     argv = [f"ckpt={ckpt}", "prompt=ROMEO: (1) is", "max_new_tokens=5", "top_k=null", "seed=0"]
@@ -151,7 +151,7 @@ def test_interrupted_run_resumes_to_the_same_numbers(make_cfg, tmp_path):
 
 
 def test_a_locked_hash_is_not_trained_twice(make_cfg, tmp_path):
-    from lm.tracking import HashLock
+    from lm.training.registry import HashLock
 
     cfg = make_cfg(out="x")
     lock = HashLock(tmp_path, config_hash(cfg))

@@ -31,7 +31,7 @@ from lm.hook_points import HookPoint, add_hooks
 from lm.model import GPT
 
 if TYPE_CHECKING:
-    from lm.module import LMModule
+    from lm.training.module import LMModule
 
 
 class Hook:

@@ -14,7 +14,7 @@ from lm.model import GPT
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from lm.module import LMModule
+    from lm.training.module import LMModule
 
 
 def _rms(x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ Shape letters: B batch, T time, C channels (n_embd), H heads, Dh head dim (C // 
 V vocab.
 
 Command line (greedy decoding from a checkpoint written by ``lm/train.py`` or
-``python -m lm.convert import``):
+``python -m lm.interop.hf import``):
     python -m lm.reference.numpy_gpt ckpt=<path> prompt="ROMEO:" max_new_tokens=50
 
 Sources: Radford et al. 2019 (GPT-2); Vaswani et al. 2017 (attention, sinusoidal
@@ -169,7 +169,7 @@ def parse_args(argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lm.checkpoint import load_checkpoint
+    from lm.training.checkpoint import load_checkpoint
 
     argv = sys.argv[1:] if argv is None else argv
     try:

@@ -32,8 +32,6 @@ no run can be read.
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: import the package, not lm/*.py as top level
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import argparse
 import datetime as dt
@@ -52,7 +50,7 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from lm.errors import first_line
-from lm.sweep import (
+from lm.analysis.sweep_summary import (
     find_run_dirs,
     fmt,
     job_number,
@@ -61,7 +59,7 @@ from lm.sweep import (
     read_record,
     write_csv,
 )
-from lm.tracking import code_version, hashable_config
+from lm.training.registry import code_version, hashable_config
 
 ABSENT = "(absent)"  # a key one config has and the other lacks
 
@@ -345,7 +343,7 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 def config_diff(base: dict, other: dict) -> list[tuple[str, Any, Any]]:
     """``(dotted key, base value, other value)`` for each key that differs, sorted by key.
 
-    Give it hashable configs (``lm.tracking.hashable_config``): keys that cannot change
+    Give it hashable configs (``lm.training.registry.hashable_config``): keys that cannot change
     the numbers are already out. ``seed`` is ignored; a missing key reads ``ABSENT``. A
     node present on one side only is one change (adding a hook is one ablation, however
     many keys its YAML has), and ``hooks.order`` counts only when the same hooks were

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from lm.bpe import BPETokenizer, ByteTokenizer
+from lm.tokenizers.bpe import BPETokenizer, ByteTokenizer
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<eos>")
 PAD_ID, UNK_ID, EOS_ID = 0, 1, 2

@@ -6,16 +6,16 @@ an empty chunk cache, as a fresh tokenizer has), and tiktoken (the same ranks,
 pattern and specials, via `to_tiktoken`) on the whole corpus. MB are 10^6 bytes
 of UTF-8 text. Also checks that both give the same ids on the slice.
 
-    python -m lm.bench_tokenizer [--vocab-size 4096] [--corpus path] [--readable-mb 1]
+    python -m lm.bench.tokenizer [--vocab-size 4096] [--corpus path] [--readable-mb 1]
 """
 
 import argparse
 import time
 from pathlib import Path
 
-from lm.bpe import BPETokenizer
-from lm.corpus import shakespeare_text
-from lm.data import split_text
+from lm.tokenizers.bpe import BPETokenizer
+from lm.data.corpus import shakespeare_text
+from lm.data.tokens import split_text
 
 MB = 1e6
 

@@ -9,23 +9,15 @@ Examples:
     python lm/inspect.py model=tiny 'hooks=[resid_noise,z_loss]'
 """
 
-import os
-import sys
-
-# Run as a script, Python puts lm/ first on sys.path, and this file (inspect.py) would
-# shadow the standard library's ``inspect`` for every later import (torch uses it):
-# put the repository root there instead, before importing anything else.
-if __package__ in (None, ""):
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 import dataclasses
+import sys
 from collections.abc import Sequence
 
 import torch
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from lm.config import ConfigError, compose_config
+from lm.training.config import ConfigError, compose_config
 from lm.hooks import ForwardHook, build_hooks
 from lm.model import GPT, GPTConfig
 

@@ -8,8 +8,8 @@ one layout change: GPT-2's ``Conv1D`` stores a weight as (in, out), ``nn.Linear`
 as (out, in), so ``c_attn``, ``c_proj`` and ``c_fc`` weights are transposed.
 
 Command line:
-    python -m lm.convert import <hf_dir> <out.ckpt>   # a checkpoint lm/generate.py reads
-    python -m lm.convert export <in.ckpt> <hf_dir>    # a directory from_pretrained reads
+    python -m lm.interop.hf import <hf_dir> <out.ckpt>   # a checkpoint lm/generate.py reads
+    python -m lm.interop.hf export <in.ckpt> <hf_dir>    # a directory from_pretrained reads
 
 Sources: Radford et al. 2019 (GPT-2); Hugging Face ``transformers``
 ``models/gpt2/modeling_gpt2.py`` (``Conv1D``, ``GPT2Config``); nanoGPT
@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lm.bpe import BPETokenizer
-from lm.checkpoint import load_checkpoint, state_problems
+from lm.tokenizers.bpe import BPETokenizer
+from lm.training.checkpoint import load_checkpoint, state_problems
 from lm.model import GPT, GPTConfig
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -278,7 +278,7 @@ def export_hf_gpt2(model: GPT, directory: str | Path, tokenizer: object = None) 
 
 
 def checkpoint_dict(model: GPT, tokenizer: object, run_config: dict | None = None) -> dict:
-    """A dict ``lm.checkpoint.load_checkpoint`` reads: weights under ``model.``, configs,
+    """A dict ``lm.training.checkpoint.load_checkpoint`` reads: weights under ``model.``, configs,
     tokenizer."""
     return {
         "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
@@ -304,7 +304,7 @@ def export_command(ckpt: str, hf_dir: str) -> str:
     return f"wrote {hf_dir}{note}"
 
 
-USAGE = "usage: python -m lm.convert import <hf_dir> <out.ckpt> | export <in.ckpt> <hf_dir>"
+USAGE = "usage: python -m lm.interop.hf import <hf_dir> <out.ckpt> | export <in.ckpt> <hf_dir>"
 
 
 def main(argv: list[str] | None = None) -> int:

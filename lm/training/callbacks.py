@@ -17,8 +17,8 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lm.errors import first_line
-from lm.module import Diverged
-from lm.tracking import atomic_file
+from lm.training.module import Diverged
+from lm.training.registry import atomic_file
 
 
 class LastCheckpoint(Checkpoint):

@@ -74,7 +74,7 @@ class SGDConfig:
 
 @dataclass
 class CosineConfig:
-    _target_: str = "lm.schedule.warmup_cosine"
+    _target_: str = "lm.training.schedule.warmup_cosine"
     _partial_: bool = True
     warmup_steps: int = 100
     decay_steps: int = "${trainer.max_steps}"  # type: ignore[assignment]  (an interpolation)
@@ -83,7 +83,7 @@ class CosineConfig:
 
 @dataclass
 class ConstantConfig:
-    _target_: str = "lm.schedule.warmup_constant"
+    _target_: str = "lm.training.schedule.warmup_constant"
     _partial_: bool = True
     warmup_steps: int = 0
 
@@ -165,7 +165,7 @@ def register_configs() -> None:
     cs.store(group="scheduler", name="constant_schema", node=ConstantConfig)
 
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def compose_config(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConfig:
@@ -175,7 +175,7 @@ def compose_config(overrides: Sequence[str] = (), with_hydra: bool = False) -> D
     For code outside ``@hydra.main`` (tests, the benchmark): pass
     ``paths.output_dir=...``, since there is no Hydra run dir to interpolate.
     """
-    from lm.tracking import register_resolvers
+    from lm.training.registry import register_resolvers
 
     register_configs()
     register_resolvers()

@@ -9,7 +9,7 @@ A multirun (``python lm/train.py -m ...``) writes one dir per job,
     hydra:
       callbacks:
         sweep_summary:
-          _target_: lm.sweep.SweepSummary
+          _target_: lm.analysis.sweep_summary.SweepSummary
 
 Each job's TensorBoard events already carry an hparams summary (``lm/train.py``), so
 ``tensorboard --logdir <sweep dir>`` shows the swept values beside ``val/loss`` in its

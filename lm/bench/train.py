@@ -6,7 +6,7 @@ Tokens/s is measured over the steady state (steps ``--skip`` to ``--steps``), so
 start-up and the final validation are left out. Prints each run, the medians and
 their ratio (harness / plain; we aim for >= 0.95).
 
-    python -m lm.bench [--steps 300] [--repeats 3] [--model small]
+    python -m lm.bench.train [--steps 300] [--repeats 3] [--model small]
 """
 
 import argparse
@@ -19,10 +19,10 @@ import hydra
 import lightning as L
 import torch
 
-from lm.config import compose_config, validate
+from lm.training.config import compose_config, validate
 from lm.hook_points import HookPoint
 from lm.model import GPT
-from lm.module import param_groups
+from lm.training.module import param_groups
 
 
 class StepTimer(L.Callback):
@@ -39,8 +39,8 @@ class StepTimer(L.Callback):
 
 
 def bench_harness(overrides: list[str], skip: int) -> float:
-    """Tokens/s of ``lm.train.run`` with ``overrides`` over steps (skip, max_steps]."""
-    from lm.train import run
+    """Tokens/s of ``lm.training.run.run`` with ``overrides`` over steps (skip, max_steps]."""
+    from lm.training.run import run
 
     with tempfile.TemporaryDirectory() as out:
         cfg = compose_config([*overrides, f"paths.output_dir={out}"])
@@ -52,7 +52,7 @@ def bench_harness(overrides: list[str], skip: int) -> float:
 
 def bench_plain(overrides: list[str], skip: int) -> float:
     """Tokens/s of a plain PyTorch loop doing the same work as the harness."""
-    from lm.train import build_datamodule
+    from lm.training.run import build_datamodule
 
     with tempfile.TemporaryDirectory() as out:
         cfg = compose_config([*overrides, f"paths.output_dir={out}"])

@@ -40,8 +40,6 @@ warning naming them); a prompt with no character it knows is an error.
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: import the package, not lm/*.py as top level
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from dataclasses import dataclass
 
@@ -49,9 +47,9 @@ import torch
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lm.checkpoint import CheckpointError, load_checkpoint
+from lm.training.checkpoint import CheckpointError, load_checkpoint
 from lm.sampling import beam_search, check_decoding_args, cut_at_stop, generate
-from lm.tokenizer import CharTokenizer
+from lm.tokenizers.char import CharTokenizer
 
 STRATEGIES = ("greedy", "sample", "top_k", "top_p", "beam")
 USED_BY = {  # key -> the strategies that read it; given with another one, it is unused

@@ -156,7 +156,7 @@ def code_version(repo: str | Path | None = None) -> dict[str, Any]:
 
     Returns ``{"commit": None, "dirty": None}`` outside a git checkout.
     """
-    repo = Path(repo or Path(__file__).resolve().parent.parent)
+    repo = Path(repo or Path(__file__).resolve().parents[2])
 
     def git(*args: str) -> str:
         return subprocess.run(

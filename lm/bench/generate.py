@@ -6,11 +6,11 @@ Two context lengths: the config's block_size 64, shorter than 256 new tokens, so
 once the window is full the cache is rebuilt every step (as costly as no cache);
 and block_size 512, where all new tokens fit in the cache. If ``transformers``
 is importable, Hugging Face's ``GPT2LMHeadModel.generate`` (do_sample=False,
-use_cache=True) on the same weights (exported with ``lm.convert``) is timed for
+use_cache=True) on the same weights (exported with ``lm.interop.hf``) is timed for
 reference, and its greedy tokens are checked against ours. Each
 variant runs once to warm up, then reports the best of ``--repeats`` runs.
 
-    python -m lm.bench_generate [--new 256] [--prompt 16] [--repeats 3] [--device cpu]
+    python -m lm.bench.generate [--new 256] [--prompt 16] [--repeats 3] [--device cpu]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from lm.model import GPT, GPTConfig
 from lm.sampling import generate
 
 VOCAB = 65
-SMALL = Path(__file__).resolve().parent.parent / "conf" / "model" / "small.yaml"
+SMALL = Path(__file__).resolve().parents[2] / "conf" / "model" / "small.yaml"
 
 
 def small_config(**overrides) -> GPTConfig:
@@ -61,7 +61,7 @@ def ours(model: GPT, prompt: torch.Tensor, n_new: int, use_cache: bool):
 
 
 def hugging_face(model: GPT, prompt: torch.Tensor, n_new: int, device: str):
-    """``GPT2LMHeadModel.generate`` on our model's weights (exported with ``lm.convert``),
+    """``GPT2LMHeadModel.generate`` on our model's weights (exported with ``lm.interop.hf``),
     or None without ``transformers``."""
     try:
         import transformers
@@ -69,7 +69,7 @@ def hugging_face(model: GPT, prompt: torch.Tensor, n_new: int, device: str):
     except ImportError:
         return None
     transformers.utils.logging.disable_progress_bar()
-    from lm.convert import export_hf_gpt2
+    from lm.interop.hf import export_hf_gpt2
 
     with tempfile.TemporaryDirectory() as directory:
         export_hf_gpt2(model, directory)

@@ -9,7 +9,7 @@ Examples:
     python lm/evaluate.py ckpt=gpt2.ckpt data=text_file data.path=corpus.txt eval_iters=50
 
 Keys (an unknown key or a bad value ends with one line and exit code 2):
-    ckpt        a .ckpt written by lm/train.py or ``python -m lm.convert import`` (required)
+    ckpt        a .ckpt written by lm/train.py or ``python -m lm.interop.hf import`` (required)
     data        a conf/data option; without it, the data config the checkpoint was
                 trained on (from its run config)
     data.<key>  any data key, e.g. ``data.path=...``, ``data.batch_size=8``
@@ -23,8 +23,6 @@ corpus, a char vocabulary of other text) is re-encoded with the checkpoint's tok
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: import the package, not lm/*.py as top level
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import tempfile
 
@@ -33,12 +31,12 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lm.checkpoint import load_checkpoint
-from lm.config import compose_config
-from lm.corpus import DataError, load_text
-from lm.data import split_text
-from lm.module import bits_per_byte, perplexity
-from lm.train import build_datamodule
+from lm.training.checkpoint import load_checkpoint
+from lm.training.config import compose_config
+from lm.data.corpus import DataError, load_text
+from lm.data.tokens import split_text
+from lm.training.module import bits_per_byte, perplexity
+from lm.training.run import build_datamodule
 
 KEYS = ("ckpt", "data", "eval_iters", "device")
 

@@ -6,7 +6,7 @@ config, so nothing else is needed. Loaded with ``weights_only=True``: a checkpoi
 is data, never code.
 
 ``load_checkpoint`` is the one loader every tool uses (``lm/generate.py``,
-``lm/evaluate.py``, ``python -m lm.convert export``, ``python -m lm.reference.numpy_gpt``):
+``lm/evaluate.py``, ``python -m lm.interop.hf export``, ``python -m lm.reference.numpy_gpt``):
 it checks the file before any model is built or run, so a bad file is one
 ``CheckpointError`` line naming the path, what is wrong and what was expected.
 """
@@ -18,7 +18,7 @@ import torch
 
 from lm.errors import first_line
 from lm.model import GPT, GPTConfig
-from lm.tokenizer import tokenizer_from_dict
+from lm.tokenizers.char import tokenizer_from_dict
 
 REQUIRED_KEYS = ("state_dict", "model_config", "tokenizer")
 NONFINITE = ("warn", "error")  # what load_checkpoint does with NaN/Inf weights

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from lm.corpus import DataError, load_text
-from lm.tokenizer import build_tokenizer, tokenizer_from_dict
+from lm.data.corpus import DataError, load_text
+from lm.tokenizers.char import build_tokenizer, tokenizer_from_dict
 
 # Random-number streams of get_batch: training step s uses seed sequence
 # [seed, TRAIN_STREAM, s], validation batch i uses [seed, VAL_STREAM, i], so the
@@ -214,7 +214,7 @@ class _ValBatches(Dataset):
 class LMDataModule(L.LightningDataModule):
     """Corpus -> cached token ids -> batches of (x, y), each int64 (batch_size, block_size).
 
-    `prepare_data` loads the text (`lm.corpus.load_text`) and builds the token
+    `prepare_data` loads the text (`lm.data.corpus.load_text`) and builds the token
     cache under `<data_dir>/tokens/`; `setup` memory-maps it and checks that both
     splits hold a window of block_size + 1 tokens. After `setup`: `tokenizer`,
     `train_ids`, `val_ids`, `val_text_bytes` (UTF-8 bytes of the val text, for

@@ -1,0 +1,7 @@
+"""``python -m lm <command> ...`` is ``lm <command> ...``."""
+
+import sys
+
+from lm.cli import main
+
+sys.exit(main())
