@@ -1,7 +1,8 @@
-"""Byte-level tokenizers (lm/bpe.py) against references: a hand-worked BPE example,
+"""Byte-level tokenizers (lm/tokenizers/byte.py, bpe.py, gpt2_files.py) against references: a hand-worked BPE example,
 a naive recount-everything trainer, tiktoken, and GPT-2's known token ids."""
 
 import json
+import unicodedata
 from collections import Counter
 from itertools import pairwise
 
@@ -11,16 +12,11 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lm.tokenizers.bpe import (
-    GPT2_PATTERN,
-    BPETokenizer,
-    ByteTokenizer,
-    bytes_to_unicode,
-    learn_merges,
-    merge_ids,
-    pretokenize,
-)
-from lm.tokenizers.char import CharTokenizer, build_tokenizer, tokenizer_from_dict
+from lm.tokenizers import build_tokenizer, tokenizer_from_dict
+from lm.tokenizers.bpe import GPT2_PATTERN, BPETokenizer, learn_merges, merge_ids, pretokenize
+from lm.tokenizers.byte import ByteTokenizer
+from lm.tokenizers.char import CharTokenizer
+from lm.tokenizers.gpt2_files import bytes_to_unicode
 
 LINES = [
     "First Citizen: Before we proceed any further, hear me speak.",
@@ -46,6 +42,11 @@ pieces = st.one_of(
 )
 texts = st.lists(pieces, max_size=40).map("".join)
 any_str = st.one_of(texts, st.text(st.characters()))  # lone surrogates too
+# The `regex` module and tiktoken's Rust regex carry different Unicode versions: a code
+# point unassigned in one (Python's unicodedata: category Cn) may be a letter in the
+# other, and the two then split the text differently. Parity holds for assigned ones.
+assigned_str = any_str.map(lambda s: "".join("?" if unicodedata.category(c) == "Cn" else c
+                                            for c in s))
 
 
 def naive_train(text: str, n_merges: int) -> list[tuple[int, int]]:
@@ -226,7 +227,7 @@ def test_bpe_round_trip(bpe, s):
     assert bpe.decode(bpe.encode(s)) == s
 
 
-@given(any_str)
+@given(assigned_str)
 def test_bpe_equals_tiktoken(bpe, s):
     ids = bpe.encode(s)
     assert ids == bpe.to_tiktoken().encode(s, allowed_special="all")

@@ -1,8 +1,4 @@
-"""Byte-level tokenizers: raw UTF-8 bytes, and GPT-2-style byte-level BPE.
-
-Both work on the UTF-8 bytes of the text, so any string can be encoded and there
-is no `<unk>`: ids 0-255 are the 256 byte values, and special tokens (`<eos>`,
-...) come after the vocabulary.
+"""GPT-2-style byte-level BPE: training and `BPETokenizer`.
 
 Byte-pair encoding (BPE) starts from the bytes and repeatedly merges the most
 frequent adjacent pair of tokens into a new token (Sennrich, Haddow and Birch,
@@ -16,24 +12,15 @@ punctuation, of whitespace), so merges never cross a chunk boundary. Karpathy's
 minbpe (https://github.com/karpathy/minbpe) is the reference design followed
 here; OpenAI's tiktoken is the fast implementation we check against.
 
-Rules shared by both tokenizers:
-- Special tokens written literally in the text (e.g. "<eos>") encode to their
-  special ids, as tiktoken's `encode(text, allowed_special="all")` does; the
-  longest special wins where two start at the same place. Decoding a special id
-  gives its literal string back, so `decode(encode(s)) == s` for every string.
-- `decode` joins the tokens' bytes and decodes them as UTF-8 with
-  `errors="replace"`: a sequence of ids that cuts a character in half (e.g. one
-  sampled from a model) gives U+FFFD, never an exception.
-- Lone surrogates (in a str, but not valid Unicode, so not encodable as UTF-8)
-  are encoded as U+FFFD, as tiktoken does; see `to_valid_unicode`.
+Special tokens, U+FFFD and decoding follow the byte-level rules of `byte.py`;
+GPT-2's own files are read and written by `gpt2_files.py`.
 """
 
 import heapq
 import json
 import math
-import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
 
@@ -41,13 +28,19 @@ import numpy as np
 import regex
 import tiktoken
 
+from lm.tokenizers.byte import (
+    N_BYTES,
+    ByteLevel,
+    check_special_tokens,
+    split_on_specials,
+    to_valid_unicode,
+)
+from lm.tokenizers.gpt2_files import read_gpt2_files, write_gpt2_files
+
 # GPT-2's pre-tokenisation pattern (encoder.py): contractions, letters with an
 # optional leading space, digits likewise, other symbols likewise, whitespace not
 # followed by a non-space (so " word" keeps its space), remaining whitespace.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-EOS_NAMES = ("<eos>", "<|endoftext|>")  # a special token with one of these names is eos_id
-N_BYTES = 256
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def pretokenize(text: str, pattern: str = GPT2_PATTERN) -> list[str]:
@@ -56,142 +49,6 @@ def pretokenize(text: str, pattern: str = GPT2_PATTERN) -> list[str]:
     The chunks concatenate back to `text` (the GPT-2 pattern matches every character).
     """
     return regex.findall(pattern, text)
-
-
-def to_valid_unicode(text: str) -> str:
-    """`text` with each lone surrogate replaced by U+FFFD (a surrogate pair written
-    as two code points becomes its character), as tiktoken's `encode` does; valid
-    text comes back unchanged."""
-    if _SURROGATE.search(text) is None:
-        return text
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def check_special_tokens(special_tokens: Sequence[str]) -> list[str]:
-    """`special_tokens` as a list. Raises ValueError unless they are distinct non-empty str."""
-    specials = list(special_tokens)
-    if not all(isinstance(s, str) and s for s in specials):
-        raise ValueError(f"special_tokens={specials!r} must be non-empty strings")
-    if len(set(specials)) != len(specials):
-        raise ValueError(f"special_tokens={specials!r} must be distinct")
-    return specials
-
-
-def split_on_specials(text: str, specials: Iterable[str]) -> list[str]:
-    """`text` cut around literal special tokens: even indices are ordinary text
-    (possibly ""), odd indices are special tokens. With no specials: `[text]`."""
-    specials = sorted(specials, key=len, reverse=True)  # longest first: "<eos>" before "<e"
-    if not specials:
-        return [text]
-    return re.split("(" + "|".join(map(re.escape, specials)) + ")", text)
-
-
-def decode_bytes(ids: Iterable[int], id_to_bytes: Sequence[bytes]) -> str:
-    """Text of `ids` (list, 1-D array or tensor): their bytes joined, decoded as
-    UTF-8 with U+FFFD for invalid sequences. Raises ValueError for an id outside
-    [0, len(id_to_bytes))."""
-    parts = []
-    for i in ids:
-        i = int(i)
-        if not 0 <= i < len(id_to_bytes):
-            raise ValueError(f"token id {i} is outside [0, {len(id_to_bytes)})")
-        parts.append(id_to_bytes[i])
-    return b"".join(parts).decode("utf-8", errors="replace")
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from the 256 byte values to printable characters.
-
-    Printable Latin-1 bytes map to themselves; the other 68 (control characters,
-    space, ...) map to U+0100 onwards, so the space byte 32 becomes "Ġ". GPT-2's
-    `encoder.json` and `vocab.bpe` store tokens as strings over this alphabet.
-    Source: `bytes_to_unicode` in openai/gpt-2 `src/encoder.py`.
-    """
-    printable = [
-        *range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    table = {b: chr(b) for b in printable}
-    shifted = (b for b in range(N_BYTES) if b not in table)
-    for n, b in enumerate(shifted):
-        table[b] = chr(N_BYTES + n)
-    return dict(sorted(table.items()))
-
-
-class _ByteLevel:
-    """What byte-level tokenizers share: ``_id_to_bytes`` (id -> bytes) and
-    ``special_tokens`` (name -> id) give the vocabulary size and the special ids."""
-
-    _id_to_bytes: list[bytes]
-    special_tokens: dict[str, int]
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._id_to_bytes)
-
-    @property
-    def eos_id(self) -> int | None:
-        return next((self.special_tokens[s] for s in EOS_NAMES if s in self.special_tokens), None)
-
-    @property
-    def pad_id(self) -> int | None:
-        return self.special_tokens.get("<pad>")
-
-
-class ByteTokenizer(_ByteLevel):
-    """One token per UTF-8 byte: ids 0-255 are the bytes, specials follow.
-
-    With the default specials `<eos>` = 256 and `<pad>` = 257 (vocab_size 258).
-    Nothing is learned: `from_text` ignores its text. There is no `<unk>`
-    (`unk_id` is None). Special tokens and decoding follow the module's rules.
-
-    Raises:
-        ValueError: `special_tokens` are not distinct non-empty strings.
-    """
-
-    def __init__(self, special_tokens: Sequence[str] = ("<eos>", "<pad>")):
-        specials = check_special_tokens(special_tokens)
-        self.special_tokens = {s: N_BYTES + k for k, s in enumerate(specials)}
-        self._id_to_bytes = [bytes([b]) for b in range(N_BYTES)]
-        self._id_to_bytes += [s.encode("utf-8") for s in specials]
-
-    @classmethod
-    def from_text(cls, text: str) -> "ByteTokenizer":
-        """The byte tokenizer with the default specials; `text` is not needed."""
-        return cls()
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ByteTokenizer":
-        """Inverse of `to_dict`."""
-        return cls(d["special_tokens"])
-
-    def to_dict(self) -> dict:
-        """JSON-able description: `{"type": "byte", "special_tokens": [...]}`."""
-        return {"type": "byte", "special_tokens": list(self.special_tokens)}
-
-    @property
-    def unk_id(self) -> None:
-        return None  # every string is bytes: nothing is unknown
-
-    def encode(self, text: str) -> list[int]:
-        """The UTF-8 bytes of `text` as ids, with literal special tokens as their ids."""
-        return self.encode_array(text).tolist()
-
-    def encode_array(self, text: str) -> np.ndarray:
-        """`encode(text)` as an int64 array of shape (n_tokens,), vectorised."""
-        pieces = []
-        text = to_valid_unicode(text)
-        for k, piece in enumerate(split_on_specials(text, self.special_tokens)):
-            if k % 2:
-                pieces.append(np.array([self.special_tokens[piece]], dtype=np.int64))
-            else:
-                pieces.append(np.frombuffer(piece.encode("utf-8"), dtype=np.uint8))
-        return np.concatenate(pieces).astype(np.int64)
-
-    def decode(self, ids: Iterable[int]) -> str:
-        """Text of `ids`; invalid UTF-8 becomes U+FFFD. Raises ValueError for an
-        id outside [0, vocab_size)."""
-        return decode_bytes(ids, self._id_to_bytes)
 
 
 # ---------------------------------------------------------------------------
@@ -306,13 +163,14 @@ def learn_merges(chunk_counts: dict[str, int], n_merges: int) -> list[tuple[int,
     return merges
 
 
-class BPETokenizer(_ByteLevel):
+class BPETokenizer(ByteLevel):
     """GPT-2-style byte-level BPE: pre-tokenise, then merge byte pairs by rank.
 
     Ids: 0-255 are single bytes (our training puts byte b at id b; a GPT-2 file
     may order them differently, see `byte_order`), id 256 + k is made by merge k
     (merges are listed in rank order, rank k = priority k), and the special
     tokens follow, so vocab_size = 256 + len(merges) + len(special_tokens).
+    `decode` and the special ids come from `ByteLevel`.
 
     Args:
         merges: (left id, right id) pairs in rank order.
@@ -387,8 +245,9 @@ class BPETokenizer(_ByteLevel):
         path: str | None = None,
     ) -> "BPETokenizer":
         """The `build_tokenizer` entry point: `train(text, vocab_size or 4096, special_tokens)`, or,
-        with `path`, GPT-2's files read from that directory (`load_gpt2`; nothing is
-        trained, so a checkpoint's token ids are kept: fine-tuning with `init_from`).
+        with `path` (`conf/data/tokenizer/gpt2_files.yaml`), GPT-2's files read from that
+        directory (`load_gpt2`; nothing is trained, so a checkpoint's token ids are kept:
+        fine-tuning with `init_from`).
 
         Raises:
             ValueError: `path` given with a `vocab_size` the files do not have.
@@ -402,10 +261,6 @@ class BPETokenizer(_ByteLevel):
         return tokenizer
 
     # -- the tokenizer interface ----------------------------------------------
-
-    @property
-    def unk_id(self) -> int | None:
-        return self.special_tokens.get("<unk>")  # byte-level: never produced by encode
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, the readable reference path (GPT-2's `encode`).
@@ -448,11 +303,6 @@ class BPETokenizer(_ByteLevel):
         """
         ids = self.to_tiktoken().encode_to_numpy(to_valid_unicode(text), allowed_special="all")
         return ids.astype(np.int64)
-
-    def decode(self, ids: Iterable[int]) -> str:
-        """Text of `ids`; invalid UTF-8 becomes U+FFFD. Raises ValueError for an
-        id outside [0, vocab_size)."""
-        return decode_bytes(ids, self._id_to_bytes)
 
     def to_tiktoken(self) -> tiktoken.Encoding:
         """A `tiktoken.Encoding` with our ranks (token bytes -> id), pattern and specials.
@@ -502,82 +352,20 @@ class BPETokenizer(_ByteLevel):
     # -- GPT-2's files ------------------------------------------------------------
 
     def save_gpt2(self, directory: str | Path) -> None:
-        """Write GPT-2's `encoder.json` (token string -> id) and `vocab.bpe` (merges).
-
-        Tokens are written over `bytes_to_unicode()`'s alphabet; `vocab.bpe` is the
-        `#version: 0.2` header then one "left right" merge per line in rank order.
-        Special tokens go into `encoder.json` under their own strings.
+        """Write GPT-2's `encoder.json` and `vocab.bpe` into `directory` (`gpt2_files.py`).
 
         Raises:
             ValueError: a special token's string equals an ordinary token's.
         """
-        byte_encoder = bytes_to_unicode()
-
-        def to_str(token: bytes) -> str:
-            return "".join(byte_encoder[b] for b in token)
-
-        encoder = {to_str(tok): i for i, tok in enumerate(self.vocab)}
-        encoder.update(self.special_tokens)
-        if len(encoder) != self.vocab_size:
-            raise ValueError("a special token has the same string as an ordinary token")
-        lines = [f"{to_str(self.vocab[a])} {to_str(self.vocab[b])}\n" for a, b in self.merges]
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "encoder.json").write_text(json.dumps(encoder))
-        (out / "vocab.bpe").write_text("#version: 0.2\n" + "".join(lines), encoding="utf-8")
+        write_gpt2_files(directory, self.vocab, self.merges, self.special_tokens)
 
     @classmethod
     def load_gpt2(cls, directory: str | Path, pattern: str = GPT2_PATTERN) -> "BPETokenizer":
-        """Read GPT-2's `encoder.json` + `vocab.bpe` (or Hugging Face's `vocab.json`
-        + `merges.txt`, the same format) from `directory`.
-
-        Needs GPT-2's id layout: the 256 byte tokens have ids 0-255, merge k (line
-        k after the header) makes id 256 + k, and the remaining entries (e.g.
-        "<|endoftext|>") are special tokens with the ids after those.
+        """The tokenizer in GPT-2's `encoder.json` + `vocab.bpe` (or Hugging Face's
+        `vocab.json` + `merges.txt`) in `directory`, GPT-2's ids kept.
 
         Raises:
-            FileNotFoundError: neither pair of files is there.
-            ValueError: the files do not follow that layout.
+            FileNotFoundError, ValueError: as `gpt2_files.read_gpt2_files`.
         """
-        encoder, merge_lines = _read_gpt2_files(Path(directory))
-        byte_order = _gpt2_byte_order(encoder)
-        merges = [_gpt2_merge(encoder, line, k) for k, line in enumerate(merge_lines)]
-        n_ordinary = N_BYTES + len(merges)
-        specials = sorted((i, s) for s, i in encoder.items() if i >= n_ordinary)
-        if [i for i, _ in specials] != list(range(n_ordinary, len(encoder))):
-            raise ValueError(f"encoder ids must be 0..{len(encoder) - 1} with specials last")
-        return cls(merges, [s for _, s in specials], byte_order, pattern)
-
-
-def _read_gpt2_files(directory: Path) -> tuple[dict[str, int], list[str]]:
-    for vocab_name, merges_name in (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt")):
-        if (directory / vocab_name).is_file() and (directory / merges_name).is_file():
-            encoder = json.loads((directory / vocab_name).read_text(encoding="utf-8"))
-            lines = (directory / merges_name).read_text(encoding="utf-8").splitlines()
-            if lines and lines[0].startswith("#version"):
-                lines = lines[1:]
-            return encoder, [line for line in lines if line]
-    raise FileNotFoundError(
-        f"{directory} has neither encoder.json + vocab.bpe nor vocab.json + merges.txt"
-    )
-
-
-def _gpt2_byte_order(encoder: dict[str, int]) -> list[int]:
-    """The byte value of each of ids 0-255, from the single-character entries."""
-    order = [-1] * N_BYTES
-    for b, ch in bytes_to_unicode().items():
-        i = encoder.get(ch, -1)
-        if not 0 <= i < N_BYTES:
-            raise ValueError(f"byte {b} ({ch!r}) must have an id in 0..255, got {i}")
-        order[i] = b
-    return order
-
-
-def _gpt2_merge(encoder: dict[str, int], line: str, k: int) -> tuple[int, int]:
-    """The (left id, right id) of merge line `k`, checking it makes id 256 + k."""
-    left, right = line.split(" ")  # GPT-2 token strings never hold a space (it is "Ġ")
-    if encoder.get(left + right) != N_BYTES + k:
-        raise ValueError(
-            f"merge {k} {line!r} must make id {N_BYTES + k}, got {encoder.get(left + right)}"
-        )
-    return encoder[left], encoder[right]
+        files = read_gpt2_files(directory)
+        return cls(files.merges, files.special_tokens, files.byte_order, pattern)

@@ -1,18 +1,14 @@
-"""Tokenizers: text <-> token ids.
+"""Character-level tokenizer, as nanoGPT's shakespeare_char: one token per character.
 
-Every tokenizer has `encode`, `encode_array`, `decode`, `vocab_size`, `eos_id`,
-`pad_id`, `unk_id` and `to_dict`/`from_dict`, serialises to a JSON-able dict
-with a `type` key, and is registered in `TOKENIZERS` so configs and checkpoints
-can name it: "char" (below: specials `<pad>`=0, `<unk>`=1, `<eos>`=2 at the front),
-"byte" and "bpe" (`lm/bpe.py`: byte-level, specials after the vocabulary).
+Specials `<pad>` = 0, `<unk>` = 1, `<eos>` = 2 come first, then the characters of
+the training text. Implements `lm.tokenizers.base.Tokenizer`.
 """
 
-import inspect
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from lm.tokenizers.bpe import BPETokenizer, ByteTokenizer
+from lm.tokenizers.base import lookup_ids
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<eos>")
 PAD_ID, UNK_ID, EOS_ID = 0, 1, 2
@@ -66,6 +62,11 @@ class CharTokenizer:
         return len(SPECIAL_TOKENS) + len(self.chars)
 
     @property
+    def special_tokens(self) -> dict[str, int]:
+        """`{"<pad>": 0, "<unk>": 1, "<eos>": 2}`."""
+        return {s: i for i, s in enumerate(SPECIAL_TOKENS)}
+
+    @property
     def pad_id(self) -> int:
         return PAD_ID
 
@@ -107,46 +108,5 @@ class CharTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids` (list, 1-D array or tensor). Raises ValueError for an id
         outside [0, vocab_size)."""
-        out = []
-        for i in ids:
-            i = int(i)
-            if not 0 <= i < self.vocab_size:
-                raise ValueError(f"token id {i} is outside [0, {self.vocab_size})")
-            out.append(self._itos[i])
-        return "".join(out)
+        return "".join(lookup_ids(ids, self._itos))
 
-
-TOKENIZERS = {"char": CharTokenizer, "byte": ByteTokenizer, "bpe": BPETokenizer}
-
-
-def build_tokenizer(name: str, text: str, **options):
-    """Train tokenizer `name` (a key of `TOKENIZERS`) on `text`.
-
-    `options` go to its `from_text`, e.g. `build_tokenizer("bpe", text, vocab_size=512)`.
-
-    Raises:
-        ValueError: `name` is not registered (one line naming the allowed ones), or
-            an option is not one that tokenizer takes.
-    """
-    if name not in TOKENIZERS:
-        raise ValueError(f"data.tokenizer={name!r} is not one of: {', '.join(TOKENIZERS)}")
-    from_text = TOKENIZERS[name].from_text
-    allowed = list(inspect.signature(from_text).parameters)[1:]  # after `text`
-    unknown = [key for key in options if key not in allowed]
-    if unknown:
-        raise ValueError(
-            f"data.tokenizer={name!r} takes no option {unknown[0]!r}; it takes: {allowed or 'none'}"
-        )
-    return from_text(text, **options)
-
-
-def tokenizer_from_dict(d: dict):
-    """Rebuild a tokenizer from its `to_dict()` (e.g. from a checkpoint or token cache).
-
-    Raises:
-        ValueError: `d["type"]` is missing or not registered.
-    """
-    kind = d.get("type")
-    if kind not in TOKENIZERS:
-        raise ValueError(f"tokenizer type={kind!r} is not one of: {', '.join(TOKENIZERS)}")
-    return TOKENIZERS[kind].from_dict(d)
