@@ -29,6 +29,8 @@ class HookPoint(nn.Module):
         name: dotted name in the model's ``hook_dict`` (e.g.
             ``"blocks.0.attn.hook_pattern"``); set by the model that owns it,
             ``None`` until then.
+        layer: index of the block it sits in (``blocks.{layer}``), set by that block;
+            ``None`` outside the blocks (``hook_embed``, ``hook_logits``).
 
     ``forward(x)`` returns ``x`` unchanged (any shape). Forward hooks registered
     with ``register_forward_hook`` observe (return ``None``) or edit (return a
@@ -38,6 +40,7 @@ class HookPoint(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.name: str | None = None
+        self.layer: int | None = None
 
     @property
     def has_hooks(self) -> bool:

@@ -1,10 +1,16 @@
 """A decoder-only GPT in one file, nanoGPT style.
 
 Classes appear in the order data meets them: config, attention, MLP, block,
-model. Module names follow GPT-2's checkpoint (``transformer.wte``, ``wpe``,
+model. Module paths follow GPT-2's checkpoint (``transformer.wte``, ``wpe``,
 ``h.{i}.attn.c_attn``, ``ln_f``, ``lm_head``) so loading GPT-2 weights is a
 rename table. Activations pass through named ``HookPoint`` modules
 (TransformerLens style) listed in ``GPT.hook_dict``.
+
+A user names a layer one way, as the hook points do: ``blocks.{i}``, never the
+module path ``transformer.h.{i}``. ``GPT.named_layers()`` is the one table from those
+names to modules (``blocks.0.attn.c_attn``, ``wte``, ``ln_f``, ``hook_logits``, ...);
+hook patterns, per-layer metrics and parameter groups all use its names, and a
+block and its hook points carry their index as ``.layer`` (never parsed from a name).
 
 Shape letters: B batch, T time, C channels (n_embd), H heads (n_head),
 Dh head dim (C // H), V vocab.
@@ -254,10 +260,16 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block (GPT-2): x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-norm transformer block (GPT-2): x + attn(ln_1(x)), then x + mlp(ln_2(x)).
 
-    def __init__(self, config: GPTConfig) -> None:
+    Attributes:
+        layer: its index i from 0, so it is ``blocks.{i}`` in ``GPT.named_layers()``;
+            each of its hook points carries the same ``layer``.
+    """
+
+    def __init__(self, config: GPTConfig, layer: int) -> None:
         super().__init__()
+        self.layer = layer
         eps, bias = config.layer_norm_epsilon, config.bias
         # registered in the order data meets them, so hook_dict lists them that way
         self.hook_resid_pre = HookPoint()  # (B, T, C)
@@ -269,6 +281,9 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.hook_mlp_out = HookPoint()  # (B, T, C)
         self.hook_resid_post = HookPoint()  # (B, T, C)
+        for module in self.modules():
+            if isinstance(module, HookPoint):
+                module.layer = layer
 
     def forward(self, x: torch.Tensor, kv: LayerKV | None = None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); ``kv``: this layer's KV cache slot, if any."""
@@ -284,10 +299,10 @@ class GPT(nn.Module):
 
     Attributes:
         config: the ``GPTConfig`` it was built from.
-        hook_dict: dotted TransformerLens-style name (``"blocks.0.attn.hook_pattern"``)
-            -> ``HookPoint``; note ``blocks.{i}`` here is ``transformer.h.{i}`` as
-            a module path. ``hooks([(glob, fn)])`` attaches hook functions for a
-            ``with`` block; ``run_with_cache(idx, globs)`` returns activations by name.
+        hook_dict: the ``HookPoint`` entries of ``named_layers()``, by their dotted
+            TransformerLens-style name (``"blocks.0.attn.hook_pattern"``).
+            ``hooks([(glob, fn)])`` attaches hook functions for a ``with`` block;
+            ``run_with_cache(idx, globs)`` returns activations by name.
 
     Raises:
         ValueError: ``config.vocab_size`` is None, or ``config.validate()`` fails.
@@ -308,7 +323,7 @@ class GPT(nn.Module):
             pe = sinusoidal_positions(config.block_size, config.n_embd)  # (block_size, C)
             self.register_buffer("sinusoidal_pe", pe, persistent=False)
         layers["drop"] = nn.Dropout(config.dropout)
-        layers["h"] = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        layers["h"] = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
         layers["ln_f"] = nn.LayerNorm(
             config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias
         )
@@ -340,14 +355,37 @@ class GPT(nn.Module):
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=residual_std)
 
+    def named_layers(self, recurse: bool = True) -> dict[str, nn.Module]:
+        """The one table from the names a user sees to modules.
+
+        The model's own parts, in the order data meets them: ``wte``, ``hook_embed``,
+        ``wpe`` (learned positions only), ``hook_pos_embed``, ``drop``, ``blocks.{i}``
+        (a ``Block``), ``ln_f``, ``hook_final_norm``, ``lm_head``, ``hook_logits``. With
+        ``recurse`` each part is followed by its submodules, in registration order, under
+        their paths inside it (``blocks.0.attn``, ``blocks.0.attn.c_attn``, ...).
+
+        A name is the module path with the GPT-2 containers renamed: ``transformer.h.{i}``
+        is ``blocks.{i}`` (TransformerLens's name, as in the hook points) and the
+        ``transformer.`` prefix is dropped. The leaves keep GPT-2's names (``c_attn``,
+        ``ln_f``), which checkpoints and the GPT-2 converter use unchanged. Computed on
+        each call, so a module swapped in later (an adapter) is listed as it is now.
+        """
+        t = self.transformer
+        parts: dict[str, nn.Module] = {"wte": t.wte, "hook_embed": self.hook_embed}
+        if "wpe" in t:
+            parts["wpe"] = t.wpe
+        parts.update(hook_pos_embed=self.hook_pos_embed, drop=t.drop)
+        parts.update({f"blocks.{block.layer}": block for block in t.h})
+        parts.update(ln_f=t.ln_f, hook_final_norm=self.hook_final_norm)
+        parts.update(lm_head=self.lm_head, hook_logits=self.hook_logits)
+        if not recurse:
+            return parts
+        return {path: module for name, part in parts.items()
+                for path, module in part.named_modules(prefix=name)}
+
     def _build_hook_dict(self) -> dict[str, HookPoint]:
-        """Map TransformerLens names to hook points, in data order; set each ``HookPoint.name``."""
-        table = {"hook_embed": self.hook_embed, "hook_pos_embed": self.hook_pos_embed}
-        for i, block in enumerate(self.transformer.h):
-            for path, module in block.named_modules():
-                if isinstance(module, HookPoint):
-                    table[f"blocks.{i}.{path}"] = module
-        table.update(hook_final_norm=self.hook_final_norm, hook_logits=self.hook_logits)
+        """The hook points of ``named_layers()``, in data order; set each ``HookPoint.name``."""
+        table = {name: m for name, m in self.named_layers().items() if isinstance(m, HookPoint)}
         for name, module in table.items():
             module.name = name
         return table

@@ -21,7 +21,7 @@ from tbparse import SummaryReader
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import lm.model
-from lm.training.config import ConfigError, compose_config, validate
+from lm.hook_points import HookPoint
 from lm.hooks import (
     ActL2,
     AttnEntropy,
@@ -40,6 +40,7 @@ from lm.hooks import (
     clip_groups,
 )
 from lm.model import GPT, GPTConfig
+from lm.training.config import ConfigError, compose_config, validate
 from lm.training.module import LMModule
 from lm.training.registry import config_hash
 from lm.training.run import run
@@ -163,12 +164,30 @@ def set_random_grads(model: GPT, scale: float = 1.0) -> None:
 
 
 def test_clip_groups_are_blocks_embeddings_and_final_norm():
-    assert list(clip_groups(tiny())) == ["wte", "wpe", "h.0", "h.1", "ln_f"]
-    assert list(clip_groups(tiny(tie_weights=False))) == ["wte", "wpe", "h.0", "h.1", "ln_f", "lm_head"]
+    assert list(clip_groups(tiny())) == ["wte", "wpe", "blocks.0", "blocks.1", "ln_f"]
+    assert list(clip_groups(tiny(tie_weights=False))) == [
+        "wte", "wpe", "blocks.0", "blocks.1", "ln_f", "lm_head"]
+    assert list(clip_groups(tiny(pos_encoding="sinusoidal"))) == ["wte", "blocks.0", "blocks.1", "ln_f"]
     groups = clip_groups(tiny())
     model = tiny()
     assert sum(len(g) for g in groups.values()) == len(list(model.parameters()))
-    assert [p.shape for p in groups["h.1"]] == [p.shape for p in model.transformer.h[1].parameters()]
+    assert [p.shape for p in groups["blocks.1"]] == [p.shape for p in model.transformer.h[1].parameters()]
+
+
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_clip_groups_keep_the_parameters_and_order_of_module_paths(tie_weights):
+    """The same groups, parameter for parameter, as grouping ``named_parameters`` by
+    module path (``transformer.h.{i}`` -> ``blocks.{i}``): the rename changes no number."""
+    model = tiny(tie_weights=tie_weights)
+    by_path: dict[str, list] = {}
+    for name, p in model.named_parameters():
+        parts = name.removeprefix("transformer.").split(".")
+        key = f"blocks.{parts[1]}" if parts[0] == "h" else parts[0]
+        by_path.setdefault(key, []).append(p)
+    groups = clip_groups(model)
+    assert list(groups) == list(by_path)
+    for name in groups:
+        assert [id(p) for p in groups[name]] == [id(p) for p in by_path[name]], name
 
 
 def test_grad_clip_custom_equals_clip_grad_norm_per_group():
@@ -186,6 +205,8 @@ def test_grad_clip_custom_equals_clip_grad_norm_per_group():
     hook.update(model, step=0)
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
+    assert {k for k in hook.metrics if k.startswith("norm/")} == {
+        "norm/wte", "norm/wpe", "norm/blocks.0", "norm/blocks.1", "norm/ln_f"}
     for name, norm in norms.items():
         torch.testing.assert_close(hook.metrics[f"norm/{name}"], norm)
     clipped = sum(float(n) > max_norm for n in norms.values()) / len(norms)
@@ -242,7 +263,7 @@ def test_update_hooks_apply_in_the_order_given():
     # clip then sign: every entry +-1; sign then clip: each group's +-1 scaled to norm 0.5
     names = [name for name, _ in tiny().named_parameters()]
     i = names.index("transformer.h.0.ln_1.weight")
-    n = sum(p.numel() for p in clip_groups(tiny())["h.0"])
+    n = sum(p.numel() for p in clip_groups(tiny())["blocks.0"])
     assert clip_then_sign[i].abs().unique().tolist() == [1.0]
     torch.testing.assert_close(sign_then_clip[i].abs().unique(), torch.tensor([0.5 / math.sqrt(n)]))
 
@@ -270,6 +291,14 @@ def test_head_ablation_equals_zeroing_c_proj_columns():
         HeadAblation([[1, 4]]).check(model)
     with pytest.raises(ValueError, match="blocks.2.attn.hook_z"):
         HeadAblation([[2, 0]]).check(model)
+
+
+def test_head_ablation_takes_the_layer_from_the_hook_point_not_its_name():
+    point = HookPoint()
+    point.name, point.layer = "renamed", 1  # the index is data, never parsed from the name
+    z = torch.ones(1, 2, 4, 3)  # (B, T, H, Dh)
+    out = HeadAblation([[0, 0], [1, 2]]).forward(z, point)
+    assert out[0, 0, :, 0].tolist() == [1.0, 1.0, 0.0, 1.0]
 
 
 def test_resid_noise_in_training_only():
@@ -542,7 +571,7 @@ def test_tiny_run_logs_hook_metrics(make_cfg, tmp_path):
     run(make_cfg("hooks=[grad_clip_custom,z_loss]"))
     scalars = SummaryReader(str(tmp_path / "run" / "tb")).scalars
     tags = set(scalars.tag)
-    for tag in ("hooks/grad_clip_custom/clipped_fraction", "hooks/grad_clip_custom/norm/h.0",
+    for tag in ("hooks/grad_clip_custom/clipped_fraction", "hooks/grad_clip_custom/norm/blocks.0",
                 "hooks/grad_clip_custom/norm/wte", "hooks/z_loss/loss"):
         assert tag in tags, tag
     z = scalars[scalars.tag == "hooks/z_loss/loss"]

@@ -280,6 +280,58 @@ def test_hook_dict_names_and_modules(pos_encoding):
         assert model.get_submodule(path) is hook
 
 
+TOP_LEVEL = ("wte", "wpe", "drop", "ln_f")  # under transformer. as module paths (GPT-2's names)
+
+
+def module_path(name: str) -> str:
+    """A ``named_layers()`` name -> the module path (``blocks.0.attn`` -> ``transformer.h.0.attn``)."""
+    if name.startswith("blocks."):
+        return "transformer.h." + name.removeprefix("blocks.")
+    return f"transformer.{name}" if name.split(".")[0] in TOP_LEVEL else name
+
+
+@pytest.mark.parametrize("tie_weights", [True, False])
+@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal"])
+def test_named_layers_is_one_table_of_every_module(pos_encoding, tie_weights):
+    model = tiny(pos_encoding=pos_encoding, tie_weights=tie_weights)
+    table = model.named_layers()
+    containers = {id(model), id(model.transformer), id(model.transformer.h)}
+    assert sorted(map(id, table.values())) == sorted(
+        id(m) for m in model.modules() if id(m) not in containers)
+    for name, module in table.items():
+        assert model.get_submodule(module_path(name)) is module, name
+    linears = [name for name, m in table.items() if isinstance(m, torch.nn.Linear)]
+    per_block = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+    assert linears == [f"blocks.{i}.{n}" for i in range(2) for n in per_block] + ["lm_head"]
+    top = list(model.named_layers(recurse=False))
+    wpe = ["wpe"] if pos_encoding == "learned" else []
+    assert top == ["wte", "hook_embed", *wpe, "hook_pos_embed", "drop", "blocks.0", "blocks.1",
+                   "ln_f", "hook_final_norm", "lm_head", "hook_logits"]
+    assert not any(name.startswith(("h.", "transformer")) for name in table)
+
+
+def test_named_layers_own_every_hook_point_and_carry_the_layer_index():
+    model = tiny()
+    table = model.named_layers()
+    assert model.hook_dict == {n: m for n, m in table.items() if isinstance(m, HookPoint)}
+    for name, point in model.hook_dict.items():
+        owner, _, leaf = name.rpartition(".")
+        assert getattr(table[owner] if owner else model, leaf) is point
+    for i in range(2):
+        block = table[f"blocks.{i}"]
+        assert block is model.transformer.h[i] and block.layer == i
+        points = [m for m in block.modules() if isinstance(m, HookPoint)]
+        assert len(points) == 13 and all(p.layer == i for p in points)
+    assert [model.hook_dict[n].layer for n in ("hook_embed", "hook_pos_embed",
+            "hook_final_norm", "hook_logits")] == [None] * 4
+
+
+def test_named_layers_lists_a_module_swapped_in_later():
+    model = tiny()
+    model.transformer.h[1].attn.c_attn = torch.nn.Identity()
+    assert isinstance(model.named_layers()["blocks.1.attn.c_attn"], torch.nn.Identity)
+
+
 def record_shapes(model: GPT, names: list[str]) -> tuple[dict, list]:
     shapes: dict[str, tuple] = {}
 

@@ -13,7 +13,7 @@ from lm.hooks.backward import (
     StraightThroughClampFunction,
 )
 from lm.hooks.base import AuxLossHook, BackwardHook, ForwardHook, Hook, UpdateHook
-from lm.hooks.build import build_hooks, hook_order
+from lm.hooks.build import build_hooks
 from lm.hooks.forward import AttentionImages, AttnTemperature, HeadAblation, ResidNoise
 from lm.hooks.update import GradClipCustom, GradNoise, SignUpdate, clip_groups
 
@@ -22,5 +22,4 @@ __all__ = [
     "ForwardHook", "GradClipCustom", "GradNoise", "GradScale", "HeadAblation", "Hook",
     "ResidNoise", "ScaleGradFunction", "SignUpdate", "StraightThroughClamp",
     "StraightThroughClampFunction", "UpdateHook", "ZLoss", "build_hooks", "clip_groups",
-    "hook_order",
 ]

@@ -10,6 +10,7 @@ order of the dict), and it is the order ``build_hooks`` applies the hooks in.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 import hydra
@@ -33,14 +34,14 @@ def hook_order(*, _parent_: DictConfig) -> list[str]:
     return [key for key in _parent_ if key != ORDER_KEY]
 
 
-def build_hooks(cfg: DictConfig) -> list[Hook]:
+def build_hooks(cfg: DictConfig, model_config: GPTConfig | None = None) -> list[Hook]:
     """Instantiate ``cfg.hooks`` in ``cfg.hooks.order`` and check each against the model.
 
     Every check runs here, before any training: the order lists each hook once, each
     ``_target_`` is an importable ``lm.hooks.Hook`` subclass whose arguments are valid,
-    and each pattern matches a hook point of a model built from ``cfg.model`` (on the
-    meta device, so nothing is allocated). Returns the hooks, ``hook.name`` set to
-    their key; ``[]`` for ``hooks=none``.
+    and each pattern matches a hook point of a model built from ``model_config`` (default:
+    from ``cfg.model``) on the meta device, so nothing is allocated. Returns the hooks,
+    ``hook.name`` set to their key; ``[]`` for ``hooks=none``.
 
     Raises:
         ConfigError: one line naming ``hooks.<name>`` and the problem, e.g. a pattern
@@ -51,7 +52,7 @@ def build_hooks(cfg: DictConfig) -> list[Hook]:
     if not order:
         return []
     hooks = [_instantiate(name, node[name]) for name in order]
-    model = _meta_model(cfg)
+    model = _meta_model(cfg, model_config)
     for hook in hooks:
         try:
             hook.check(model)
@@ -112,11 +113,12 @@ def _locate(path: str, key: str) -> object:
     raise ConfigError(f"{key}={path} is invalid: cannot be imported")
 
 
-def _meta_model(cfg: DictConfig) -> GPT:
+def _meta_model(cfg: DictConfig, config: GPTConfig | None = None) -> GPT:
     try:
-        config = GPTConfig(**OmegaConf.to_container(cfg.model, resolve=True))
-        if config.vocab_size is None:
-            config.vocab_size = PLACEHOLDER_VOCAB
+        if config is None:
+            config = GPTConfig(**OmegaConf.to_container(cfg.model, resolve=True))
+        if config.vocab_size is None:  # a copy: the caller's config keeps its None
+            config = dataclasses.replace(config, vocab_size=PLACEHOLDER_VOCAB)
         with torch.device("meta"):
             return GPT(config)
     except ValueError as err:

@@ -52,7 +52,7 @@ class HeadAblation(ForwardHook):
                                  f"(model.n_head={model.config.n_head})")
 
     def forward(self, z: torch.Tensor, hook: HookPoint) -> torch.Tensor:
-        heads = self.heads[int(hook.name.split(".")[1])]
+        heads = self.heads[hook.layer]
         if self.logging and hook.training:
             self.metrics[f"removed_rms/{hook.name}"] = _rms(z[:, :, heads])
         keep = torch.ones(z.size(2), 1, dtype=z.dtype, device=z.device)  # (H, 1)
@@ -176,7 +176,7 @@ class AttentionImages(Hook):
             for col, head in enumerate(heads):
                 ax = axes[row][col]
                 ax.imshow(pattern[0, head].float().cpu().numpy(), vmin=0.0, vmax=1.0, cmap="viridis")
-                ax.set_title(f"{name.split('.attn')[0]} head {head}", fontsize=8)
+                ax.set_title(f"{name} head {head}", fontsize=7)
                 self._label_axes(ax, labels)
         return fig
 

@@ -12,17 +12,21 @@ from lm.model import GPT
 
 
 def clip_groups(model: GPT) -> dict[str, list[nn.Parameter]]:
-    """Parameters grouped for per-layer clipping, in ``named_parameters`` order.
+    """Parameters grouped for per-layer clipping, named as ``model.named_layers()`` names them.
 
-    One group per top-level module: ``wte``, ``wpe`` (learned positions), one per block
-    ``h.{i}`` (all of ``transformer.h.{i}``), ``ln_f``, and ``lm_head`` when it is not
-    tied to ``wte`` (a tied weight is counted once, in ``wte``).
+    One group per part of the model holding parameters: ``wte``, ``wpe`` (learned
+    positions), one per block ``blocks.{i}``, ``ln_f``, and ``lm_head`` when it is not
+    tied to ``wte`` (a tied weight is counted once, in ``wte``). Together the groups
+    list ``model.parameters()`` once each, in that order.
     """
     groups: dict[str, list[nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        parts = name.removeprefix("transformer.").split(".")
-        key = ".".join(parts[:2]) if parts[0] == "h" else parts[0]
-        groups.setdefault(key, []).append(p)
+    seen: set[int] = set()
+    for name, part in model.named_layers(recurse=False).items():
+        params = [p for p in part.parameters() if id(p) not in seen]
+        seen.update(map(id, params))
+        if params:
+            groups[name] = params
+    assert [id(p) for ps in groups.values() for p in ps] == [id(p) for p in model.parameters()]
     return groups
 
 
