@@ -9,9 +9,20 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf, open_dict
 
-from lm.training.config import CONF_DIR, ConfigError, compose_config, unknown_choice
 from lm.data.corpus import DataError
-from lm.training.registry import HASH_EXCLUDED_KEYS, config_hash, hashable_config, register_resolvers
+from lm.training.config import (
+    CONF_DIR,
+    ConfigError,
+    compose_config,
+    register_configs,
+    unknown_choice,
+)
+from lm.training.registry import (
+    HASH_EXCLUDED_KEYS,
+    config_hash,
+    hashable_config,
+    register_resolvers,
+)
 from lm.training.run import run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +49,7 @@ def test_model_options(name, sizes):
 def test_a_missing_key_takes_the_schema_default(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "partial.yaml").write_text("n_layer: 3\n")
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"hydra.searchpath=[file://{tmp_path}]", "model=partial",
                                            "paths.output_dir=x"])
@@ -142,9 +154,92 @@ def test_hash_changes_with_what_changes_the_numbers(override):
 @pytest.mark.parametrize("override", [
     "trainer.log_every_n_steps=1", "paths.output_dir=elsewhere", "paths.data_dir=/tmp/d",
     "trainer.enable_progress_bar=false", "logger=none", "sample.max_new_tokens=0",
+    "tracking.checkpoint_every_n_steps=7", "~callbacks.progress_bar",
+    "callbacks.best_checkpoint.save_top_k=2", "callbacks.progress_bar.refresh_rate=1",
 ])
 def test_hash_ignores_what_cannot_change_the_numbers(override):
     assert _hash(override) == _hash()
+
+
+def test_the_callbacks_group_keeps_the_hash_of_configs_without_it():
+    cfg = compose_config(["paths.output_dir=x"])
+    assert set(cfg.callbacks) == {"best_checkpoint", "last_checkpoint", "rng_state", "progress_bar"}
+    without = OmegaConf.to_container(cfg)
+    del without["callbacks"]  # a config.yaml written before conf/callbacks/ existed
+    assert config_hash(without) == config_hash(cfg)
+    assert "callbacks" not in hashable_config(cfg)
+    # these are the numbers of the issue: the default config and the tiny run
+    assert _hash() == "67511eeaa6ec317b6845eca9c44277bec51c7954af419a9cf3ad50222a19e8d9"
+    assert _hash("model=tiny", "trainer.max_steps=50", "seed=3") == (
+        "124ffc63ca90ac8c90d2a696f2e8e1bff91ff88294138a26297b79b2517a8c64")
+
+
+def test_a_callback_that_can_change_the_numbers_is_in_the_hash():
+    swa = ["+callbacks.swa._target_=lightning.pytorch.callbacks.StochasticWeightAveraging",
+           "+callbacks.swa.swa_lrs=0.01"]
+    assert _hash(*swa) != _hash()
+    assert hashable_config(compose_config(["paths.output_dir=x", *swa]))["callbacks"] == {
+        "swa": {"_target_": "lightning.pytorch.callbacks.StochasticWeightAveraging",
+                "swa_lrs": 0.01}}
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["+callbacks.best_checkpoint.monitr=x"],
+     "callbacks.best_checkpoint.monitr is not a config key; closest: callbacks.best_checkpoint.monitor"),
+    (["callbacks.best_checkpoint.monitr=x"], "callbacks.best_checkpoint.monitr is not a config key"),
+    (["+callbacks.foo=1"], "callbacks.foo=1 is invalid: must be a node with a _target_"),
+    (["+callbacks.x._target_=nosuch.Thing"], "callbacks.x._target_=nosuch.Thing is invalid: cannot be imported"),
+    (["callbacks=nosuch"], "callbacks=nosuch is not an option; available: default"),
+])
+def test_bad_callback_keys_are_named_in_one_line(args, says):
+    from lm.training.config import check_overrides
+
+    problem = check_overrides(args)
+    assert problem is not None and "\n" not in problem and problem.startswith(says), problem
+
+
+@pytest.mark.parametrize(("override", "says"), [
+    ("callbacks.best_checkpoint.mode=sideways", "callbacks.best_checkpoint: `mode` can be min, max"),
+    ("callbacks.last_checkpoint.every_n_steps=0", "callbacks.last_checkpoint: every_n_steps=0 is invalid"),
+    ("+callbacks.x._target_=torch.nn.Identity", "callbacks.x._target_=torch.nn.Identity is invalid"),
+])
+def test_a_callback_that_cannot_be_built_stops_the_run_before_its_dir_is_written(
+        make_cfg, tmp_path, override, says):
+    with pytest.raises(ConfigError) as err:
+        run(make_cfg(override))
+    assert str(err.value).startswith(says) and "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_progress_bar_follows_trainer_enable_progress_bar():
+    from lm.training.callbacks import LastCheckpoint, RNGState, instantiate_callbacks
+
+    node = compose_config(["paths.output_dir=x"]).callbacks
+    names = [type(c).__name__ for c in instantiate_callbacks(node, progress_bar=True)]
+    assert names == ["ModelCheckpoint", "LastCheckpoint", "RNGState", "TQDMProgressBar"]
+    assert [type(c) for c in instantiate_callbacks(node, progress_bar=False)][1:] == [
+        LastCheckpoint, RNGState]
+
+
+def test_importing_lm_has_no_side_effects():
+    """Importing every module registers nothing with Hydra or OmegaConf and leaves logging
+    alone: ``lm train`` and ``compose_config`` do that, when they run."""
+    code = """
+import importlib, logging, pkgutil
+import lm
+names = [m.name for m in pkgutil.walk_packages(lm.__path__, "lm.") if m.name != "lm.__main__"]
+for name in names:
+    importlib.import_module(name)
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+assert "lm.training.run" in names and len(names) > 30, names
+assert not any(OmegaConf.has_resolver(r) for r in ("config_hash", "hook_order"))
+assert "train_schema.yaml" not in ConfigStore.instance().repo
+assert not logging.getLogger("lightning.pytorch.utilities.rank_zero").filters
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_excluded_keys_are_listed_once_and_dropped():
@@ -156,6 +251,7 @@ def test_excluded_keys_are_listed_once_and_dropped():
 
 
 def test_run_dir_resolver_matches_the_hash():
+    register_configs()  # what compose_config and lm train do first; importing does not
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["optimizer.lr=3e-4"], return_hydra_config=True)

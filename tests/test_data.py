@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from lm.data import corpus
+from lm.data import datamodule as dm_module
 from lm.data import tokens as data
 from lm.data.corpus import DataError, load_text, shakespeare_text, text_file_text
-from lm.data.tokens import LMDataModule, get_batch, load_tokens, prepare_tokens, split_text
+from lm.data.datamodule import LMDataModule
+from lm.data.tokens import get_batch, load_tokens, prepare_tokens, split_text
 from lm.tokenizers.char import CharTokenizer
 
 TEXT = "".join(f"line {i}: to be, or not to be, that is the question.\n" for i in range(40))
@@ -296,7 +298,7 @@ def test_datamodule_end_to_end(tmp_path, monkeypatch):
     for (xa, ya), (xb, yb) in zip(first, second, strict=True):
         assert xa.shape == (4, 8) and torch.equal(xa, xb) and torch.equal(ya, yb)
 
-    monkeypatch.setattr(data, "load_text", lambda *a: pytest.fail("setup reloaded the text"))
+    monkeypatch.setattr(dm_module, "load_text", lambda *a: pytest.fail("setup reloaded the text"))
     dm.setup("validate")  # idempotent and cheap
 
 

@@ -16,8 +16,10 @@ import pytest
 import torch
 from tbparse import SummaryReader
 
+from lm.atomic import umask
 from lm.training.config import ConfigError, compose_config
-from lm.training.registry import config_hash, umask, write_json_atomic
+from lm.training.record import write_json_atomic
+from lm.training.registry import config_hash
 from lm.training.run import run
 
 REPO = Path(__file__).resolve().parent.parent

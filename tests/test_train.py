@@ -8,12 +8,13 @@ import pytest
 import torch
 from tbparse import SummaryReader
 
+from lm.cli import settings
+from lm.commands.generate import sample_texts
 from lm.training.checkpoint import CheckpointError, load_checkpoint
-from lm.commands.generate import GenerateConfig, sample_texts
 from lm.training.module import param_groups
-from lm.training.schedule import cosine_multiplier
 from lm.training.registry import config_hash
 from lm.training.run import run
+from lm.training.schedule import cosine_multiplier
 
 
 @pytest.fixture(scope="module")
@@ -71,21 +72,44 @@ def test_tensorboard_has_the_curves(tiny_run):
     assert "samples" in set(text.tag)
 
 
+def test_hparams_tab_has_the_hashed_config_and_val_loss(tiny_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    cfg, metrics, run_dir = tiny_run
+    hparams = SummaryReader(str(run_dir / "tb")).hparams
+    values = dict(zip(hparams.tag, hparams.value))
+    assert values["hash8"] == metrics["hash8"]
+    assert values["model.n_layer"] == 2 and values["optimizer.lr"] == pytest.approx(cfg.optimizer.lr)
+    assert "paths.output_dir" not in values and "tracking.registry_dir" not in values  # not hashed
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    plugin = [plugin_data_pb2.HParamsPluginData.FromString(raw)
+              for raw in events.PluginTagToContent("hparams").values()]
+    declared = {m.name.tag for p in plugin if p.HasField("experiment") for m in p.experiment.metric_infos}
+    assert "val/loss" in declared  # the tab's metric column is the val/loss curve
+    # the metric is written with the first validation, not as an extra point
+    assert list(SummaryReader(str(run_dir / "tb")).scalars.query("tag == 'val/loss'").step) == [3, 6, 7]
+
+
 def test_checkpoint_alone_generates_text(tiny_run):
     _, _, run_dir = tiny_run
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     model, tokenizer, run_config = load_checkpoint(ckpt)
     assert not model.training
     assert run_config["model"]["n_layer"] == 2
-    cfg = GenerateConfig(ckpt=str(ckpt), prompt="ROMEO:", max_new_tokens=20, seed=0,
-                         num_samples=2)
+    cfg = settings("generate", f"ckpt={ckpt}", "prompt=ROMEO:", "max_new_tokens=20", "seed=0",
+                   "num_samples=2")
     a, b = sample_texts(cfg)
     assert a.startswith("ROMEO:") and len(tokenizer.encode(a)) == len("ROMEO:") + 20
     assert sample_texts(cfg) == [a, b]  # same seed, same text
 
 
 def test_generate_cli_takes_prompts_verbatim(tiny_run, capsys):
-    from lm.commands.generate import main
+    from lm.cli import main as lm
+
+    def main(argv):
+        return lm(["generate", *argv])
 
     ckpt = tiny_run[2] / "checkpoints" / "best.ckpt"
     argv = [f"ckpt={ckpt}", "prompt=ROMEO: (1) is", "max_new_tokens=5", "top_k=null", "seed=0"]
@@ -190,5 +214,6 @@ def test_every_tokenizer_trains_and_generates(make_cfg, tmp_path, tokenizer):
     assert type(tok).__name__ == {"byte": "ByteTokenizer", "bpe": "BPETokenizer"}[
         tokenizer[0].split("=")[1]]
     assert record["metrics"]["final"]["val/bpb"] > 0
-    (text,) = sample_texts(GenerateConfig(ckpt=str(ckpt), prompt="ROMEO:", max_new_tokens=5))
+    (text,) = sample_texts(settings("generate", f"ckpt={ckpt}", "prompt=ROMEO:",
+                                    "max_new_tokens=5"))
     assert text.startswith("ROMEO:")

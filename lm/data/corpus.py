@@ -15,6 +15,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+from lm.atomic import atomic_file
+
 
 class DataError(ValueError):
     """A problem with the data a user asked for; the message is one line."""
@@ -67,7 +69,8 @@ def shakespeare_text(data_dir: str | os.PathLike) -> str:
     finally:
         shutil.rmtree(download_dir, ignore_errors=True)
     text = _check_shakespeare(data)
-    _write_atomic(target, data)
+    with atomic_file(target) as tmp:  # a reader never sees a partial file
+        tmp.write_bytes(data)
     return text
 
 
@@ -118,19 +121,6 @@ def _check_shakespeare(data: bytes) -> str:
             f"expected {SHAKESPEARE_SHA256} and {SHAKESPEARE_N_CHARS}"
         )
     return text
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same directory and `os.replace`, so a reader
-    never sees a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def text_file_text(path: str | os.PathLike) -> str:

@@ -5,20 +5,24 @@
 - ``AtomicCheckpointIO``: checkpoints written to a temporary file and renamed, so a
   kill mid-write leaves the previous checkpoint, never half of one.
 - ``RNGState``: the torch RNG states in checkpoints, so dropout resumes exactly.
+- ``instantiate_callbacks``: the ``callbacks`` config group (``conf/callbacks/``), each
+  callback built from its ``_target_``.
 """
 
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import hydra
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import DictConfig
 
-from lm.errors import first_line
-from lm.training.module import Diverged
-from lm.training.registry import atomic_file
+from lm.atomic import atomic_file
+from lm.errors import ConfigError, first_line
+from lm.training.module import Diverged, validates_after
 
 
 class LastCheckpoint(Checkpoint):
@@ -41,6 +45,8 @@ class LastCheckpoint(Checkpoint):
 
     def __init__(self, dirpath: str | Path, every_n_steps: int,
                  on_save: Callable[[L.Trainer], None] | None = None, finite_only: bool = True):
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps={every_n_steps} is invalid: must be >= 1")
         self.path = Path(dirpath) / "last.ckpt"
         self.every_n_steps = every_n_steps
         self.on_save = on_save
@@ -59,11 +65,9 @@ class LastCheckpoint(Checkpoint):
 
     @staticmethod
     def _validates_now(trainer: L.Trainer, batch_idx: int) -> bool:
-        # Lightning validates after this batch when its count of batches is a multiple of
-        # val_check_batch (check_val_every_n_epoch=None, as conf/trainer sets), and the
-        # module validates at the last step (LMModule.on_train_batch_end).
+        # The module makes Lightning validate at the last step too (LMModule.on_train_batch_end).
         last = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
-        return last or (batch_idx + 1) % trainer.val_check_batch == 0
+        return last or validates_after(trainer, batch_idx)
 
     def save(self, trainer: L.Trainer) -> None:
         """Write ``last.ckpt`` now (once per step at most)."""
@@ -106,15 +110,32 @@ class RNGState(L.Callback):
             torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
-def resume_step(path: str | Path) -> tuple[int | None, str | None]:
-    """(the global step a training checkpoint was written at, None), or (None, why it
-    cannot be resumed from: unreadable, not a training checkpoint, non-finite weights)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure to unpickle means the same
-        return None, f"unreadable ({type(err).__name__}: {first_line(err)})"
-    if not isinstance(ckpt, dict) or not {"state_dict", "global_step"} <= ckpt.keys():
-        return None, "not a training checkpoint (no state_dict or global_step)"
-    bad = [k for k, v in ckpt["state_dict"].items()
-           if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
-    return (None, f"non-finite weights ({bad[0]})") if bad else (int(ckpt["global_step"]), None)
+def instantiate_callbacks(node: DictConfig | None, progress_bar: bool = True) -> list[L.Callback]:
+    """The callbacks of ``cfg.callbacks`` (``conf/callbacks/``: name -> node with a
+    ``_target_``), built by ``hydra.utils.instantiate`` in the order the config lists
+    them (Lightning then runs checkpoint callbacks last, in that order).
+
+    Args:
+        node: ``cfg.callbacks``; None or empty: no callbacks.
+        progress_bar: ``trainer.enable_progress_bar``; when false, progress-bar callbacks
+            are left out (Lightning refuses one while the bar is turned off).
+
+    Raises:
+        ConfigError: one line, ``callbacks.<name>...`` and what is wrong (no ``_target_``,
+            a target that is not a Lightning callback, an argument it rejects).
+    """
+    callbacks = []
+    for name, spec in (node or {}).items():
+        if not isinstance(spec, DictConfig) or "_target_" not in spec:
+            raise ConfigError(f"callbacks.{name}={spec} is invalid: must be a node with a "
+                              "_target_ naming a Lightning callback")
+        try:
+            callback = hydra.utils.instantiate(spec)
+        except Exception as err:  # noqa: BLE001 - Hydra wraps the constructor's error
+            raise ConfigError(f"callbacks.{name}: {first_line(err.__cause__ or err)}") from None
+        if not isinstance(callback, L.Callback):
+            raise ConfigError(f"callbacks.{name}._target_={spec._target_} is invalid: must be a "
+                              "lightning Callback")
+        if progress_bar or not isinstance(callback, ProgressBar):
+            callbacks.append(callback)
+    return callbacks

@@ -9,6 +9,7 @@ is data, never code.
 ``lm/evaluate.py``, ``python -m lm.interop.hf export``, ``python -m lm.reference.numpy_gpt``):
 it checks the file before any model is built or run, so a bad file is one
 ``CheckpointError`` line naming the path, what is wrong and what was expected.
+``resume_step`` tells the registry whether a training checkpoint can be resumed from.
 """
 
 import sys
@@ -18,7 +19,7 @@ import torch
 
 from lm.errors import first_line
 from lm.model import GPT, GPTConfig
-from lm.tokenizers.char import tokenizer_from_dict
+from lm.tokenizers import Tokenizer, tokenizer_from_dict
 
 REQUIRED_KEYS = ("state_dict", "model_config", "tokenizer")
 NONFINITE = ("warn", "error")  # what load_checkpoint does with NaN/Inf weights
@@ -31,7 +32,7 @@ class CheckpointError(ValueError):
 
 def load_checkpoint(
     path: str | Path, device: str = "cpu", nonfinite: str = "warn"
-) -> tuple[GPT, object, dict]:
+) -> tuple[GPT, Tokenizer, dict]:
     """(model in eval mode, tokenizer, resolved run config) from a Lightning checkpoint.
 
     Checked, in order: the file exists and is not empty; it unpickles (weights only)
@@ -160,7 +161,7 @@ def named(keys: list[str]) -> str:
     return ", ".join(keys[:MAX_NAMED]) + (f" (and {more} more)" if more > 0 else "")
 
 
-def checkpoint_tokenizer(ckpt: dict, path: Path, config: GPTConfig):
+def checkpoint_tokenizer(ckpt: dict, path: Path, config: GPTConfig) -> Tokenizer:
     """The checkpoint's tokenizer, whose ids must all be rows of the model's embedding."""
     try:
         tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
@@ -186,3 +187,17 @@ def check_finite(state: dict[str, torch.Tensor], path: Path, nonfinite: str) -> 
         raise CheckpointError(f"{what}: its output would be garbage; use an earlier "
                               "checkpoint of the run (expected finite weights)")
     print(f"warning: {what}; loaded as they are", file=sys.stderr)
+
+
+def resume_step(path: str | Path) -> tuple[int | None, str | None]:
+    """(the global step a training checkpoint was written at, None), or (None, why it
+    cannot be resumed from: unreadable, not a training checkpoint, non-finite weights)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure to unpickle means the same
+        return None, f"unreadable ({type(err).__name__}: {first_line(err)})"
+    if not isinstance(ckpt, dict) or not {"state_dict", "global_step"} <= ckpt.keys():
+        return None, "not a training checkpoint (no state_dict or global_step)"
+    bad = [k for k, v in ckpt["state_dict"].items()
+           if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    return (None, f"non-finite weights ({bad[0]})") if bad else (int(ckpt["global_step"]), None)

@@ -1,155 +1,171 @@
 """The typed config schema and the checks that run before any work.
 
 Hydra composes ``conf/train.yaml`` onto ``TrainConfig`` (registered below as
-``train_schema``), so every key has a type and a default, a missing key takes its
-default, and a misspelt key is an error. ``validate`` then checks the ranges that
+``train_schema``), so every key has a type and a misspelt key is an error; the values
+come from the YAML files. ``validate`` then checks the ranges that
 types cannot express and raises ``ConfigError`` with one line naming the key, the
 value and the rule. ``lm/train.py`` turns that into exit code 2.
 """
 
+import argparse
 import difflib
 import inspect
 import os
+import pydoc
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import hydra
 import torch
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lm.errors import ConfigError, first_line
+from lm.hooks.base import Hook
 from lm.hooks.build import build_hooks, hook_order
 from lm.model import GPTConfig
 
 
+# The schema gives each key its type; its value is written once, in conf/ (with its
+# purpose and range beside it), so a field that a YAML file always sets has no default
+# here (OmegaConf reads it as MISSING, ``???``, until the YAML fills it in). A default
+# stays only where some option leaves the key out (``data.tokenizer.vocab_size`` and
+# ``path``; ``model`` takes ``GPTConfig``'s, e.g. ``layer_norm_epsilon``).
+
+
 @dataclass
 class PathsConfig:
-    data_dir: str = "data"
-    output_dir: str = "${hydra:runtime.output_dir}"
+    data_dir: str
+    output_dir: str
 
 
 @dataclass
 class TokenizerConfig:
-    name: str = "char"
+    name: str
     vocab_size: int | None = None  # bpe only: bytes + merges + special tokens
     path: str | None = None  # bpe only: read GPT-2's vocab.json + merges.txt from here
 
 
 @dataclass
 class DataConfig:
-    source: str = "shakespeare"
-    path: str | None = None
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    val_fraction: float = 0.1
-    batch_size: int = 12
-    eval_iters: int = 20
+    source: str
+    path: str | None
+    tokenizer: TokenizerConfig
+    val_fraction: float
+    batch_size: int
+    eval_iters: int
 
 
 @dataclass
-class AdamWConfig:
-    _target_: str = "torch.optim.AdamW"
-    _partial_: bool = True
-    lr: float = 1e-3
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    eps: float = 1e-8
-    weight_decay: float = 0.1
+class PartialConfig:
+    """A constructor that ``hydra.utils.instantiate`` returns as a partial, completed in
+    code (the optimizer with the parameter groups, the schedule with the optimizer)."""
+
+    _target_: str
+    _partial_: bool
 
 
 @dataclass
-class SGDConfig:
-    _target_: str = "torch.optim.SGD"
-    _partial_: bool = True
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
+class AdamWConfig(PartialConfig):
+    lr: float
+    betas: list[float]
+    eps: float
+    weight_decay: float
 
 
 @dataclass
-class CosineConfig:
-    _target_: str = "lm.training.schedule.warmup_cosine"
-    _partial_: bool = True
-    warmup_steps: int = 100
-    decay_steps: int = "${trainer.max_steps}"  # type: ignore[assignment]  (an interpolation)
-    min_lr_ratio: float = 0.1
+class SGDConfig(PartialConfig):
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
 
 
 @dataclass
-class ConstantConfig:
-    _target_: str = "lm.training.schedule.warmup_constant"
-    _partial_: bool = True
-    warmup_steps: int = 0
+class CosineConfig(PartialConfig):
+    warmup_steps: int
+    decay_steps: int
+    min_lr_ratio: float
+
+
+@dataclass
+class ConstantConfig(PartialConfig):
+    warmup_steps: int
 
 
 @dataclass
 class TrainerConfig:
-    _target_: str = "lightning.Trainer"
-    accelerator: str = "cpu"
-    devices: int = 1
-    precision: str = "32-true"
-    max_steps: int = 2000
-    val_check_interval: int = 250
-    check_val_every_n_epoch: int | None = None
-    num_sanity_val_steps: int = 0
-    gradient_clip_val: float = 1.0
-    gradient_clip_algorithm: str = "norm"
-    accumulate_grad_batches: int = 1
-    deterministic: bool = True
-    benchmark: bool = False
-    log_every_n_steps: int = 10
-    enable_progress_bar: bool = True
-    enable_model_summary: bool = True
+    _target_: str
+    accelerator: str
+    devices: int
+    precision: str
+    max_steps: int
+    val_check_interval: int
+    check_val_every_n_epoch: int | None
+    num_sanity_val_steps: int
+    gradient_clip_val: float
+    gradient_clip_algorithm: str
+    accumulate_grad_batches: int
+    deterministic: bool
+    benchmark: bool
+    log_every_n_steps: int
+    enable_progress_bar: bool
+    enable_model_summary: bool
 
 
 @dataclass
 class SampleConfig:
-    prompt: str = "\n"
-    max_new_tokens: int = 200
-    temperature: float = 0.8
-    top_k: int | None = 40
+    prompt: str
+    max_new_tokens: int
+    temperature: float
+    top_k: int | None
 
 
 @dataclass
 class TrackingConfig:
-    registry_dir: str = "outputs"
-    skip_completed: bool = True
-    checkpoint_every_n_steps: int = 50
-    divergence_guard: bool = True
-    retry_diverged: bool = False
+    registry_dir: str
+    skip_completed: bool
+    checkpoint_every_n_steps: int
+    divergence_guard: bool
+    retry_diverged: bool
 
 
-@dataclass
+@dataclass(kw_only=True)  # so fields without defaults may follow those with, in key order
 class TrainConfig:
     """The whole run. Groups with open-ended keys (optimizer, scheduler, logger, hooks)
     are typed by their own option schemas below or their constructors, and checked by
     ``validate``."""
 
-    seed: int = 1337
+    seed: int
     model: GPTConfig = field(default_factory=GPTConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optimizer: Any = MISSING
-    scheduler: Any = MISSING
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    data: DataConfig
+    optimizer: Any
+    scheduler: Any
+    trainer: TrainerConfig
     logger: Any = field(default_factory=dict)
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
+    paths: PathsConfig
+    sample: SampleConfig
     # hooks.<name>: one node per chosen conf/hooks option; hooks.order: their order (see
     # lm/hooks/build.py). Default: no hooks.
     hooks: Any = field(default_factory=lambda: {"order": "${hook_order:}"})
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    resume: str = "auto"
-    init_from: str | None = None  # a Hugging Face GPT-2 dir whose weights start the run
+    # callbacks.<name>: one Lightning callback each, by _target_ (conf/callbacks/); each
+    # node's keys are checked against its constructor (unknown_key). Default: none.
+    callbacks: Any = field(default_factory=dict)
+    tracking: TrackingConfig
+    resume: str
+    init_from: str | None  # a Hugging Face GPT-2 dir whose weights start the run
 
 def register_configs() -> None:
     """Register the schemas with Hydra's ConfigStore and the ``${hook_order:}``
-    resolver (idempotent).
+    resolver (idempotent; ``compose_config`` and ``lm train`` call it, importing does not).
 
     An option file opts in to its schema through its defaults list
     (``conf/optimizer/adamw.yaml``: ``defaults: [adamw_schema, _self_]``); a new option
@@ -168,9 +184,10 @@ def register_configs() -> None:
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
-def compose_config(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConfig:
-    """``conf/train.yaml`` composed with ``overrides`` through Hydra's compose API
-    (with the ``hydra`` node too if ``with_hydra``).
+def compose_config(overrides: Sequence[str] = (), with_hydra: bool = False,
+                   config_name: str = "train") -> DictConfig:
+    """``conf/<config_name>.yaml`` (default ``train.yaml``) composed with ``overrides``
+    through Hydra's compose API (with the ``hydra`` node too if ``with_hydra``).
 
     For code outside ``@hydra.main`` (tests, the benchmark): pass
     ``paths.output_dir=...``, since there is no Hydra run dir to interpolate.
@@ -179,8 +196,10 @@ def compose_config(overrides: Sequence[str] = (), with_hydra: bool = False) -> D
 
     register_configs()
     register_resolvers()
-    with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra.compose(config_name="train", overrides=list(overrides),
+    inside_app = GlobalHydra.instance().is_initialized()  # an lm command's @hydra.main: conf/
+    with nullcontext() if inside_app else hydra.initialize_config_dir(
+            config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra.compose(config_name=config_name, overrides=list(overrides),
                              return_hydra_config=with_hydra)
 
 
@@ -228,8 +247,9 @@ def allowed_keys(node: str) -> set[str]:
 def unknown_key(cfg: DictConfig) -> str | None:
     """One line naming the first key of a typed node that its schema does not have
     (``+foo=1``, ``+data.foo=1``, ``+model.foo=1``), with the closest valid keys; None if
-    every key is known. Untyped groups (optimizer, scheduler, logger, hooks) are checked
-    by building them."""
+    every key is known. Each ``callbacks.<name>`` node is checked against its
+    ``_target_``'s constructor (``unknown_callback_key``). Untyped groups (optimizer,
+    scheduler, logger, hooks) are checked by building them."""
     for node in SCHEMA_NODES:
         sub = OmegaConf.select(cfg, node) if node else cfg
         if not isinstance(sub, DictConfig):
@@ -240,6 +260,46 @@ def unknown_key(cfg: DictConfig) -> str | None:
         for key in sub:
             if key not in allowed:
                 return unknown_key_line(f"{node}.{key}" if node else str(key), allowed)
+    return unknown_callback_key(cfg.get("callbacks"))
+
+
+# Keys hydra.utils.instantiate reads itself, beside a constructor's arguments.
+INSTANTIATE_KEYS = frozenset({"_target_", "_partial_", "_args_", "_recursive_", "_convert_"})
+
+
+def unknown_callback_key(node: Any) -> str | None:
+    """One line naming the first entry of ``callbacks`` that is not a node with a
+    ``_target_``, or the first key of one that its target's constructor does not take
+    (``+callbacks.best_checkpoint.monitr=x``, with the closest); None if all are known.
+    A target that cannot be imported is named too; other errors of a target's own (a
+    value it rejects) are ``instantiate_callbacks``'s to say."""
+    if node is None:
+        return None
+    if not isinstance(node, DictConfig):
+        return f"callbacks={node} is invalid: must be a config node (name: callback node)"
+    for name in node:
+        spec = node.get(name)
+        if not isinstance(spec, DictConfig) or "_target_" not in spec:
+            return (f"callbacks.{name}={spec} is invalid: must be a node with a _target_ "
+                    "naming a Lightning callback")
+        try:
+            target = pydoc.locate(str(spec["_target_"]))
+        except pydoc.ErrorDuringImport as err:  # a module that fails while importing
+            target, why = None, f" ({first_line(err.value)})"
+        else:
+            why = ""
+        if target is None:
+            return f"callbacks.{name}._target_={spec['_target_']} is invalid: cannot be imported{why}"
+        try:
+            params = inspect.signature(target).parameters
+        except (TypeError, ValueError):  # no signature to read: instantiating will tell
+            continue
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            continue
+        allowed = set(params) | INSTANTIATE_KEYS
+        for key in spec:
+            if key not in allowed:
+                return unknown_key_line(f"callbacks.{name}.{key}", allowed)
     return None
 
 
@@ -258,33 +318,63 @@ def _keys(node: str) -> str:
     return ", ".join(sorted(allowed_keys(node)))
 
 
-def check_overrides(argv: Sequence[str]) -> str | None:
-    """One line saying what is wrong with the command line of ``lm/train.py``, or None.
+def check_overrides(argv: Sequence[str], config_name: str = "train",
+                    check: Callable[[DictConfig, bool], str | None] | None = None) -> str | None:
+    """One line saying what is wrong with the command line of ``lm train`` (or of the
+    command that composes ``conf/<config_name>.yaml``), or None.
 
     Checked before Hydra starts (which would print a dozen lines and make a run dir):
-    unknown group options, overrides that do not parse, keys that do not exist (with the
-    closest), values of the wrong type, keys no schema has. A sweep (``-m a=1,2``) is
-    composed with each of its values. Sweeps by function (``range``, ``interval``) are
-    left to Hydra.
+    unknown flags, unknown group options, overrides that do not parse, keys that do not
+    exist (with the closest), values of the wrong type, then ``check(cfg, multirun)`` on
+    each composed config (default: train's, keys no schema has and output dirs that
+    cannot be written). A sweep (``-m a=1,2``) is composed with each of its values.
+    Sweeps by function (``range``, ``interval``) are left to Hydra.
     """
-    overrides = [a for a in argv if not a.startswith("-")]
+    try:
+        overrides, multirun = split_argv(argv)
+    except ConfigError as err:
+        return str(err)
     if problem := unknown_choice(overrides):
         return problem
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as err:
         return first_line(err)
-    multirun = any(a in ("-m", "--multirun") for a in argv)
+    check = check or _train_checks
     for variant in _variants(parsed, multirun):
         if isinstance(variant, str):
             return variant
         try:
-            cfg = compose_config(variant, with_hydra=True)
+            cfg = compose_config(variant, with_hydra=True, config_name=config_name)
         except (HydraException, OmegaConfBaseException) as err:
-            return compose_error_line(err, variant)
-        if problem := unknown_key(cfg) or unwritable_output(cfg, multirun):
+            return compose_error_line(err, variant, config_name)
+        if problem := check(cfg, multirun):
             return problem
     return None
+
+
+def _train_checks(cfg: DictConfig, multirun: bool) -> str | None:
+    return unknown_key(cfg) or unwritable_output(cfg, multirun)
+
+
+def split_argv(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """(the overrides, whether ``-m``/``--multirun`` is given) of a command line, read
+    by the parser ``@hydra.main`` uses, so ``--cfg job`` or ``--help`` are set aside.
+
+    Raises:
+        ConfigError: one line, for an unknown flag or a flag without its value.
+    """
+    from hydra._internal.utils import get_args_parser  # @hydra.main's own parser
+
+    parser = get_args_parser()
+    parser.exit_on_error = False
+    try:
+        args, unknown = parser.parse_known_intermixed_args(list(argv))
+    except argparse.ArgumentError as err:
+        raise ConfigError(str(err)) from None
+    if unknown:
+        raise ConfigError(f"{unknown[0]} is not a flag (--hydra-help lists them) nor key=value")
+    return args.overrides, args.multirun
 
 
 def unwritable_output(cfg: DictConfig, multirun: bool) -> str | None:
@@ -325,7 +415,7 @@ def _variants(parsed: list, multirun: bool) -> list:
     return variants
 
 
-def compose_error_line(err: Exception, overrides: Sequence[str]) -> str:
+def compose_error_line(err: Exception, overrides: Sequence[str], config_name: str = "train") -> str:
     """One line for a Hydra composition error: a missing key (with the closest ones) or
     a value of the wrong type."""
     cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
@@ -333,7 +423,8 @@ def compose_error_line(err: Exception, overrides: Sequence[str]) -> str:
     message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
     if full_key and ("not in struct" in str(cause) or "Key '" in message):
         node, _, _ = full_key.rpartition(".")
-        base = compose_config([o for o in overrides if not o.lstrip("+~").startswith(full_key)])
+        base = compose_config([o for o in overrides if not o.lstrip("+~").startswith(full_key)],
+                              config_name=config_name)
         sub = OmegaConf.select(base, node) if node else base
         allowed = set(sub.keys()) if isinstance(sub, DictConfig) else set()
         return unknown_key_line(full_key, allowed)
@@ -360,8 +451,15 @@ def _check(ok: bool, key: str, value: Any, rule: str) -> None:
         raise ConfigError(f"{key}={value} is invalid: {rule}")
 
 
-def validate(cfg: DictConfig) -> GPTConfig:
-    """Check every range a user can set; return the model config.
+class Validated(NamedTuple):
+    """What ``validate`` built while checking a config; a run uses these, built once."""
+
+    model_config: GPTConfig  # vocab_size None: to be taken from the tokenizer
+    hooks: list[Hook]  # in the order applied (``cfg.hooks.order``)
+
+
+def validate(cfg: DictConfig) -> Validated:
+    """Check every range a user can set; return the model config and the hooks.
 
     Data-dependent rules (a readable corpus, ``block_size`` below the validation
     split's length) are checked by ``LMDataModule.setup``, the first thing a run does.
@@ -384,7 +482,7 @@ def validate(cfg: DictConfig) -> GPTConfig:
     _check(trainer.gradient_clip_val >= 0, "trainer.gradient_clip_val", trainer.gradient_clip_val,
            "must be >= 0 (0 turns clipping off)")
     _check(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
-    _validate_hooks(cfg)
+    hooks = build_hooks(cfg, model)  # an unknown _target_, bad argument or pattern fails now
     every = cfg.tracking.checkpoint_every_n_steps
     _check(every >= 1, "tracking.checkpoint_every_n_steps", every, "must be >= 1")
     _check(cfg.resume in ("auto", "never") or Path(cfg.resume).is_file(), "resume", cfg.resume,
@@ -396,13 +494,7 @@ def validate(cfg: DictConfig) -> GPTConfig:
     _check(cfg.sample.max_new_tokens >= 0, "sample.max_new_tokens", cfg.sample.max_new_tokens,
            "must be >= 0")
     _check(cfg.sample.temperature >= 0, "sample.temperature", cfg.sample.temperature, "must be >= 0")
-    return model
-
-
-def _validate_hooks(cfg: DictConfig) -> None:
-    """Build the hooks once, so an unknown ``_target_``, a bad argument or a pattern
-    matching no hook point fails now (``lm.hooks.build_hooks``)."""
-    build_hooks(cfg)
+    return Validated(model, hooks)
 
 
 def _try_build_optimizer(cfg: DictConfig) -> None:

@@ -2,9 +2,11 @@
 
 Logged (TensorBoard, ``split/name``): ``train/loss``, ``train/lr``, ``train/grad_norm``
 (global L2 norm before clipping), ``train/tokens_per_sec``, ``val/loss``, ``val/ppl``,
-a text sample at each validation, and each experiment hook's scalars under
-``hooks/<name>/`` (``lm/hooks/``). Checkpoints carry the resolved run config, the model
-config and the tokenizer, so ``lm/generate.py`` needs nothing else.
+a text sample at each validation, each experiment hook's scalars under
+``hooks/<name>/`` (``lm/hooks/``), and the HParams summary (the hashed config, with the
+validation metrics as its metrics) at the first validation of a fit. Checkpoints carry
+the resolved run config, the model config and the tokenizer, so ``lm/generate.py``
+needs nothing else.
 """
 
 import math
@@ -19,7 +21,8 @@ import torch
 from lm.hook_points import remove_hooks
 from lm.hooks import AuxLossHook, Hook, UpdateHook
 from lm.model import GPT, GPTConfig
-from lm.sampling import generate
+from lm.sampling import generate, prompt_ids
+from lm.tokenizers import Tokenizer
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -57,6 +60,14 @@ def check_finite_step(loss: torch.Tensor | None, grad_norm: torch.Tensor, step: 
     raise Diverged(f"{what}={float(value)} at step {step}")
 
 
+def validates_after(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether Lightning validates after training batch ``batch_idx`` on its own: when
+    its count of batches (not of optimizer steps, which differ under
+    ``accumulate_grad_batches``) is a multiple of ``val_check_batch``
+    (``check_val_every_n_epoch=None``, as ``conf/trainer`` sets)."""
+    return (batch_idx + 1) % trainer.val_check_batch == 0
+
+
 def perplexity(loss: float) -> float:
     """exp(loss) for a loss in nats per token; inf (not OverflowError) past float range."""
     return math.inf if loss > 709.0 else math.exp(loss)  # NaN stays NaN
@@ -84,6 +95,10 @@ class LMModule(L.LightningModule):
         divergence_guard: raise ``Diverged`` at the first non-finite training loss or
             gradient norm (before that update, ``configure_gradient_clipping``) or
             validation loss (before any checkpoint of that validation is written).
+        hyperparameters: flat ``{name: bool | int | float | str}`` for TensorBoard's
+            HParams tab, written with the metrics of the first validation of a fit
+            (``logger.log_hyperparams(hyperparameters, metrics, step)``), so the tab's
+            metric columns are points of the run's own curves, not extra ones.
     """
 
     def __init__(
@@ -91,13 +106,14 @@ class LMModule(L.LightningModule):
         model_config: GPTConfig,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
-        tokenizer: Any = None,
+        tokenizer: Tokenizer | None = None,
         sample: dict | None = None,
         run_config: dict | None = None,
         seed: int = 0,
         hooks: Sequence[Hook] = (),
         val_tokens_per_byte: float | None = None,
         divergence_guard: bool = False,
+        hyperparameters: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.model = GPT(model_config)
@@ -113,6 +129,7 @@ class LMModule(L.LightningModule):
         self._window_seconds = 0.0
         self.val_tokens_per_byte = val_tokens_per_byte
         self.divergence_guard = divergence_guard
+        self._pending_hparams = hyperparameters  # written at the first validation
         self._step_loss: torch.Tensor | None = None
         self.hooks = list(hooks)
         for hook in self.hooks:
@@ -216,7 +233,7 @@ class LMModule(L.LightningModule):
         # Validate at the last step too, when max_steps is not a multiple of the interval.
         trainer = self.trainer
         last_step = trainer.max_steps > 0 and self.global_step >= trainer.max_steps
-        if last_step and self.global_step % trainer.val_check_batch != 0:
+        if last_step and not validates_after(trainer, batch_idx):
             trainer.should_stop = True
 
     def _is_logging_step(self, steps_done: int) -> bool:
@@ -245,8 +262,7 @@ class LMModule(L.LightningModule):
             metrics["val/bpb"] = bits_per_byte(loss.item(), self.val_tokens_per_byte)
         for key, value in metrics.items():  # for checkpoints, the progress bar and run.json
             self.log(key, value, prog_bar=key == "val/loss", logger=False)
-        if self.logger is not None:
-            self.logger.log_metrics(metrics, step=self.global_step)
+        self._write_validation(metrics)
         self.latest_metrics.update(metrics)
         if not math.isfinite(metrics["val/loss"]):
             if self.divergence_guard:  # before any checkpoint callback sees this validation
@@ -258,12 +274,24 @@ class LMModule(L.LightningModule):
                 hook.on_validation_end(self, self._first_val_batch)
             self._first_val_batch = None
 
+    def _write_validation(self, metrics: dict[str, float]) -> None:
+        """Write the validation metrics to the logger at this step; the first time in a
+        fit, through ``log_hyperparams`` with the pending hyperparameters (which writes
+        the same scalars, and the HParams summary naming them as its metrics)."""
+        if self.logger is None:
+            return
+        if self._pending_hparams is not None:
+            self.logger.log_hyperparams(self._pending_hparams, metrics=metrics, step=self.global_step)
+            self._pending_hparams = None
+        else:
+            self.logger.log_metrics(metrics, step=self.global_step)
+
     def _log_sample(self) -> None:
         n = self.sample.get("max_new_tokens", 0)
         experiment = getattr(self.logger, "experiment", None)
         if not n or self.tokenizer is None or not hasattr(experiment, "add_text"):
             return
-        prompt = self.tokenizer.encode(self.sample["prompt"]) or [self.tokenizer.eos_id]
+        prompt = prompt_ids(self.sample["prompt"], self.tokenizer)
         idx = torch.tensor([prompt], dtype=torch.long, device=self.device)  # (1, T)
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
         out = generate(

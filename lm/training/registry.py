@@ -1,4 +1,4 @@
-"""Run records: the config hash, the code version, ``run.json`` and the registry.
+"""The registry: runs found by config hash, and what a job does with its hash.
 
 The config hash names a run by what it computes: SHA-256 of the canonical JSON
 (sorted keys) of the resolved config, leaving out ``HASH_EXCLUDED_KEYS``, the keys
@@ -6,23 +6,33 @@ that cannot change the numbers, and with each key of ``CONTENT_KEYS`` (a path)
 replaced by the SHA-256 of what the path holds. Two runs with one hash trained the
 same thing; the code version (git commit + dirty flag) is recorded beside the hash,
 not in it, so a comparison can flag one hash run on different code.
+
+The registry is every run dir under ``tracking.registry_dir`` (and the job's own
+output dir), each with its ``run.json`` (``lm/training/record.py``). ``claim`` holds
+the hash's lock and decides: a completed run is skipped, a diverged one is not
+retried, an interrupted one is resumed in its own dir, and a hash another process is
+training is skipped; a run dir is never written by two runs.
 """
 
 import contextlib
 import copy
-import datetime as dt
 import hashlib
 import json
-import math
 import os
+import shutil
 import subprocess
-import tempfile
-import time
+import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+
+from lm.errors import ConfigError
+from lm.training.checkpoint import resume_step
+from lm.training.record import RESUMABLE, read_record, write_json_atomic
 
 # Keys that cannot change the numbers a run produces: where files go, how often
 # they are written, what is printed. Everything else (seed, model, data, tokenizer,
@@ -37,6 +47,16 @@ HASH_EXCLUDED_KEYS: tuple[str, ...] = (
     "trainer.log_every_n_steps",
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
+    # The default callbacks (conf/callbacks/default.yaml) write checkpoints, keep the RNG
+    # state for an exact resume and draw the progress bar: an uninterrupted run computes
+    # the same numbers with or without them. Listed by name, not the whole node, so a
+    # callback that does change the numbers (early stopping, weight averaging) added
+    # beside them is in the hash; a node left empty is dropped, so configs without a
+    # callbacks node (older runs) hash as before.
+    "callbacks.best_checkpoint",
+    "callbacks.last_checkpoint",
+    "callbacks.rng_state",
+    "callbacks.progress_bar",
 )
 
 
@@ -112,12 +132,7 @@ def hashable_config(cfg: DictConfig | dict, digests: dict | None = None) -> dict
     raw = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
     raw = copy.deepcopy(raw)
     for dotted in HASH_EXCLUDED_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = raw
-        for part in parents:
-            node = node.get(part, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+        _drop(raw, dotted)
     plain = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
     digests = content_digests(plain) if digests is None else digests
     for key in CONTENT_KEYS:
@@ -128,6 +143,20 @@ def hashable_config(cfg: DictConfig | dict, digests: dict | None = None) -> dict
         if isinstance(node, dict) and node.get(leaf) not in (None, ""):
             node[leaf] = {"sha256": digests.get(key)}
     return plain
+
+
+def _drop(tree: dict, dotted: str) -> None:
+    """Remove the key ``dotted`` from ``tree``, and every node on its path that this
+    leaves empty."""
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        tree.pop(head, None)
+        return
+    child = tree.get(head)
+    if isinstance(child, dict):
+        _drop(child, rest)
+        if not child:
+            del tree[head]
 
 
 def config_hash(cfg: DictConfig | dict, digests: dict | None = None) -> str:
@@ -146,7 +175,8 @@ def _hash8_resolver(*, _root_: DictConfig) -> str:
 
 
 def register_resolvers() -> None:
-    """Register ``${config_hash:}`` (first 8 hex digits), used in the run dir names."""
+    """Register ``${config_hash:}`` (first 8 hex digits), used in the run dir names
+    (idempotent; ``compose_config`` and ``lm train`` call it, importing does not)."""
     if not OmegaConf.has_resolver("config_hash"):
         OmegaConf.register_new_resolver("config_hash", _hash8_resolver)
 
@@ -169,127 +199,6 @@ def code_version(repo: str | Path | None = None) -> dict[str, Any]:
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": dirty}
-
-
-def strict_json(data: Any, path: str = "") -> tuple[Any, list[str]]:
-    """(``data`` with every NaN or infinite float replaced by None, the dotted keys
-    replaced), so the result is strict JSON (RFC 8259 has no NaN or Infinity)."""
-    if isinstance(data, float) and not math.isfinite(data):
-        return None, [path]
-    if isinstance(data, dict):
-        pairs = [(k, strict_json(v, f"{path}.{k}" if path else str(k))) for k, v in data.items()]
-        return {k: v for k, (v, _) in pairs}, [bad for _, (_, found) in pairs for bad in found]
-    if isinstance(data, (list, tuple)):
-        items = [strict_json(v, f"{path}[{i}]") for i, v in enumerate(data)]
-        return [v for v, _ in items], [bad for _, found in items for bad in found]
-    return data, []
-
-
-def write_json_atomic(path: str | Path, data: dict) -> None:
-    """Write ``data`` as strict JSON so that a reader sees the old file or the new one,
-    never half. Non-finite numbers are written as null and their keys listed under
-    ``non_finite``. The file gets the umask's permissions (as ``open`` would give).
-
-    Raises:
-        OSError: the directory cannot be written.
-    """
-    data, bad = strict_json(data)
-    if bad:
-        data["non_finite"] = sorted(set(data.get("non_finite") or []) | set(bad))
-    text = json.dumps(data, indent=2, sort_keys=True, default=str, allow_nan=False) + "\n"
-    with atomic_file(path) as tmp:
-        tmp.write_text(text)
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` to write to; when the block ends, it is renamed
-    onto ``path`` (with the umask's permissions, as ``open`` would give), or deleted if
-    the block raised. A reader sees the old file or the new one, never half.
-
-    Raises:
-        OSError: the directory cannot be written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def umask() -> int:
-    """The process's file-creation mask (read without changing it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def read_record(run_dir: str | Path) -> dict | None:
-    """The ``run.json`` of a run dir as a dict; None if it is missing, unreadable,
-    not JSON or not a JSON object."""
-    try:
-        record = json.loads((Path(run_dir) / "run.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-# What a run.json's status means. A run is ``running`` while its process trains it (or
-# until a later run of its hash finds it dead, then ``interrupted``).
-STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
-RESUMABLE = ("running", "failed", "interrupted")
-
-
-class RunRecord:
-    """``run.json`` in a run dir: written at start (status ``running``), at each
-    checkpoint (steps and wall time so far) and at the end (one of ``STATUSES``), each
-    time atomically.
-
-    ``wall_time_s`` is the sum of the run's segments: a resumed run starts from the
-    interrupted record's ``wall_time_s``.
-
-    Args:
-        run_dir: the run's output directory.
-        **fields: what is known at start (hash, overrides, group choices, code version).
-    """
-
-    def __init__(self, run_dir: str | Path, **fields: Any):
-        self.path = Path(run_dir) / "run.json"
-        self.data: dict[str, Any] = {"status": "running", "run_dir": str(run_dir), **fields}
-        self._before = float(self.data.get("wall_time_s") or 0.0)  # earlier segments
-        self._started = time.monotonic()
-
-    def start(self) -> None:
-        """Write the record with status ``running`` and the start time."""
-        self.data.setdefault("started_at", _now())
-        self.data["segment_started_at"] = _now()
-        for stale in ("ended_at", "error", "non_finite"):
-            self.data.pop(stale, None)
-        self._started = time.monotonic()
-        self.update()
-
-    def update(self, **fields: Any) -> None:
-        """Write ``fields`` and the wall time so far (at a checkpoint)."""
-        self.data.update(fields)
-        self.data["wall_time_s"] = round(self._before + time.monotonic() - self._started, 3)
-        write_json_atomic(self.path, self.data)
-
-    def finish(self, status: str, **fields: Any) -> None:
-        """Write the final record: ``status`` (one of ``STATUSES``), wall time and ``fields``."""
-        assert status in STATUSES, status
-        self.data.update(status=status, ended_at=_now())
-        self.update(**fields)
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 # --- the registry: run dirs under outputs/, found by hash --------------------------
@@ -402,3 +311,157 @@ def write_pointer(job_dir: str | Path, record: dict, status: str, **fields: Any)
     write_json_atomic(job_dir / "run.json",
                       {**pointer, **fields, "status": status, "same_as": record.get("run_dir"),
                        "run_dir": str(job_dir)})
+
+
+# --- what a job does with its hash -------------------------------------------------
+
+@dataclass
+class Plan:
+    """What the registry decided for one job (``claim``): skip it, or train it where.
+
+    Attributes:
+        full_hash: the job's config hash.
+        job_dir: the job's own output dir (``paths.output_dir``).
+        run_dir: where to train: ``job_dir``, or the dir of an interrupted run of the
+            hash, resumed in place.
+        ckpt_path: the checkpoint to start from (None: from scratch).
+        prior: the interrupted run's record ({} for a new run).
+        purge_step: a resumed run's first step; TensorBoard hides the events an earlier
+            segment wrote from there on (written after its last checkpoint, written
+            again now). None for a new run.
+        skipped: the record to return instead of training; None: train.
+    """
+
+    full_hash: str
+    job_dir: Path
+    run_dir: Path
+    ckpt_path: Path | None = None
+    prior: dict = field(default_factory=dict)
+    purge_step: int | None = None
+    skipped: dict | None = None
+
+    def history(self) -> dict:
+        """What a resumed run's record keeps of the interrupted one (start time, wall
+        time, earlier resumes), with ``resumed_from`` extended; {} for a new run."""
+        if not self.prior:
+            return {}
+        kept = {k: v for k, v in self.prior.items() if k not in ("run_dir", "status")}
+        kept["resumed_from"] = [*self.prior.get("resumed_from", []), str(self.ckpt_path or "scratch")]
+        return kept
+
+    def done(self, record: dict) -> None:
+        """After training: a run resumed in another dir leaves a pointer to it in the
+        job's own dir, so a sweep's summary has a row for every job."""
+        if self.run_dir.resolve() != self.job_dir.resolve():
+            write_pointer(self.job_dir, record, "resumed")
+
+
+@contextlib.contextmanager
+def claim(cfg: DictConfig, full_hash: str) -> Iterator[Plan]:
+    """The plan for the job of ``cfg`` (hash ``full_hash``), with the hash's lock held
+    until the block ends (while it trains). The registry (run dirs under
+    ``tracking.registry_dir``, and the job's own output dir wherever it is) is searched
+    by hash: a completed run is skipped (``tracking.skip_completed``) without touching
+    its files, a diverged one is not retried (``tracking.retry_diverged``), an
+    interrupted one is resumed in its own run dir (``resume=auto``) from its last
+    readable checkpoint, and a hash another process is training right now is skipped.
+    A skipped job's own dir gets a pointer record (``write_pointer``).
+
+    Raises:
+        ConfigError: the registry cannot be written; the job dir holds another run's
+            files, or this hash's finished run while training it again.
+    """
+    job_dir = Path(cfg.paths.output_dir)
+    lock = HashLock(cfg.tracking.registry_dir, full_hash)
+    try:
+        locked = lock.acquire()
+    except OSError as err:
+        raise ConfigError(f"tracking.registry_dir={cfg.tracking.registry_dir} cannot be written "
+                          f"({err.strerror or err}); pick a writable dir") from None
+    if not locked:
+        yield _busy(full_hash, job_dir)
+        return
+    try:
+        yield _plan(cfg, full_hash, job_dir)
+    finally:
+        lock.release()
+
+
+def _busy(full_hash: str, job_dir: Path) -> Plan:
+    """Skip: another process holds the hash's lock."""
+    print(f"skip {full_hash[:8]}: another process is training this config right now")
+    skipped = {"hash": full_hash, "hash8": full_hash[:8], **hydra_job_info()}
+    if job_dir.is_dir() and not foreign_files(job_dir, full_hash):
+        write_pointer(job_dir, skipped, "skipped", reason="another process was training it")
+    return Plan(full_hash, job_dir, job_dir, skipped={**skipped, "status": "skipped"})
+
+
+def _plan(cfg: DictConfig, full_hash: str, job_dir: Path) -> Plan:
+    """``claim``'s decision, with the lock held: skip, resume or start."""
+    h8 = full_hash[:8]
+    runs = find_runs(cfg.tracking.registry_dir, full_hash, also=(job_dir,))
+    mark_dead(runs)
+    if problem := foreign_files(job_dir, full_hash):
+        raise ConfigError(f"paths.output_dir={job_dir} already holds {problem}; a run dir is "
+                          "written by one run only (choose another hydra.run.dir or hydra.sweep.dir)")
+    if (done := latest(runs, "completed")) and cfg.tracking.skip_completed:
+        print(f"skip {h8}: already completed in {done[0]} "
+              "(tracking.skip_completed=false trains it again)")
+        return _skip(full_hash, job_dir, done)
+    if (bad := latest(runs, "diverged")) and not done and not cfg.tracking.retry_diverged:
+        print(f"skip {h8}: diverged in {bad[0]} ({bad[1].get('error')}); it is not resumed "
+              "(tracking.retry_diverged=true trains it again from scratch)")
+        return _skip(full_hash, job_dir, bad)
+    if cfg.resume == "auto" and (interrupted := latest(runs, *RESUMABLE)):
+        run_dir, prior = interrupted
+        ckpt_path, purge_step = resumable_checkpoint(run_dir)
+        print(f"resume {h8}: continuing {run_dir} from "
+              f"{ckpt_path or 'scratch (no readable checkpoint)'}")
+        return Plan(full_hash, job_dir, run_dir, ckpt_path, prior, purge_step)
+    if own := [r for r in runs if r[0] == job_dir.resolve()]:
+        raise ConfigError(f"paths.output_dir={job_dir} holds this config's {own[0][1].get('status')} "
+                          "run; training it again needs a new run dir (another "
+                          "hydra.run.dir or hydra.sweep.dir)")
+    ckpt_path = None if cfg.resume in ("auto", "never") else Path(cfg.resume)
+    return Plan(full_hash, job_dir, job_dir, ckpt_path)
+
+
+def _skip(full_hash: str, job_dir: Path, found: tuple[Path, dict]) -> Plan:
+    """Skip in favour of the run ``found`` (its dir, its record), leaving a pointer."""
+    run_dir, record = found
+    write_pointer(job_dir, {**record, "run_dir": str(run_dir)}, "skipped")
+    return Plan(full_hash, job_dir, job_dir, skipped={**record, "status": "skipped"})
+
+
+def resumable_checkpoint(run_dir: Path) -> tuple[Path | None, int]:
+    """(the newest checkpoint of an interrupted run that can be resumed: ``last.ckpt``,
+    else ``best.ckpt``, else None to start afresh; the first step it trains). One that
+    cannot (unreadable, truncated, non-finite weights) is renamed ``<name>.bad`` with one
+    warning line."""
+    for name in ("last.ckpt", "best.ckpt"):
+        path = run_dir / "checkpoints" / name
+        if not path.is_file():
+            continue
+        step, problem = resume_step(path)
+        if problem is None:
+            return path, step + 1
+        aside = path.with_name(f"{name}.bad")
+        path.replace(aside)
+        print(f"warning: {path} is {problem}; set aside as {aside.name}", file=sys.stderr)
+    return None, 0
+
+
+def hydra_job_info() -> dict:
+    """The overrides and group choices of this Hydra job (empty outside ``@hydra.main``)."""
+    if not HydraConfig.initialized():
+        return {"overrides": [], "choices": {}}
+    hc = HydraConfig.get()
+    choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}
+    return {"overrides": list(hc.overrides.task), "choices": dict(choices)}
+
+
+def remove_unstarted_run_dir(run_dir: Path) -> None:
+    """Remove the dir Hydra made for a run that a bad value stopped before it started
+    (nothing in it but Hydra's own ``.hydra/`` and log), so the registry holds runs only."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,172 +1,183 @@
-"""Train a GPT: ``python lm/train.py [group=option ...] [key=value ...]``.
+"""Train a GPT: ``lm train [group=option ...] [key=value ...]`` (= ``python lm/train.py ...``).
 
-Hydra composes ``conf/train.yaml``; ``run`` validates it, builds the data, the model
-and the Trainer, fits, and records the run in its directory
+Hydra composes ``conf/train.yaml``; ``run`` validates it, asks the registry what to do
+with its hash (``lm/training/registry.py``: skip, resume or start), instantiates the
+data module, the LightningModule, the callbacks (``conf/callbacks/``), the logger and
+the Trainer from the config, fits, and records the run in its directory
 (``outputs/runs/<date>/<time>-<hash8>/``): ``config.yaml`` (resolved), ``run.json``
-(hash, overrides, status, metrics, code version), ``tb/`` (TensorBoard events) and
-``checkpoints/`` (``last.ckpt``, ``best.ckpt`` by ``val/loss``).
+(``lm/training/record.py``), ``tb/`` (TensorBoard events) and ``checkpoints/``
+(``last.ckpt``, ``best.ckpt`` by ``val/loss``). As lightning-hydra-template's
+``src/train.py``: this file wires; the policies live beside it.
 
 Examples:
-    python lm/train.py                                   # model=small, 2000 steps
-    python lm/train.py model=tiny trainer.max_steps=50 seed=3
-    python lm/train.py -m optimizer.lr=1e-4,3e-4,1e-3    # a sweep, one dir per job
+    lm train                                   # model=small, 2000 steps
+    lm train model=tiny trainer.max_steps=50 seed=3
+    lm train -m optimizer.lr=1e-4,3e-4,1e-3    # a sweep, one dir per job
 """
 
-import sys
-from pathlib import Path
-
-
+import copy
 import dataclasses
 import logging
-import shutil
-import signal
-import threading
+import sys
 import warnings
 from collections.abc import Sequence
-from typing import Self
+from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from lm.training.callbacks import AtomicCheckpointIO, LastCheckpoint, RNGState, resume_step
-from lm.training.config import CONF_DIR, ConfigError, check_overrides, register_configs, validate
-from lm.interop.hf import init_from_hf
 from lm.data.corpus import DataError
-from lm.data.tokens import LMDataModule
-from lm.hooks import build_hooks
+from lm.data.datamodule import LMDataModule, build_datamodule
+from lm.errors import ConfigError
+from lm.interop.hf import init_from_hf
 from lm.model import GPTConfig
+from lm.tokenizers import Tokenizer
+from lm.training.callbacks import AtomicCheckpointIO, LastCheckpoint, instantiate_callbacks
+from lm.training.config import CONF_DIR, Validated, check_overrides, register_configs, validate
 from lm.training.module import Diverged, LMModule
+from lm.training.record import RunRecord
 from lm.training.registry import (
-    RESUMABLE,
-    HashLock,
-    RunRecord,
+    Plan,
+    canonical_sha256,
+    claim,
     code_version,
-    config_hash,
     content_digests,
-    find_runs,
-    foreign_files,
     hashable_config,
-    latest,
-    mark_dead,
+    hydra_job_info,
     register_resolvers,
-    write_pointer,
+    remove_unstarted_run_dir,
 )
+from lm.training.signals import Interrupted, SigintFlag, stopping_signal
 
 
-def quiet_lightning() -> None:
-    """Drop Lightning's advertising tips and a deprecation warning it raises itself."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: "💡 Tip" not in str(record.msg)
-    )
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
+    """Validate, then train one run unless the registry already has it; return its record.
 
+    The record is the content of ``run.json`` (status ``skipped`` when not trained; see
+    ``registry.claim`` for when). ``extra_callbacks`` are added to the configured ones
+    (the benchmark times steps with one).
 
-register_configs()
-register_resolvers()
-quiet_lightning()
-
-
-def build_datamodule(cfg: DictConfig) -> LMDataModule:
-    """The data module for ``cfg``, prepared and set up (so data errors come first)."""
-    dm = LMDataModule(
-        source=cfg.data.source,
-        path=cfg.data.path,
-        data_dir=cfg.paths.data_dir,
-        tokenizer=OmegaConf.to_container(cfg.data.tokenizer),
-        val_fraction=cfg.data.val_fraction,
-        block_size=cfg.model.block_size,
-        batch_size=cfg.data.batch_size,
-        seed=cfg.seed,
-        eval_iters=cfg.data.eval_iters,
-    )
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
-
-
-class Interrupted(Exception):
-    """The run was stopped by SIGINT or SIGTERM; its record says ``interrupted``.
-
-    Attributes:
-        signum: the signal; the process should exit with 128 + signum (130, 143).
+    Raises:
+        ConfigError, DataError: a bad config value, corpus or output dir (one line),
+            before any training.
+        Interrupted: SIGINT or SIGTERM stopped the run (recorded ``interrupted``).
     """
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.signum = signum
-
-
-class SigintFlag:
-    """Notes a SIGINT while a fit runs (Lightning turns the KeyboardInterrupt into
-    ``SystemExit(1)``, which alone cannot tell Ctrl-C from other exits)."""
-
-    def __init__(self) -> None:
-        self.received = False
-        self._previous = None
-
-    def __enter__(self) -> Self:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def _handler(self, signum, frame) -> None:
-        self.received = True
-        raise KeyboardInterrupt
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+    checked = validate(cfg)
+    digests = content_digests(cfg)
+    hashable = hashable_config(cfg, digests)
+    full_hash = canonical_sha256(hashable)  # = registry.config_hash(cfg, digests)
+    with claim(cfg, full_hash) as plan:
+        if plan.skipped is not None:
+            return plan.skipped
+        hparams = {"hash8": full_hash[:8], **flatten(hashable)}
+        record = train(at_run_dir(cfg, plan.run_dir), plan, checked, digests, hparams,
+                       extra_callbacks)
+        plan.done(record)
+        return record
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence = (),
-                  record: RunRecord | None = None, purge_step: int | None = None) -> L.Trainer:
-    """The Lightning Trainer from ``cfg.trainer`` with logger, checkpoints and progress bar.
+def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict, hparams: dict,
+          extra_callbacks: Sequence[L.Callback] = ()) -> dict:
+    """Instantiate data, model, callbacks, logger and Trainer from ``cfg`` (validated, its
+    ``paths.output_dir`` the run dir), fit (from ``plan.ckpt_path`` if set), and record
+    the run in ``plan.run_dir``. ``hparams``: the HParams tab's hyperparameters.
 
-    ``purge_step``: a resumed run's first step; TensorBoard hides the events an earlier
-    segment wrote from there on (written after its last checkpoint, written again now).
+    Returns the record; a diverged run returns with status ``diverged``.
+
+    Raises:
+        ConfigError: a callback argument is rejected, ``init_from`` does not fit, or the
+            run dir cannot be written. Interrupted: SIGINT or SIGTERM.
     """
-    logger = False
-    if cfg.logger.get("_target_"):  # into run_dir, which differs from output_dir on resume
-        where = {"save_dir": str(run_dir)} if "save_dir" in cfg.logger else {}
-        if purge_step is not None and cfg.logger._target_.endswith("TensorBoardLogger"):
-            where["purge_step"] = purge_step
-        logger = hydra.utils.instantiate(cfg.logger, **where)
-    ckpt_dir = run_dir / "checkpoints"
-    heartbeat = None if record is None else (lambda trainer: record.update(**progress(trainer, cfg)))
-    callbacks = [
-        ModelCheckpoint(  # best.ckpt by val/loss; the Trainer's checkpoint_callback
-            dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
-            auto_insert_metric_name=False,
-        ),
-        LastCheckpoint(ckpt_dir, cfg.tracking.checkpoint_every_n_steps, on_save=heartbeat,
-                       finite_only=cfg.tracking.divergence_guard),
-        RNGState(),
-    ]
-    if cfg.trainer.enable_progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=10))
-    callbacks.extend(extra_callbacks)
-    val_every = min(cfg.trainer.val_check_interval, cfg.trainer.max_steps)
-    return hydra.utils.instantiate(
-        cfg.trainer, val_check_interval=val_every, logger=logger, callbacks=callbacks,
-        default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
+    dm = build_datamodule(cfg)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = LMModule(
+        with_vocab(checked.model_config, dm.tokenizer),
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=hydra.utils.instantiate(cfg.scheduler), tokenizer=dm.tokenizer,
+        sample=OmegaConf.to_container(cfg.sample), run_config=run_config, seed=cfg.seed,
+        val_tokens_per_byte=dm.meta["n_val"] / dm.meta["val_text_bytes"],
+        hooks=checked.hooks, divergence_guard=cfg.tracking.divergence_guard,
+        hyperparameters=hparams,
     )
+    if cfg.init_from is not None and plan.ckpt_path is None:  # a resume restores the tuned weights
+        init_from(module, cfg.init_from)
+    callbacks = [*instantiate_callbacks(cfg.callbacks, cfg.trainer.enable_progress_bar),
+                 *extra_callbacks]
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, val_check_interval=min(cfg.trainer.val_check_interval, cfg.trainer.max_steps),
+        logger=build_logger(cfg, plan.purge_step), callbacks=callbacks,
+        default_root_dir=str(plan.run_dir), plugins=[AtomicCheckpointIO()],
+    )
+    record = RunRecord(plan.run_dir, **{
+        **plan.history(), "hash": plan.full_hash, "hash8": plan.full_hash[:8],
+        "code": code_version(), "content": digests, "n_params": module.model.num_params(),
+        **hydra_job_info(),
+    })
+    for callback in callbacks:  # each last.ckpt updates run.json: steps so far
+        if isinstance(callback, LastCheckpoint):
+            callback.on_save = lambda trainer: record.update(**progress(trainer, cfg))
+    write_config(plan.run_dir, run_config)
+    record.start()
+    fit(trainer, module, dm, plan.ckpt_path, record, cfg)
+    if record.data["status"] == "diverged":
+        return record.data
+    trainer.save_checkpoint(plan.run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # final
+    record.finish("completed", **final_metrics(trainer, module, cfg))
+    return record.data
 
 
-def log_hparams(trainer: L.Trainer, flat: dict) -> None:
-    """Write the HParams-tab summary (hyperparameters, with ``val/loss`` as its metric)."""
-    from torch.utils.tensorboard.summary import hparams
+def at_run_dir(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    """A copy of ``cfg`` whose ``paths.output_dir`` is ``run_dir``: a resumed run trains in
+    the interrupted run's dir, not the job's, and the logger and the checkpoint callbacks
+    (``${paths.output_dir}``) follow."""
+    cfg = copy.deepcopy(cfg)
+    cfg.paths.output_dir = str(run_dir)
+    return cfg
 
-    experiment = getattr(trainer.logger, "experiment", None)
-    if experiment is None or not hasattr(experiment, "_get_file_writer"):
-        return
-    writer = experiment._get_file_writer()
-    for summary in hparams(flat, {"val/loss": 0.0}):
-        writer.add_summary(summary)
+
+def with_vocab(model_config: GPTConfig, tokenizer: Tokenizer) -> GPTConfig:
+    """``model_config`` with ``vocab_size`` taken from ``tokenizer`` where it is null.
+
+    Raises:
+        ConfigError: a ``model.vocab_size`` smaller than the tokenizer's.
+    """
+    if model_config.vocab_size is None:
+        return dataclasses.replace(model_config, vocab_size=tokenizer.vocab_size)
+    if model_config.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={model_config.vocab_size} is invalid: must be null or >= the "
+            f"tokenizer's vocab_size {tokenizer.vocab_size}"
+        )
+    return model_config
+
+
+def init_from(module: LMModule, path: str) -> None:
+    """Load a Hugging Face GPT-2 directory's weights into ``module`` (fine-tuning).
+
+    Raises:
+        ConfigError: they do not fit the model (one line).
+    """
+    try:
+        init_from_hf(module, path)
+    except ValueError as err:
+        raise ConfigError(f"init_from={path}: {err}") from None
+
+
+def build_logger(cfg: DictConfig, purge_step: int | None) -> Any:
+    """The logger of ``cfg.logger`` (False for ``logger=none``). ``purge_step``: a resumed
+    run's first step; TensorBoard hides the events an earlier segment wrote from there
+    on (written after its last checkpoint, written again now)."""
+    if not cfg.logger.get("_target_"):
+        return False
+    extra = {}
+    if purge_step is not None and cfg.logger._target_.endswith("TensorBoardLogger"):
+        extra["purge_step"] = purge_step
+    return hydra.utils.instantiate(cfg.logger, **extra)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -181,172 +192,18 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def hydra_job_info() -> dict:
-    """The overrides and group choices of this Hydra job ({} outside ``@hydra.main``)."""
-    if not HydraConfig.initialized():
-        return {"overrides": [], "choices": {}}
-    hc = HydraConfig.get()
-    choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}
-    return {"overrides": list(hc.overrides.task), "choices": dict(choices)}
-
-
-def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
-    """Validate, then train one run unless the registry already has it; return its record.
-
-    The record is the content of ``run.json`` (status ``skipped`` when not trained).
-
-    The registry (run dirs under ``tracking.registry_dir``, and this job's own output
-    dir wherever it is) is searched by config hash: a completed run is skipped
-    (``tracking.skip_completed``) without touching its files, a diverged one is not
-    retried (``tracking.retry_diverged``), an interrupted one is resumed in its own run
-    dir (``resume=auto``) from its last readable checkpoint, and a hash being trained by
-    another process right now is skipped. ``extra_callbacks`` are added to the
-    Trainer's (the benchmark times steps with one).
+def write_config(run_dir: Path, run_config: dict) -> None:
+    """``<run_dir>/config.yaml``: the resolved config of the run.
 
     Raises:
-        ConfigError, DataError: a bad config value, corpus or output dir (one line),
-            before any training.
-        Interrupted: SIGINT or SIGTERM stopped the run (recorded ``interrupted``).
+        ConfigError: the run dir cannot be written (one line).
     """
-    model_config = validate(cfg)
-    digests = content_digests(cfg)
-    full_hash = config_hash(cfg, digests)
-    job_dir = Path(cfg.paths.output_dir)
-    lock = HashLock(cfg.tracking.registry_dir, full_hash)
-    try:
-        locked = lock.acquire()
-    except OSError as err:
-        raise ConfigError(f"tracking.registry_dir={cfg.tracking.registry_dir} cannot be written "
-                          f"({err.strerror or err}); pick a writable dir") from None
-    if not locked:
-        print(f"skip {full_hash[:8]}: another process is training this config right now")
-        skipped = {"hash": full_hash, "hash8": full_hash[:8], **hydra_job_info()}
-        if job_dir.is_dir() and not foreign_files(job_dir, full_hash):
-            write_pointer(job_dir, skipped, "skipped", reason="another process was training it")
-        return {**skipped, "status": "skipped"}
-    try:
-        return run_locked(cfg, model_config, full_hash, digests, job_dir, extra_callbacks)
-    finally:
-        lock.release()
-
-
-def run_locked(cfg: DictConfig, model_config: GPTConfig, full_hash: str, digests: dict,
-               job_dir: Path, extra_callbacks: Sequence[L.Callback]) -> dict:
-    """``run`` with the hash's lock held: decide skip, resume or start, then train."""
-    h8 = full_hash[:8]
-    runs = find_runs(cfg.tracking.registry_dir, full_hash, also=(job_dir,))
-    mark_dead(runs)
-    if problem := foreign_files(job_dir, full_hash):
-        raise ConfigError(f"paths.output_dir={job_dir} already holds {problem}; a run dir is "
-                          "written by one run only (choose another hydra.run.dir or hydra.sweep.dir)")
-    if (done := latest(runs, "completed")) and cfg.tracking.skip_completed:
-        print(f"skip {h8}: already completed in {done[0]} "
-              "(tracking.skip_completed=false trains it again)")
-        write_pointer(job_dir, {**done[1], "run_dir": str(done[0])}, "skipped")
-        return {**done[1], "status": "skipped"}
-    if (bad := latest(runs, "diverged")) and not done and not cfg.tracking.retry_diverged:
-        print(f"skip {h8}: diverged in {bad[0]} ({bad[1].get('error')}); it is not resumed "
-              "(tracking.retry_diverged=true trains it again from scratch)")
-        write_pointer(job_dir, {**bad[1], "run_dir": str(bad[0])}, "skipped")
-        return {**bad[1], "status": "skipped"}
-    run_dir, ckpt_path, prior, purge_step = job_dir, None, {}, None
-    if cfg.resume == "auto" and (interrupted := latest(runs, *RESUMABLE)):
-        run_dir, prior = interrupted
-        ckpt_path, purge_step = resumable_checkpoint(run_dir)
-        print(f"resume {h8}: continuing {run_dir} from "
-              f"{ckpt_path or 'scratch (no readable checkpoint)'}")
-    else:
-        if (own := [r for r in runs if r[0] == job_dir.resolve()]):
-            raise ConfigError(f"paths.output_dir={job_dir} holds this config's {own[0][1].get('status')} "
-                              "run; training it again needs a new run dir (another "
-                              "hydra.run.dir or hydra.sweep.dir)")
-        if cfg.resume not in ("auto", "never"):
-            ckpt_path = Path(cfg.resume)
-    record = train(cfg, model_config, full_hash, run_dir, ckpt_path, prior, extra_callbacks,
-                   digests=digests, purge_step=purge_step)
-    if run_dir.resolve() != job_dir.resolve():
-        write_pointer(job_dir, record, "resumed")
-    return record
-
-
-def resumable_checkpoint(run_dir: Path) -> tuple[Path | None, int]:
-    """(the newest checkpoint of an interrupted run that can be resumed: ``last.ckpt``,
-    else ``best.ckpt``, else None to start afresh; the first step it trains). One that
-    cannot (unreadable, truncated, non-finite weights) is renamed ``<name>.bad`` with one
-    warning line."""
-    for name in ("last.ckpt", "best.ckpt"):
-        path = run_dir / "checkpoints" / name
-        if not path.is_file():
-            continue
-        step, problem = resume_step(path)
-        if problem is None:
-            return path, step + 1
-        aside = path.with_name(f"{name}.bad")
-        path.replace(aside)
-        print(f"warning: {path} is {problem}; set aside as {aside.name}", file=sys.stderr)
-    return None, 0
-
-
-def train(
-    cfg: DictConfig, model_config: GPTConfig, full_hash: str, run_dir: Path,
-    ckpt_path: Path | None, prior: dict, extra_callbacks: Sequence[L.Callback] = (),
-    digests: dict | None = None, purge_step: int | None = None,
-) -> dict:
-    """Build data, model and Trainer from the validated ``cfg``, fit (from ``ckpt_path`` if
-    given), and record the run in ``run_dir`` (``prior``: an interrupted run's record;
-    ``purge_step``: its first step trained again, for TensorBoard).
-
-    Returns the record; a diverged run returns with status ``diverged``.
-
-    Raises:
-        ConfigError: ``run_dir`` cannot be written. Interrupted: SIGINT or SIGTERM.
-    """
-    dm = build_datamodule(cfg)
-    if model_config.vocab_size is None:
-        model_config = dataclasses.replace(model_config, vocab_size=dm.tokenizer.vocab_size)
-    elif model_config.vocab_size < dm.tokenizer.vocab_size:
-        raise ConfigError(
-            f"model.vocab_size={model_config.vocab_size} is invalid: must be null or >= the "
-            f"tokenizer's vocab_size {dm.tokenizer.vocab_size}"
-        )
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["paths"]["output_dir"] = str(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(run_config))
     except OSError as err:
         raise ConfigError(f"paths.output_dir={run_dir} cannot be written ({err.strerror or err}); "
                           "pick a writable hydra.run.dir / hydra.sweep.dir") from None
-
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = LMModule(
-        model_config, optimizer=hydra.utils.instantiate(cfg.optimizer),
-        scheduler=hydra.utils.instantiate(cfg.scheduler), tokenizer=dm.tokenizer,
-        sample=OmegaConf.to_container(cfg.sample), run_config=resolved, seed=cfg.seed,
-        val_tokens_per_byte=dm.meta["n_val"] / dm.meta["val_text_bytes"],
-        hooks=build_hooks(cfg), divergence_guard=cfg.tracking.divergence_guard,
-    )
-    if cfg.init_from is not None and ckpt_path is None:  # a resume restores the tuned weights
-        try:
-            init_from_hf(module, cfg.init_from)
-        except ValueError as err:
-            raise ConfigError(f"init_from={cfg.init_from}: {err}") from None
-    fields = {k: v for k, v in prior.items() if k not in ("run_dir", "status")}  # keep its history
-    fields.update(hash=full_hash, hash8=full_hash[:8], code=code_version(), content=digests or {},
-                  n_params=module.model.num_params(), **hydra_job_info())
-    record = RunRecord(run_dir, **fields)
-    if prior:
-        record.data["resumed_from"] = [*prior.get("resumed_from", []), str(ckpt_path or "scratch")]
-    trainer = build_trainer(cfg, run_dir, extra_callbacks, record, purge_step)
-    record.start()
-    if ckpt_path is None:
-        log_hparams(trainer, {"hash8": full_hash[:8], **flatten(hashable_config(cfg, digests))})
-    fit(trainer, module, dm, ckpt_path, record, cfg)
-    if record.data["status"] == "diverged":
-        return record.data
-    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # final
-    record.finish("completed", **final_metrics(trainer, module, cfg))
-    return record.data
 
 
 def fit(trainer: L.Trainer, module: LMModule, dm: LMDataModule, ckpt_path: Path | None,
@@ -359,14 +216,14 @@ def fit(trainer: L.Trainer, module: LMModule, dm: LMDataModule, ckpt_path: Path 
             trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     except Diverged as err:
         record.finish("diverged", error=str(err), **final_metrics(trainer, module, cfg))
-    except (SIGTERMException, KeyboardInterrupt, SystemExit) as err:
-        if not (sigint.received or isinstance(err, (SIGTERMException, KeyboardInterrupt))):
-            raise
-        signum = signal.SIGTERM if isinstance(err, SIGTERMException) else signal.SIGINT
-        message = f"{signal.Signals(signum).name} at step {trainer.global_step}"
-        record.finish("interrupted", error=message, **progress(trainer, cfg))
-        raise Interrupted(signum, message) from None
     except BaseException as err:  # the record must say the run did not finish
+        signum = stopping_signal(err, sigint)
+        if signum is not None:
+            message = f"{signum.name} at step {trainer.global_step}"
+            record.finish("interrupted", error=message, **progress(trainer, cfg))
+            raise Interrupted(signum, message) from None
+        if isinstance(err, SystemExit):  # not a signal's: not the run's to record
+            raise
         record.finish("failed", error=f"{type(err).__name__}: {err}", **progress(trainer, cfg))
         raise
 
@@ -381,24 +238,48 @@ def final_metrics(trainer: L.Trainer, module: LMModule, cfg: DictConfig) -> dict
     """Steps, tokens seen, the latest and best ``val/loss`` and the checkpoints of a fit.
 
     The latest metrics come from the module, which keeps them in its checkpoints, so a
-    run resumed at its last step reports what the uninterrupted run would.
+    run resumed at its last step reports what the uninterrupted run would. The best
+    comes from the first ``ModelCheckpoint`` (``callbacks.best_checkpoint``; None
+    without one), whose score a resume restores.
     """
-    best = trainer.checkpoint_callback.best_model_score  # restored on resume
+    best = trainer.checkpoint_callback
+    ckpt_dir = Path(best.dirpath) if best else Path(cfg.paths.output_dir) / "checkpoints"
     logged = module.final_metrics()
     return {
         **progress(trainer, cfg),
         "metrics": {
             "final": {k: logged[k] for k in ("train/loss", "val/loss", "val/ppl", "val/bpb") if k in logged},
-            "best": {"val/loss": None if best is None else float(best)},
+            "best": {"val/loss": None if best is None or best.best_model_score is None
+                     else float(best.best_model_score)},
         },
-        "checkpoints": {"last": existing(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"),
-                        "best": existing(trainer.checkpoint_callback.best_model_path)},
+        "checkpoints": {"last": existing(ckpt_dir / "last.ckpt"),
+                        "best": existing(best.best_model_path) if best else None},
     }
 
 
 def existing(path: str | Path) -> str | None:
     """``path`` as a string if that file exists, else None."""
     return str(path) if path and Path(path).is_file() else None
+
+
+def quiet_lightning() -> None:
+    """Drop Lightning's advertising tips and a deprecation warning it raises itself
+    (idempotent: the same filter object, and ``filterwarnings`` replaces its twin)."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tips)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def _no_tips(record: logging.LogRecord) -> bool:
+    return "💡 Tip" not in str(record.msg)
+
+
+def prepare_process() -> None:
+    """What a training process needs before Hydra composes ``conf/train.yaml``: the
+    schemas and resolvers registered, Lightning quieted. Idempotent; importing this
+    module does none of it."""
+    register_configs()
+    register_resolvers()
+    quiet_lightning()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -408,6 +289,7 @@ def main(cfg: DictConfig) -> float | None:
     Exit codes: 2 bad input (one line), 3 diverged (a single run; a sweep goes on),
     130 / 143 stopped by SIGINT / SIGTERM (resumable: run the same command again).
     """
+    prepare_process()  # again: a launcher may run this job in a fresh process
     try:
         record = run(cfg)
     except (ConfigError, DataError) as err:
@@ -427,15 +309,9 @@ def main(cfg: DictConfig) -> float | None:
     return record.get("metrics", {}).get("final", {}).get("val/loss")
 
 
-def remove_unstarted_run_dir(run_dir: Path) -> None:
-    """Remove the dir Hydra made for a run that a bad value stopped before it started
-    (nothing in it but Hydra's own ``.hydra/`` and log), so the registry holds runs only."""
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
 def command(argv: Sequence[str]) -> int:
     """``lm train [overrides]``: check the overrides (one line, exit 2), then Hydra's main."""
+    prepare_process()
     if problem := check_overrides(list(argv)):
         print(f"error: {problem}", file=sys.stderr)
         return 2

@@ -1,0 +1,183 @@
+"""The LightningDataModule: cached token ids (``lm/data/tokens.py``) served as batches.
+
+``build_datamodule(cfg)`` makes one from a run config, prepared and set up, so data
+errors (a missing corpus, a split too short for ``block_size``) come before any model
+is built; ``lm train`` and ``lm evaluate`` both use it.
+"""
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from lm.data.corpus import DataError, load_text
+from lm.data.tokens import (
+    VAL_STREAM,
+    check_val_fraction,
+    get_batch,
+    load_meta,
+    load_tokens,
+    prepare_tokens,
+    tokenizer_spec,
+)
+from lm.tokenizers import Tokenizer
+
+
+class _TrainBatches(IterableDataset):
+    """Endless (x, y) batches, one per training step, from `start` on."""
+
+    def __init__(self, ids, block_size, batch_size, seed, start):
+        self.ids, self.block_size, self.batch_size = ids, block_size, batch_size
+        self.seed, self.start = seed, start
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            yield get_batch(self.ids, self.block_size, self.batch_size, self.seed, step)
+            step += 1
+
+
+class _ValBatches(Dataset):
+    """The same `n` (x, y) batches every time, from the validation stream."""
+
+    def __init__(self, ids, block_size, batch_size, seed, n):
+        self.ids, self.block_size, self.batch_size = ids, block_size, batch_size
+        self.seed, self.n = seed, n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return get_batch(self.ids, self.block_size, self.batch_size, self.seed, i, VAL_STREAM)
+
+
+class LMDataModule(L.LightningDataModule):
+    """Corpus -> cached token ids -> batches of (x, y), each int64 (batch_size, block_size).
+
+    `prepare_data` loads the text (`lm.data.corpus.load_text`) and builds the token
+    cache under `<data_dir>/tokens/`; `setup` memory-maps it and checks that both
+    splits hold a window of block_size + 1 tokens. After `setup`: `tokenizer`,
+    `train_ids`, `val_ids`, `val_text_bytes` (UTF-8 bytes of the val text, for
+    bits per byte), `meta`.
+
+    Training batch k of a run is `get_batch(train_ids, ..., seed, step=k)`; the
+    stream starts at `trainer.global_step`, so a resumed run continues the same
+    sequence. Validation uses `eval_iters` fixed batches from a separate stream
+    (see `lm.data.tokens.TRAIN_STREAM`, `VAL_STREAM`).
+
+    Raises:
+        DataError: bad val_fraction / sizes (at construction), bad corpus, or a split
+            too short for block_size (in `setup`).
+    """
+
+    def __init__(
+        self,
+        source: str = "shakespeare",
+        path: str | None = None,
+        data_dir: str = "data",
+        tokenizer: str | dict = "char",
+        val_fraction: float = 0.1,
+        block_size: int = 64,
+        batch_size: int = 12,
+        seed: int = 1337,
+        eval_iters: int = 20,
+    ):
+        super().__init__()
+        check_val_fraction(val_fraction)
+        for key, value in [
+            ("model.block_size", block_size),
+            ("data.batch_size", batch_size),
+            ("data.eval_iters", eval_iters),
+        ]:
+            if value < 1:
+                raise DataError(f"{key}={value} must be a positive integer")
+        self.source, self.path, self.data_dir = source, path, data_dir
+        self.tokenizer_spec, self.val_fraction = tokenizer_spec(tokenizer), val_fraction
+        self.block_size, self.batch_size = block_size, batch_size
+        self.seed, self.eval_iters = seed, eval_iters
+        self.tokenizer: Tokenizer | None = None
+        self.train_ids = self.val_ids = self.meta = None
+        self.val_text_bytes = None
+
+    def prepare_data(self) -> None:
+        self._prepare()
+
+    def _prepare(self) -> Path:
+        try:
+            text = load_text(self.source, self.path, self.data_dir)
+            return prepare_tokens(text, self.tokenizer_spec, self.val_fraction, self.data_dir)
+        except OSError as err:  # a data dir that cannot be written (the cache is built once)
+            raise DataError(f"paths.data_dir={self.data_dir} cannot be written "
+                            f"({err.strerror or err}: {err.filename}); pick a writable dir "
+                            "or build the cache there once as its owner") from None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is not None:
+            return
+        directory = self._prepare()  # cheap when prepare_data already built it
+        meta = load_meta(directory)
+        for split, n in [("training", meta["n_train"]), ("validation", meta["n_val"])]:
+            self._check_split_length(split, n, meta["n_chars"])
+        self.tokenizer, self.train_ids, self.val_ids = load_tokens(directory)
+        self.meta, self.val_text_bytes = meta, meta["val_text_bytes"]
+
+    def _check_split_length(self, split: str, n_tokens: int, n_chars: int) -> None:
+        if n_tokens >= self.block_size + 1:
+            return
+        fraction = (
+            f"data.val_fraction={self.val_fraction}"
+            if split == "validation"
+            else f"1 - data.val_fraction={self.val_fraction}"
+        )
+        raise DataError(
+            f"model.block_size={self.block_size} needs a {split} split of at least "
+            f"{self.block_size + 1} tokens; the corpus has {n_tokens} ({fraction} of "
+            f"{n_chars} characters); use a longer text or a smaller block_size"
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        start = self.trainer.global_step if self.trainer is not None else 0
+        batches = _TrainBatches(self.train_ids, self.block_size, self.batch_size, self.seed, start)
+        return DataLoader(batches, batch_size=None, num_workers=0, generator=_private_generator())
+
+    def val_dataloader(self) -> DataLoader:
+        batches = _ValBatches(
+            self.val_ids, self.block_size, self.batch_size, self.seed, self.eval_iters
+        )
+        return DataLoader(
+            batches, batch_size=None, shuffle=False, num_workers=0, generator=_private_generator()
+        )
+
+
+def _private_generator() -> torch.Generator:
+    """A generator for a DataLoader's own seed draw. Without one, every ``iter(loader)``
+    draws from the global torch RNG, so a resumed run (or a validation) would shift the
+    dropout masks that follow. Batches themselves never use it (see ``get_batch``)."""
+    return torch.Generator().manual_seed(0)
+
+
+def build_datamodule(cfg: DictConfig) -> LMDataModule:
+    """The data module of run config ``cfg`` (``data``, ``model.block_size``, ``seed``,
+    ``paths.data_dir``), prepared and set up.
+
+    Raises:
+        DataError: bad corpus, unwritable data dir, or a split too short (one line).
+    """
+    dm = LMDataModule(
+        source=cfg.data.source,
+        path=cfg.data.path,
+        data_dir=cfg.paths.data_dir,
+        tokenizer=OmegaConf.to_container(cfg.data.tokenizer),
+        val_fraction=cfg.data.val_fraction,
+        block_size=cfg.model.block_size,
+        batch_size=cfg.data.batch_size,
+        seed=cfg.seed,
+        eval_iters=cfg.data.eval_iters,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
