@@ -31,10 +31,10 @@ sweep: $(STAMP)  ## a learning-rate sweep on the tiny model
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir outputs
 
-bench: $(STAMP)  ## harness vs plain loop tokens/s; BPE training time and encode MB/s
-	$(PY) -m lm.bench.train $(ARGS)
-	$(PY) -m lm.bench.tokenizer
-	$(PY) -m lm.bench.generate
+bench: $(STAMP)  ## harness vs plain loop tokens/s; BPE encode MB/s; generate tokens/s (ARGS="steps=100" for lm bench train)
+	$(VENV)/bin/lm bench train $(ARGS)
+	$(VENV)/bin/lm bench tokenizer
+	$(VENV)/bin/lm bench generate
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lm tests

@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from lm.tokenizers import Tokenizer
 
 
 def check_decoding_args(
@@ -122,6 +126,13 @@ class _LastLogits:
         """Keep rows ``index`` (B',) of the cached sequences (beam search)."""
         if self.cache is not None:
             self.cache.reorder(index)
+
+
+def prompt_ids(prompt: str, tokenizer: Tokenizer) -> list[int]:
+    """The token ids to condition on for ``prompt``: its encoding, or the eos token
+    alone for an empty prompt (the model needs a first token; a caller printing the
+    text leaves that token out)."""
+    return tokenizer.encode(prompt) or [tokenizer.eos_id]
 
 
 def cut_at_stop(text: str, stop_strings: Sequence[str]) -> tuple[str, bool]:

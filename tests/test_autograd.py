@@ -12,6 +12,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from lm import cli
 from lm.reference import classify
 from lm.reference.autograd import Value
 from lm.reference.nn import MLP, Neuron
@@ -338,7 +339,7 @@ def test_svm_loss_of_a_zero_model_by_hand():
 
 def test_classify_demo_writes_png(tmp_path, capsys):
     out = tmp_path / "sub" / "moons.png"
-    reached = classify.main(["--steps", "2", "--seed", "0", "--out", str(out)])
+    reached = classify.demo(cli.settings("classify", "steps=2", "seed=0", f"out={out}"))
     lines = capsys.readouterr().out.splitlines()
     assert reached is None  # two steps from random weights are not enough
     assert all(re.fullmatch(r"step \d+ loss \d+\.\d{4} accuracy \d+\.\d%", s) for s in lines[:2])
@@ -349,7 +350,7 @@ def test_classify_demo_writes_png(tmp_path, capsys):
 @pytest.mark.slow
 def test_classify_demo_reaches_full_accuracy(tmp_path, capsys):
     out = tmp_path / "moons.png"
-    reached = classify.main(["--out", str(out)])
+    reached = classify.demo(cli.settings("classify", f"out={out}"))
     assert reached is not None and 0 <= reached < 100
     assert f"reached 100% accuracy at step {reached}" in capsys.readouterr().out
     assert out.exists()

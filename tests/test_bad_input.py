@@ -10,14 +10,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lm.commands import evaluate, generate
-from lm.interop import hf as convert
-from lm.training.checkpoint import CheckpointError, load_checkpoint
+from lm.cli import main as lm
+from lm.cli import settings
+from lm.commands import generate
 from lm.interop.hf import checkpoint_dict
 from lm.model import GPT, GPTConfig
-from lm.reference import numpy_gpt
 from lm.sampling import generate as generate_ids
 from lm.tokenizers.char import CharTokenizer
+from lm.training.checkpoint import CheckpointError, load_checkpoint
 
 TEXT = "ROMEO: but soft, what light\nJULIET: ay me\n"
 NAN_KEY = "transformer.h.0.attn.c_attn.weight"
@@ -78,10 +78,12 @@ CASES = {  # case -> what the error line says
 }
 
 TOOLS = {
-    "generate": lambda path, tmp: generate.main([f"ckpt={path}", "max_new_tokens=3"]),
-    "evaluate": lambda path, tmp: evaluate.main([f"ckpt={path}"]),
-    "numpy_gpt": lambda path, tmp: numpy_gpt.main([f"ckpt={path}", "max_new_tokens=3"]),
-    "convert": lambda path, tmp: convert.main(["export", str(path), str(tmp / "hf")]),
+    "generate": lambda path, tmp: lm(["generate", f"ckpt={path}", "max_new_tokens=3"]),
+    "evaluate": lambda path, tmp: lm(["evaluate", f"ckpt={path}"]),
+    "numpy_gpt": lambda path, tmp: lm(["generate", f"ckpt={path}", "max_new_tokens=3",
+                                       "strategy=greedy", "backend=numpy"]),
+    "convert": lambda path, tmp: lm(["convert", "direction=export", f"ckpt={path}",
+                                     f"hf_dir={tmp / 'hf'}"]),
 }
 
 
@@ -115,7 +117,7 @@ def test_nan_weights_load_with_one_warning_line(tmp_path, tokenizer, capsys):
     assert f"ckpt={path} has NaN/Inf weights in 1 tensor(s) ({NAN_KEY}); loaded" in line
     with pytest.raises(CheckpointError, match="its output would be garbage"):
         load_checkpoint(path, nonfinite="error")
-    assert convert.main(["export", str(path), str(tmp_path / "hf")]) == 0  # exported as is
+    assert TOOLS["convert"](path, tmp_path) == 0  # exported as is
     out, err = capsys.readouterr()
     assert "has NaN/Inf weights" in one_line(err, "warning: ") and out.startswith("wrote")
 
@@ -146,7 +148,7 @@ def test_a_good_checkpoint_still_loads(ckpt, tokenizer, capsys):
     ("device=tpu", "device='tpu' is invalid: must be cpu or cuda"),
 ])
 def test_b_out_of_range_values_are_one_line_and_exit_2(ckpt, capsys, arg, message):
-    assert generate.main([f"ckpt={ckpt}", "max_new_tokens=3", arg]) == 2
+    assert lm(["generate", f"ckpt={ckpt}", "max_new_tokens=3", arg]) == 2
     out, err = capsys.readouterr()
     assert message in one_line(err) and out == ""
 
@@ -160,7 +162,7 @@ def test_b_out_of_range_values_are_one_line_and_exit_2(ckpt, capsys, arg, messag
      "temperature=0.5 is unused with strategy=greedy; it is used by strategy=sample"),
 ])
 def test_b_a_key_the_strategy_does_not_use_is_one_warning_line(ckpt, capsys, args, message):
-    assert generate.main([f"ckpt={ckpt}", "prompt=ROMEO:", "max_new_tokens=3", *args]) == 0
+    assert lm(["generate", f"ckpt={ckpt}", "prompt=ROMEO:", "max_new_tokens=3", *args]) == 0
     out, err = capsys.readouterr()
     assert one_line(err, "warning: ").startswith(f"warning: {message}")
     assert out.startswith("ROMEO:")
@@ -168,7 +170,7 @@ def test_b_a_key_the_strategy_does_not_use_is_one_warning_line(ckpt, capsys, arg
 
 def test_b_keys_the_strategy_uses_give_no_warning(ckpt, capsys):
     argv = [f"ckpt={ckpt}", "max_new_tokens=3", "strategy=top_p", "top_p=0.9", "temperature=1"]
-    assert generate.main(argv) == 0
+    assert lm(["generate", *argv]) == 0
     assert capsys.readouterr().err == ""
 
 
@@ -176,19 +178,19 @@ def test_b_keys_the_strategy_uses_give_no_warning(ckpt, capsys):
 
 
 def test_b_an_empty_prompt_conditions_on_eos_but_does_not_print_it(ckpt, tokenizer, capsys):
-    assert generate.main([f"ckpt={ckpt}", "prompt=", "max_new_tokens=6", "strategy=greedy"]) == 0
+    assert lm(["generate", f"ckpt={ckpt}", "prompt=", "max_new_tokens=6", "strategy=greedy"]) == 0
     model, _, _ = load_checkpoint(ckpt)
     new = generate_ids(model, torch.tensor([[tokenizer.eos_id]]), 6, temperature=0)[0, 1:]
     expected = tokenizer.decode(new.tolist())
     assert capsys.readouterr().out == expected + "\n"
-    cfg = generate.GenerateConfig(ckpt=str(ckpt), prompt="", max_new_tokens=6, strategy="greedy")
+    cfg = settings("generate", f"ckpt={ckpt}", "prompt=", "max_new_tokens=6", "strategy=greedy")
     assert generate.sample_texts(cfg) == [expected]
     cfg.stop = expected[2:4]  # cut inside the generated part; still no <eos> in front
     assert generate.sample_texts(cfg) == [expected[: expected.find(cfg.stop)]]
 
 
 def test_b_unseen_prompt_characters_are_one_warning_line(ckpt, capsys):
-    assert generate.main([f"ckpt={ckpt}", "prompt=éRO€MEO", "max_new_tokens=2"]) == 0
+    assert lm(["generate", f"ckpt={ckpt}", "prompt=éRO€MEO", "max_new_tokens=2"]) == 0
     out, err = capsys.readouterr()
     assert one_line(err, "warning: ") == ("warning: the tokenizer has no token for 2 prompt "
                                           "characters ('é', '€'); they are read as <unk>")
@@ -196,7 +198,7 @@ def test_b_unseen_prompt_characters_are_one_warning_line(ckpt, capsys):
 
 
 def test_b_a_prompt_with_no_known_character_is_one_line_and_exit_2(ckpt, tmp_path, capsys):
-    assert generate.main([f"ckpt={ckpt}", "prompt=é€é", "max_new_tokens=2"]) == 2
+    assert lm(["generate", f"ckpt={ckpt}", "prompt=é€é", "max_new_tokens=2"]) == 2
     out, err = capsys.readouterr()
     assert "the prompt has no character the tokenizer knows ('é', '€')" in one_line(err)
     assert out == ""
@@ -205,5 +207,5 @@ def test_b_a_prompt_with_no_known_character_is_one_line_and_exit_2(ckpt, tmp_pat
 def test_b_a_prompt_file_that_is_not_utf8_is_one_line_and_exit_2(ckpt, tmp_path, capsys):
     path = tmp_path / "prompt.txt"
     path.write_bytes(b"ROMEO\xff\xfe")
-    assert generate.main([f"ckpt={ckpt}", f"prompt_file={path}", "max_new_tokens=2"]) == 2
+    assert lm(["generate", f"ckpt={ckpt}", f"prompt_file={path}", "max_new_tokens=2"]) == 2
     assert f"prompt_file={path} is not UTF-8 text" in one_line(capsys.readouterr().err)

@@ -7,11 +7,11 @@ import torch
 
 from lm.tokenizers.bpe import BPETokenizer
 from lm.training.checkpoint import load_checkpoint
+from lm.cli import main as lm
 from lm.interop.hf import (
     export_hf_gpt2,
     init_from_hf,
     load_hf_gpt2,
-    main,
     save_hf_tokenizer,
 )
 from lm.model import GPT, GPTConfig
@@ -120,12 +120,14 @@ def test_cli_import_then_export_round_trip(tmp_path, idx, capsys):
     hf = hf_model(vocab_size=tokenizer.vocab_size)
     hf.save_pretrained(tmp_path / "hf")
     save_hf_tokenizer(tokenizer, tmp_path / "hf")
-    assert main(["import", str(tmp_path / "hf"), str(tmp_path / "gpt.ckpt")]) == 0
+    assert lm(["convert", "direction=import", f"hf_dir={tmp_path / 'hf'}",
+               f"ckpt={tmp_path / 'gpt.ckpt'}"]) == 0
     model, loaded_tokenizer, _ = load_checkpoint(tmp_path / "gpt.ckpt")
     assert loaded_tokenizer.encode("the cat") == tokenizer.encode("the cat")
     torch.testing.assert_close(our_logits(model, idx), hf_logits(hf, idx), atol=1e-5, rtol=0)
 
-    assert main(["export", str(tmp_path / "gpt.ckpt"), str(tmp_path / "out")]) == 0
+    assert lm(["convert", "direction=export", f"ckpt={tmp_path / 'gpt.ckpt'}",
+               f"hf_dir={tmp_path / 'out'}"]) == 0
     assert "wrote" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "config.json").read_text())["eos_token_id"] == (
         tokenizer.eos_id
@@ -136,11 +138,14 @@ def test_cli_import_then_export_round_trip(tmp_path, idx, capsys):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert main(["import", str(tmp_path / "nope"), str(tmp_path / "x.ckpt")]) == 2
+    assert lm(["convert", "direction=import", f"hf_dir={tmp_path / 'nope'}",
+               f"ckpt={tmp_path / 'x.ckpt'}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "is not a directory" in err and err.count("\n") == 1
-    assert main(["frobnicate"]) == 2
-    assert "usage:" in capsys.readouterr().err
+    assert lm(["convert", "direction=frobnicate", "hf_dir=a", "ckpt=b"]) == 2
+    assert "direction=frobnicate is invalid: must be import" in capsys.readouterr().err
+    assert lm(["convert", "direction=import", "hf_dir=a"]) == 2
+    assert "ckpt is required" in capsys.readouterr().err
 
 
 def test_missing_weights_is_a_value_error(tmp_path):
@@ -193,7 +198,8 @@ def test_train_fine_tunes_from_a_hf_directory(make_cfg, corpus, tmp_path):
     negligible learning rate its val/loss is the HF model's loss on the same batches."""
     import torch.nn.functional as F
 
-    from lm.training.run import build_datamodule, run
+    from lm.data.datamodule import build_datamodule
+    from lm.training.run import run
 
     hf_dir = tmp_path / "hf"
     tokenizer = BPETokenizer.train(corpus.read_text(), 300, ("<|endoftext|>",))

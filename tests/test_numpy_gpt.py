@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lm.tokenizers.bpe import ByteTokenizer
+from lm.cli import main as lm
 from lm.interop.hf import checkpoint_dict
 from lm.model import GPT, GPTConfig
 from lm.reference import numpy_gpt
 from lm.sampling import generate
+from lm.tokenizers.byte import ByteTokenizer
 
 VARIANTS = list(itertools.product(["learned", "sinusoidal"], [True, False], [True, False],
                                   ["gelu", "gelu_tanh"]))
@@ -61,12 +62,18 @@ def test_cli_greedy_text_equals_torch_greedy(tmp_path, capsys):
     torch.save(checkpoint_dict(model, tokenizer), tmp_path / "m.ckpt")
     prompt = torch.tensor([tokenizer.encode("hi")])  # (1, 2)
     expected = generate(model, prompt, max_new_tokens=20, temperature=0)  # crops past block_size
-    assert numpy_gpt.main([f"ckpt={tmp_path / 'm.ckpt'}", "prompt=hi", "max_new_tokens=20"]) == 0
-    assert capsys.readouterr().out == tokenizer.decode(expected[0].tolist()) + "\n"
+    argv = ["generate", f"ckpt={tmp_path / 'm.ckpt'}", "prompt=hi", "max_new_tokens=20",
+            "strategy=greedy"]
+    for backend in ("numpy", "torch"):  # the reference and lm/model.py print the same text
+        assert lm([*argv, f"backend={backend}"]) == 0
+        assert capsys.readouterr().out == tokenizer.decode(expected[0].tolist()) + "\n"
 
 
 def test_cli_errors_exit_2(tmp_path, capsys):
-    assert numpy_gpt.main(["prompt=hi"]) == 2
-    assert "ckpt=<path" in capsys.readouterr().err
-    assert numpy_gpt.main([f"ckpt={tmp_path / 'none.ckpt'}"]) == 2
+    assert lm(["generate", "prompt=hi", "strategy=greedy", "backend=numpy"]) == 2
+    assert "ckpt is required" in capsys.readouterr().err
+    assert lm(["generate", f"ckpt={tmp_path / 'none.ckpt'}", "strategy=greedy",
+               "backend=numpy"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert lm(["generate", f"ckpt={tmp_path / 'none.ckpt'}", "backend=numpy"]) == 2
+    assert "backend=numpy is invalid with strategy=top_k" in capsys.readouterr().err

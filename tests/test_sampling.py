@@ -1,5 +1,5 @@
 """generate() and beam_search(): greedy vs a hand loop, seeding, top-k, top-p, beams by hand,
-cropping, eos, stop strings, argument checks, and the lm/generate.py strategies."""
+cropping, eos, stop strings, argument checks, and the lm generate strategies."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from lm.training.checkpoint import load_checkpoint
 from lm.model import GPT, GPTConfig
 from lm.sampling import beam_search, cut_at_stop, generate, top_k_filter, top_p_filter
 from lm.tokenizers.char import CharTokenizer
+from lm.training.checkpoint import load_checkpoint
 
 V = 29
 
@@ -281,7 +281,10 @@ def ckpt(tmp_path):
 
 
 def test_cli_strategies(ckpt, capsys):
-    from lm.commands.generate import main
+    from lm.cli import main as lm
+
+    def main(argv):
+        return lm(["generate", *argv])
 
     base = [f"ckpt={ckpt}", "prompt=ROMEO:", "max_new_tokens=6"]
     assert main(base + ["strategy=top_p", "top_p=0.9", "num_samples=3"]) == 0
@@ -301,9 +304,11 @@ def test_cli_strategies(ckpt, capsys):
 
 
 def test_cli_greedy_and_stop_match_the_library(ckpt):
-    from lm.commands.generate import GenerateConfig, sample_texts
+    from lm.cli import settings
+    from lm.commands.generate import sample_texts
 
-    cfg = GenerateConfig(ckpt=str(ckpt), prompt="ROMEO:", max_new_tokens=12, strategy="greedy")
+    cfg = settings("generate", f"ckpt={ckpt}", "prompt=ROMEO:", "max_new_tokens=12",
+                   "strategy=greedy")
     (full,) = sample_texts(cfg)
     model, tokenizer, _ = load_checkpoint(ckpt)
     idx = torch.tensor([tokenizer.encode("ROMEO:")])

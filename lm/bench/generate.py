@@ -1,40 +1,41 @@
 """Benchmark: greedy generation tokens/s with and without the KV cache.
 
 ``model=small`` (conf/model/small.yaml, with GPT-2's gelu_tanh) with random weights and vocab 65 (Shakespeare
-characters), one prompt of ``--prompt`` tokens, ``--new`` new tokens, greedy.
+characters), one prompt of ``prompt_tokens`` tokens, ``new_tokens`` new tokens, greedy.
 Two context lengths: the config's block_size 64, shorter than 256 new tokens, so
 once the window is full the cache is rebuilt every step (as costly as no cache);
 and block_size 512, where all new tokens fit in the cache. If ``transformers``
 is importable, Hugging Face's ``GPT2LMHeadModel.generate`` (do_sample=False,
 use_cache=True) on the same weights (exported with ``lm.interop.hf``) is timed for
 reference, and its greedy tokens are checked against ours. Each
-variant runs once to warm up, then reports the best of ``--repeats`` runs.
+variant runs once to warm up, then reports the best of ``repeats`` runs.
 
-    python -m lm.bench.generate [--new 256] [--prompt 16] [--repeats 3] [--device cpu]
+    lm bench generate [new_tokens=256] [prompt_tokens=16] [repeats=3] [device=cpu]
+    (conf/bench_generate.yaml)
 """
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from omegaconf import OmegaConf
 
 from lm.model import GPT, GPTConfig
 from lm.sampling import generate
+from lm.training.config import compose_config
 
 VOCAB = 65
-SMALL = Path(__file__).resolve().parents[2] / "conf" / "model" / "small.yaml"
 
 
 def small_config(**overrides) -> GPTConfig:
-    """conf/model/small.yaml as a GPTConfig, vocab 65, with ``overrides``."""
-    fields = OmegaConf.to_container(OmegaConf.load(SMALL)) | {"vocab_size": VOCAB} | overrides
-    return GPTConfig(**fields)
+    """``model=small`` (composed as ``lm train`` composes it) as a GPTConfig, vocab 65,
+    with ``overrides``."""
+    cfg = compose_config(["model=small", f"paths.output_dir={tempfile.gettempdir()}"])
+    return GPTConfig(**OmegaConf.to_container(cfg.model) | {"vocab_size": VOCAB} | overrides)
 
 
 def best_tokens_per_sec(run: Callable[[], torch.Tensor], n_new: int, repeats: int) -> float:
@@ -85,33 +86,45 @@ def hugging_face(model: GPT, prompt: torch.Tensor, n_new: int, device: str):
     return run
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--new", type=int, default=256, help="new tokens per run")
-    parser.add_argument("--prompt", type=int, default=16, help="prompt tokens")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
-    prompt = torch.randint(0, VOCAB, (1, args.prompt), generator=torch.Generator().manual_seed(0))
-    prompt = prompt.to(args.device)  # (1, T)
+@dataclass
+class BenchGenerateConfig:
+    """The settings of ``lm bench generate``: their types. Defaults and meaning:
+    ``conf/bench_generate.yaml``."""
+
+    new_tokens: int
+    prompt_tokens: int
+    repeats: int
+    device: str
+
+
+def bench_generate(cfg: BenchGenerateConfig) -> int:
+    """``lm bench generate``: print greedy tokens/s per context length, with and without
+    the KV cache (and Hugging Face's, when ``transformers`` is installed).
+
+    Raises:
+        ValueError: a count below 1 (one line).
+    """
+    for key in ("new_tokens", "prompt_tokens", "repeats"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"{key}={getattr(cfg, key)} is invalid: must be an integer >= 1")
+    n_new, n_prompt = cfg.new_tokens, cfg.prompt_tokens
+    prompt = torch.randint(0, VOCAB, (1, n_prompt), generator=torch.Generator().manual_seed(0))
+    prompt = prompt.to(cfg.device)  # (1, T)
     print(f"greedy, model=small (4 layers, 4 heads, 128 wide, gelu_tanh), vocab {VOCAB}, "
-          f"prompt {args.prompt}, {args.new} new tokens, device {args.device}, "
+          f"prompt {n_prompt}, {n_new} new tokens, device {cfg.device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for block_size in (64, 512):
-        model = build(small_config(block_size=block_size, activation="gelu_tanh"), args.device)
+        model = build(small_config(block_size=block_size, activation="gelu_tanh"), cfg.device)
         for use_cache in (False, True):
-            rate = best_tokens_per_sec(ours(model, prompt, args.new, use_cache),
-                                       args.new, args.repeats)
+            rate = best_tokens_per_sec(ours(model, prompt, n_new, use_cache), n_new, cfg.repeats)
             cache = "KV cache" if use_cache else "no cache"
             print(f"lm       block_size={block_size:<4} {cache:9} {rate:8.1f} tokens/s")
-        run = hugging_face(model, prompt, args.new, args.device)
+        run = hugging_face(model, prompt, n_new, cfg.device)
         if run is None:
             print("hf GPT2LMHeadModel: transformers is not installed")
-        elif block_size >= args.prompt + args.new:  # HF has no sliding window past n_positions
-            rate = best_tokens_per_sec(run, args.new, args.repeats)
-            same = torch.equal(run(), ours(model, prompt, args.new, True)())
+        elif block_size >= n_prompt + n_new:  # HF has no sliding window past n_positions
+            rate = best_tokens_per_sec(run, n_new, cfg.repeats)
+            same = torch.equal(run(), ours(model, prompt, n_new, True)())
             print(f"hf GPT2  block_size={block_size:<4} {'KV cache':9} {rate:8.1f} tokens/s "
                   f"(same weights; same greedy tokens as lm: {same})")
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,21 +1,22 @@
 """Benchmark: BPE training time and encoding throughput, our readable path vs tiktoken.
 
 Trains `BPETokenizer` on the corpus (default: the Shakespeare corpus), then times
-encoding: our readable pure-Python `encode` on the first `--readable-mb` MB (with
+encoding: our readable pure-Python `encode` on the first `readable_mb` MB (with
 an empty chunk cache, as a fresh tokenizer has), and tiktoken (the same ranks,
 pattern and specials, via `to_tiktoken`) on the whole corpus. MB are 10^6 bytes
 of UTF-8 text. Also checks that both give the same ids on the slice.
 
-    python -m lm.bench.tokenizer [--vocab-size 4096] [--corpus path] [--readable-mb 1]
+    lm bench tokenizer [vocab_size=4096] [corpus=<path>] [readable_mb=1]   (conf/bench_tokenizer.yaml)
 """
 
-import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from lm.tokenizers.bpe import BPETokenizer
 from lm.data.corpus import shakespeare_text
 from lm.data.tokens import split_text
+from lm.errors import first_line
+from lm.tokenizers.bpe import BPETokenizer
 
 MB = 1e6
 
@@ -61,18 +62,38 @@ def bench_tokenizers(text: str, vocab_size: int = 4096, readable_mb: float = 1.0
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size")
-    parser.add_argument("--corpus", type=Path, help="UTF-8 text file (default: Shakespeare)")
-    parser.add_argument("--data-dir", default="data", help="where the Shakespeare corpus is cached")
-    parser.add_argument("--readable-mb", type=float, default=1.0, help="MB for the readable path")
-    args = parser.parse_args(argv)
-    if args.corpus is None:
-        name, text = "shakespeare", shakespeare_text(args.data_dir)
+@dataclass
+class BenchTokenizerConfig:
+    """The settings of ``lm bench tokenizer``: their types. Defaults and meaning:
+    ``conf/bench_tokenizer.yaml``."""
+
+    vocab_size: int
+    corpus: str | None
+    data_dir: str
+    readable_mb: float
+
+
+def read_corpus(path: Path) -> str:
+    """The UTF-8 text of ``path`` (ValueError: one line)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"corpus={path} cannot be read as UTF-8 text: {first_line(err)}") from None
+
+
+def bench_tokenizer(cfg: BenchTokenizerConfig) -> int:
+    """``lm bench tokenizer``: print BPE training time, encode MB/s and the parity checks.
+
+    Raises:
+        ValueError, DataError: a corpus that cannot be read, a bad size (one line).
+    """
+    if cfg.readable_mb <= 0:
+        raise ValueError(f"readable_mb={cfg.readable_mb} is invalid: must be > 0")
+    if cfg.corpus is None:
+        name, text = "shakespeare", shakespeare_text(cfg.data_dir)
     else:
-        name, text = str(args.corpus), args.corpus.read_text(encoding="utf-8")
-    r = bench_tokenizers(text, args.vocab_size, args.readable_mb)
+        name, text = cfg.corpus, read_corpus(Path(cfg.corpus))
+    r = bench_tokenizers(text, cfg.vocab_size, cfg.readable_mb)
     print(f"corpus: {name}, {r['corpus_mb']:.2f} MB")
     print(f"BPE training: {r['train_s']:.1f} s to vocab_size {r['vocab_size']}")
     print(f"tokens: {r['n_tokens']} ({r['bytes_per_token']:.2f} bytes/token)")
@@ -82,7 +103,4 @@ def main(argv: list[str] | None = None) -> None:
     print(f"readable == tiktoken on the slice: {r['readable_equals_tiktoken']}")
     print(f"readable == tiktoken on the whole validation split ({r['val_chars']:,} chars): "
           f"{r['val_equal']}")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -2,26 +2,26 @@
 
 Both train ``model=small`` with the same model, optimizer, schedule, gradient
 clipping and batches; runs alternate so drift in the machine's speed hits both.
-Tokens/s is measured over the steady state (steps ``--skip`` to ``--steps``), so
+Tokens/s is measured over the steady state (steps ``skip`` to ``steps``), so
 start-up and the final validation are left out. Prints each run, the medians and
 their ratio (harness / plain; we aim for >= 0.95).
 
-    python -m lm.bench.train [--steps 300] [--repeats 3] [--model small]
+    lm bench train [steps=300] [skip=20] [repeats=5] [model=small]   (conf/bench_train.yaml)
 """
 
-import argparse
 import contextlib
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 
 import hydra
 import lightning as L
 import torch
 
-from lm.training.config import compose_config, validate
 from lm.hook_points import HookPoint
 from lm.model import GPT
+from lm.training.config import compose_config, validate
 from lm.training.module import param_groups
 
 
@@ -42,8 +42,8 @@ def bench_harness(overrides: list[str], skip: int) -> float:
     """Tokens/s of ``lm.training.run.run`` with ``overrides`` over steps (skip, max_steps]."""
     from lm.training.run import run
 
-    with tempfile.TemporaryDirectory() as out:
-        cfg = compose_config([*overrides, f"paths.output_dir={out}"])
+    with tempfile.TemporaryDirectory() as out:  # its own registry: never skipped, nothing left
+        cfg = compose_config([*overrides, f"paths.output_dir={out}", f"tracking.registry_dir={out}"])
         timer = StepTimer(skip)
         run(cfg, extra_callbacks=[timer])
     steps = cfg.trainer.max_steps - skip
@@ -52,11 +52,11 @@ def bench_harness(overrides: list[str], skip: int) -> float:
 
 def bench_plain(overrides: list[str], skip: int) -> float:
     """Tokens/s of a plain PyTorch loop doing the same work as the harness."""
-    from lm.training.run import build_datamodule
+    from lm.data.datamodule import build_datamodule
 
     with tempfile.TemporaryDirectory() as out:
         cfg = compose_config([*overrides, f"paths.output_dir={out}"])
-    model_config = validate(cfg)
+    model_config = validate(cfg).model_config
     dm = build_datamodule(cfg)
     model_config.vocab_size = dm.tokenizer.vocab_size
     torch.manual_seed(cfg.seed)
@@ -109,36 +109,47 @@ def bench_hook_points(overrides: list[str], skip: int, repeats: int) -> tuple[fl
     return statistics.median(with_points), statistics.median(without)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300, help="training steps per run")
-    parser.add_argument("--skip", type=int, default=20, help="warm-up steps left out of timing")
-    parser.add_argument("--repeats", type=int, default=5, help="runs of each, alternating")
-    parser.add_argument("--model", default="small", help="conf/model option")
-    args = parser.parse_args(argv)
+@dataclass
+class BenchTrainConfig:
+    """The settings of ``lm bench train``: their types. Defaults and meaning:
+    ``conf/bench_train.yaml``."""
+
+    steps: int
+    skip: int
+    repeats: int
+    model: str
+
+
+def bench_train(cfg: BenchTrainConfig) -> int:
+    """``lm bench train``: print tokens/s of each run, the medians and their ratios.
+
+    Raises:
+        ValueError: ``skip`` not in [0, steps) or ``repeats`` < 1 (one line).
+    """
+    if not 0 <= cfg.skip < cfg.steps:
+        raise ValueError(f"skip={cfg.skip} is invalid: must be in [0, steps={cfg.steps})")
+    if cfg.repeats < 1:
+        raise ValueError(f"repeats={cfg.repeats} is invalid: must be an integer >= 1")
     overrides = [
-        f"model={args.model}", f"trainer.max_steps={args.steps}",
-        f"trainer.val_check_interval={args.steps}", "sample.max_new_tokens=0",
+        f"model={cfg.model}", f"trainer.max_steps={cfg.steps}",
+        f"trainer.val_check_interval={cfg.steps}", "sample.max_new_tokens=0",
         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
     ]
-    print(f"benchmark: model={args.model}, {args.steps} steps, timed after step {args.skip}, "
-          f"{args.repeats} alternating repeats, {torch.get_num_threads()} torch threads")
+    print(f"benchmark: model={cfg.model}, {cfg.steps} steps, timed after step {cfg.skip}, "
+          f"{cfg.repeats} alternating repeats, {torch.get_num_threads()} torch threads")
     harness, plain = [], []
-    for i in range(args.repeats):
-        plain.append(bench_plain(overrides, args.skip))
+    for i in range(cfg.repeats):
+        plain.append(bench_plain(overrides, cfg.skip))
         print(f"  repeat {i + 1}: plain loop {plain[-1]:9.0f} tokens/s", flush=True)
-        harness.append(bench_harness(overrides, args.skip))
+        harness.append(bench_harness(overrides, cfg.skip))
         print(f"  repeat {i + 1}: harness    {harness[-1]:9.0f} tokens/s", flush=True)
     h, p = statistics.median(harness), statistics.median(plain)
     print(f"plain loop (median): {p:9.0f} tokens/s")
     print(f"harness    (median): {h:9.0f} tokens/s")
     print(f"ratio harness/plain: {h / p:.3f} (target >= 0.95)")
     print("hook points: hooks=none against the same model without hook points (plain loop)")
-    with_points, without = bench_hook_points(overrides, args.skip, args.repeats)
+    with_points, without = bench_hook_points(overrides, cfg.skip, cfg.repeats)
     print(f"with hook points (median):    {with_points:9.0f} tokens/s")
     print(f"without hook points (median): {without:9.0f} tokens/s")
     print(f"ratio with/without: {with_points / without:.3f}")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,25 +1,25 @@
-"""Print every hook point of a model with its activation shape: ``python lm/inspect.py [overrides]``.
+"""Print every hook point of a model with its activation shape: ``lm inspect [overrides]``.
 
-The model comes from the composed config (``conf/train.yaml`` + overrides, as
-``lm/train.py`` composes it) and runs one batch of 1 x block_size zeros on the CPU.
-A third column names the configured hooks (``hooks=...``) attached at each point.
+The model comes from the training config (``conf/inspect.yaml`` composes
+``conf/train.yaml`` with the overrides ``lm train`` takes) and runs one batch of
+1 x block_size zeros on the CPU. A third column names the configured hooks
+(``hooks=...``) attached at each point.
 
 Examples:
-    python lm/inspect.py model=small
-    python lm/inspect.py model=tiny 'hooks=[resid_noise,z_loss]'
+    lm inspect model=small
+    lm inspect model=tiny 'hooks=[resid_noise,z_loss]'
 """
 
 import dataclasses
-import sys
-from collections.abc import Sequence
 
 import torch
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from lm.training.config import ConfigError, compose_config
+from lm.errors import ConfigError, first_line
 from lm.hooks import ForwardHook, build_hooks
 from lm.model import GPT, GPTConfig
+from lm.training.config import unknown_key
 
 PLACEHOLDER_VOCAB = 256
 
@@ -32,14 +32,19 @@ def hook_shapes(model: GPT) -> dict[str, tuple[int, ...]]:
     return {name: tuple(act.shape) for name, act in cache.items()}
 
 
-def main(overrides: Sequence[str]) -> int:
+def inspect_command(cfg: DictConfig) -> int:
+    """``lm inspect``: print a header line, then ``name  shape  hooks`` per hook point.
+
+    Raises:
+        ValueError: one line, for a bad model or hook setting.
+    """
+    if problem := unknown_key(cfg):
+        raise ConfigError(problem)
     try:
-        cfg = compose_config([*overrides, "paths.output_dir=."])
         config = GPTConfig(**OmegaConf.to_container(cfg.model, resolve=True))
         hooks = build_hooks(cfg)
-    except (ConfigError, ValueError, HydraException) as err:
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 2
+    except HydraException as err:  # a hook's _target_ that cannot be instantiated
+        raise ConfigError(first_line(err)) from None
     note = ""
     if config.vocab_size is None:  # set from the tokenizer at train time; no data is read here
         config = dataclasses.replace(config, vocab_size=PLACEHOLDER_VOCAB)
@@ -57,7 +62,3 @@ def main(overrides: Sequence[str]) -> int:
     for name, shape in shapes.items():
         print(f"{name:<{width}}  {shape!s:<20}  {', '.join(attached.get(name, []))}".rstrip())
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

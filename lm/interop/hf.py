@@ -7,9 +7,9 @@ A Hugging Face GPT-2 directory holds ``config.json``, the weights
 one layout change: GPT-2's ``Conv1D`` stores a weight as (in, out), ``nn.Linear``
 as (out, in), so ``c_attn``, ``c_proj`` and ``c_fc`` weights are transposed.
 
-Command line:
-    python -m lm.interop.hf import <hf_dir> <out.ckpt>   # a checkpoint lm/generate.py reads
-    python -m lm.interop.hf export <in.ckpt> <hf_dir>    # a directory from_pretrained reads
+Command line (``conf/convert.yaml``):
+    lm convert direction=import hf_dir=<dir> ckpt=<out.ckpt>   # a checkpoint lm generate reads
+    lm convert direction=export ckpt=<in.ckpt> hf_dir=<dir>    # a directory from_pretrained reads
 
 Sources: Radford et al. 2019 (GPT-2); Hugging Face ``transformers``
 ``models/gpt2/modeling_gpt2.py`` (``Conv1D``, ``GPT2Config``); nanoGPT
@@ -19,14 +19,13 @@ Sources: Radford et al. 2019 (GPT-2); Hugging Face ``transformers``
 from __future__ import annotations
 
 import json
-import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from lm.tokenizers.bpe import BPETokenizer
+from lm.tokenizers import BPETokenizer, Tokenizer
 from lm.training.checkpoint import load_checkpoint, state_problems
 from lm.model import GPT, GPTConfig
 
@@ -210,9 +209,9 @@ def init_from_hf(module_or_model: nn.Module, directory: str | Path) -> GPT:
 # --- writing a Hugging Face directory ---------------------------------------------------
 
 
-def hf_config_from_gpt(config: GPTConfig, tokenizer: object = None) -> dict:
+def hf_config_from_gpt(config: GPTConfig, tokenizer: Tokenizer | None = None) -> dict:
     """The ``config.json`` dict of GPT2LMHeadModel for our ``config``."""
-    eos = getattr(tokenizer, "eos_id", None)
+    eos = None if tokenizer is None else tokenizer.eos_id
     return {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
         "vocab_size": config.vocab_size, "n_positions": config.block_size,
@@ -255,7 +254,7 @@ def save_hf_tokenizer(tokenizer: BPETokenizer, directory: Path) -> None:
     (directory / "vocab.bpe").replace(directory / "merges.txt")
 
 
-def export_hf_gpt2(model: GPT, directory: str | Path, tokenizer: object = None) -> Path:
+def export_hf_gpt2(model: GPT, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:
     """Write ``model`` as a Hugging Face GPT-2 directory (``config.json`` +
     ``model.safetensors``, float32), plus ``vocab.json`` + ``merges.txt`` when
     ``tokenizer`` is a ``BPETokenizer`` (other tokenizers have no GPT-2 file format
@@ -277,7 +276,7 @@ def export_hf_gpt2(model: GPT, directory: str | Path, tokenizer: object = None) 
 # --- checkpoints and the command line -----------------------------------------------------
 
 
-def checkpoint_dict(model: GPT, tokenizer: object, run_config: dict | None = None) -> dict:
+def checkpoint_dict(model: GPT, tokenizer: Tokenizer, run_config: dict | None = None) -> dict:
     """A dict ``lm.training.checkpoint.load_checkpoint`` reads: weights under ``model.``, configs,
     tokenizer."""
     return {
@@ -304,22 +303,31 @@ def export_command(ckpt: str, hf_dir: str) -> str:
     return f"wrote {hf_dir}{note}"
 
 
-USAGE = "usage: python -m lm.interop.hf import <hf_dir> <out.ckpt> | export <in.ckpt> <hf_dir>"
+@dataclass
+class ConvertConfig:
+    """The settings of ``lm convert``: their types. Meaning: ``conf/convert.yaml``."""
+
+    direction: str
+    hf_dir: str
+    ckpt: str
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    commands = {"import": import_command, "export": export_command}
-    if len(argv) != 3 or argv[0] not in commands:
-        print(USAGE, file=sys.stderr)
-        return 2
+def convert_command(cfg: ConvertConfig) -> int:
+    """``lm convert``: import (``hf_dir`` -> ``ckpt``) or export (``ckpt`` -> ``hf_dir``);
+    print what was written.
+
+    Raises:
+        ValueError: one line: an unknown direction, a directory or checkpoint that
+            cannot be read, or a destination that cannot be written.
+    """
+    if cfg.direction not in ("import", "export"):
+        raise ValueError(f"direction={cfg.direction} is invalid: must be import (hf_dir -> "
+                         "ckpt) or export (ckpt -> hf_dir)")
     try:
-        print(commands[argv[0]](argv[1], argv[2]))
-    except (ValueError, OSError) as err:  # CheckpointError is a ValueError
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        if cfg.direction == "import":
+            print(import_command(cfg.hf_dir, cfg.ckpt))
+        else:
+            print(export_command(cfg.ckpt, cfg.hf_dir))
+    except OSError as err:  # CheckpointError is a ValueError, raised as it is
+        raise ValueError(f"{err.filename or cfg.hf_dir}: {err.strerror or err}") from None
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
-"""Two-moons binary classification with the scalar engine: micrograd's demo, as a script.
+"""Two-moons binary classification with the scalar engine: micrograd's demo, as a command.
 
-    python -m lm.reference.classify [--steps 100] [--seed 0] [--out outputs/reference/moons.png]
+    lm classify [steps=100] [seed=0] [out=outputs/reference/moons.png]   (conf/classify.yaml)
 
 Reference: micrograd ``demo.ipynb`` (Karpathy): an ``MLP(2, [16, 16, 1])`` trained
 full batch on 100 noisy two-moons points with the SVM max-margin loss
@@ -11,10 +11,10 @@ scikit-learn's ``make_moons``, written here with NumPy.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ import numpy as np
 from lm.reference.autograd import Value
 from lm.reference.nn import MLP
 
-DATA_SEED = 1337  # the data set is fixed; --seed only changes the network's initialisation
+DATA_SEED = 1337  # the data set is fixed; the seed key only changes the network's initialisation
 ALPHA = 1e-4  # L2 regularisation strength (micrograd's demo)
 
 
@@ -125,33 +125,40 @@ def plot_decision_boundary(model: MLP, X: np.ndarray, y: np.ndarray, out: Path, 
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int | None:
-    """Train on two moons, plot the decision boundary, return the step 100% accuracy was reached.
+@dataclass
+class ClassifyConfig:
+    """The settings of ``lm classify``: their types. Defaults and meaning:
+    ``conf/classify.yaml``."""
+
+    steps: int
+    seed: int
+    out: str
+
+
+def demo(cfg: ClassifyConfig) -> int | None:
+    """Train on two moons, plot the decision boundary to ``cfg.out``; return the step
+    100% accuracy was reached, or None.
 
     Raises:
-        SystemExit: (from argparse) on bad arguments, including ``--steps`` < 1.
+        ValueError: ``steps`` < 1 (one line).
     """
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100, help="SGD steps (full batch)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the MLP initialisation")
-    parser.add_argument("--out", type=Path, default=Path("outputs/reference/moons.png"))
-    args = parser.parse_args(argv)
-    if args.steps < 1:
-        parser.error(f"--steps={args.steps}: need at least 1 step")
-
+    if cfg.steps < 1:
+        raise ValueError(f"steps={cfg.steps} is invalid: must be an integer >= 1")
     start = time.perf_counter()
     X, y = make_moons()
-    model = MLP(2, [16, 16, 1], seed=args.seed)
+    model = MLP(2, [16, 16, 1], seed=cfg.seed)
     with cyclic_gc_paused():
-        reached = train(model, X.tolist(), y.tolist(), args.steps)
+        reached = train(model, X.tolist(), y.tolist(), cfg.steps)
         if reached is None:
-            print(f"did not reach 100% accuracy in {args.steps} steps")
+            print(f"did not reach 100% accuracy in {cfg.steps} steps")
         else:
             print(f"reached 100% accuracy at step {reached}")
-        plot_decision_boundary(model, X, y, args.out)
-    print(f"wrote {args.out} ({time.perf_counter() - start:.1f} s)")
+        plot_decision_boundary(model, X, y, Path(cfg.out))
+    print(f"wrote {cfg.out} ({time.perf_counter() - start:.1f} s)")
     return reached
 
 
-if __name__ == "__main__":
-    main()
+def classify_command(cfg: ClassifyConfig) -> int:
+    """``lm classify``: the demo; exit code 0 whether or not it reached 100% accuracy."""
+    demo(cfg)
+    return 0

@@ -9,9 +9,10 @@ activations (exact GELU and GPT-2's tanh approximation).
 Shape letters: B batch, T time, C channels (n_embd), H heads, Dh head dim (C // H),
 V vocab.
 
-Command line (greedy decoding from a checkpoint written by ``lm/train.py`` or
-``python -m lm.interop.hf import``):
-    python -m lm.reference.numpy_gpt ckpt=<path> prompt="ROMEO:" max_new_tokens=50
+Command line: ``lm generate`` with ``backend=numpy`` decodes greedily with this forward
+pass, from any checkpoint ``lm generate`` reads; ``backend=torch`` (the default) with
+``strategy=greedy`` should print the same text:
+    lm generate ckpt=<path> prompt="ROMEO:" max_new_tokens=50 strategy=greedy backend=numpy
 
 Sources: Radford et al. 2019 (GPT-2); Vaswani et al. 2017 (attention, sinusoidal
 positions); Hendrycks & Gimpel 2016 (GELU); Ba et al. 2016 (layer norm);
@@ -21,7 +22,6 @@ Jay Mody, "GPT in 60 Lines of NumPy" (picoGPT).
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 
@@ -147,43 +147,3 @@ def generate_greedy(idx: np.ndarray, p: Params, config: GPTConfig, max_new_token
         nxt = logits[:, -1, :].argmax(axis=-1)[:, None]  # (B, 1)
         idx = np.concatenate([idx, nxt], axis=1)  # (B, T + 1)
     return idx
-
-
-def parse_args(argv: list[str]) -> dict:
-    """``ckpt=<path> [prompt=...] [max_new_tokens=N]`` (ValueError: one line)."""
-    args = {"ckpt": None, "prompt": "\n", "max_new_tokens": "50"}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in args:
-            raise ValueError(f"{arg!r} is not key=value with a key in {list(args)}")
-        args[key] = value
-    if not args["ckpt"]:
-        raise ValueError("ckpt=<path to a .ckpt> is required")
-    try:
-        args["max_new_tokens"] = int(args["max_new_tokens"])
-    except ValueError:
-        raise ValueError(f"max_new_tokens={args['max_new_tokens']} must be an integer") from None
-    if args["max_new_tokens"] < 0:
-        raise ValueError(f"max_new_tokens={args['max_new_tokens']} must be >= 0")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    from lm.training.checkpoint import load_checkpoint
-
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        args = parse_args(argv)
-        model, tokenizer, _ = load_checkpoint(args["ckpt"], nonfinite="error")
-    except ValueError as err:  # CheckpointError is a ValueError
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    ids = tokenizer.encode(args["prompt"]) or [tokenizer.eos_id]
-    out = generate_greedy(np.array([ids]), numpy_state_dict(model), model.config,
-                          args["max_new_tokens"])  # (1, T + n)
-    print(tokenizer.decode(out[0].tolist()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
