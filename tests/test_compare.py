@@ -1,4 +1,4 @@
-"""lm/compare.py: grouping by seed, config diffs, Welch statistics, flags, report files.
+"""lm compare: grouping by seed, config diffs, Welch statistics, flags, report files.
 
 Run dirs are fabricated (config.yaml, run.json, a few val/loss events); nothing trains.
 """
@@ -285,7 +285,7 @@ def test_report_files_hold_the_run_json_values(tmp_path, capsys):
         assert row["val_loss_std"] == row["ci_low"] == row["p"] == ""  # n = 1
     assert float(rows[1]["diff"]) == pytest.approx(2.125 - 2.25)
     report = (out / "report.md").read_text()
-    assert "python lm/compare.py" in report and "model.n_layer: 2 -> 4" in report
+    assert "lm compare" in report and "model.n_layer: 2 -> 4" in report
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -1,4 +1,4 @@
-"""lm/sweep.py: summary.csv and summary.md of a fabricated multirun dir."""
+"""lm/analysis/sweep_summary.py: summary.csv and summary.md of a fabricated multirun dir."""
 
 import csv
 

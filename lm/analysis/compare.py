@@ -1,6 +1,8 @@
 """Compare runs honestly: a baseline against its ablations, averaged over seeds.
 
-    python lm/compare.py PATHS... [--baseline SPEC] [--strict] [--out DIR]
+    lm compare PATHS... [--baseline SPEC] [--strict] [--out DIR]
+
+(Flags, not Hydra settings: PATHS are what to compare, not a config.)
 
 PATHS are run dirs, sweep dirs or dirs holding runs (every dir below with a
 ``run.json``), or quoted globs (``'outputs/runs/2026-11-21/*'``). Runs whose resolved
@@ -29,37 +31,34 @@ Exit code 2 with one ``error:`` line for a path or baseline that matches no run,
 no run can be read.
 """
 
-import sys
-from pathlib import Path
-
-
 import argparse
 import datetime as dt
 import glob
-import hashlib
 import json
 import math
 import re
 import shlex
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import OmegaConf
 from scipy import stats
 
-from lm.errors import first_line
 from lm.analysis.sweep_summary import (
     find_run_dirs,
     fmt,
     job_number,
     markdown_table,
     metric,
-    read_record,
     write_csv,
 )
-from lm.training.registry import code_version, hashable_config
+from lm.errors import first_line
+from lm.training.record import load_record
+from lm.training.registry import canonical_sha256, code_version, hashable_config
 
 ABSENT = "(absent)"  # a key one config has and the other lacks
 
@@ -157,12 +156,12 @@ def load_run(run_dir: Path) -> Run:
 
 
 def safe_record(run_dir: Path) -> dict:
-    """``read_record(run_dir)``, or UnreadableRun naming what is wrong with ``run.json``."""
+    """``load_record(run_dir)``, or UnreadableRun naming what is wrong with ``run.json``."""
     path = run_dir / "run.json"
     if path.is_file() and path.stat().st_size == 0:
         raise UnreadableRun(f"{path} is empty (0 bytes)")
     try:
-        record = read_record(run_dir)
+        record = load_record(run_dir)
     except OSError as err:
         raise UnreadableRun(f"{path} could not be read ({first_line(err)})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -221,8 +220,7 @@ def without_seed(config: dict) -> dict:
 
 def group_key(config: dict) -> str:
     """SHA-256 of the canonical JSON of the hashable config without ``seed``."""
-    canonical = json.dumps(without_seed(config), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return canonical_sha256(without_seed(config))
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
@@ -327,17 +325,6 @@ def select_baseline(groups: Sequence[Group], spec: str | None) -> Group:
 
 
 # --- config differences ----------------------------------------------------------------
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay whole values."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def config_diff(base: dict, other: dict) -> list[tuple[str, Any, Any]]:
@@ -624,7 +611,7 @@ def write_report(result: dict[str, Any], out: Path, command: str) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python lm/compare.py", description=__doc__.split("\n\n")[0],
+        prog="lm compare", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="run dirs, sweep dirs, dirs holding runs, or quoted globs")
@@ -650,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in result["unreadable"]:
         print(f"warning: excluded from the comparison: {line}", file=sys.stderr)
     out = args.out or default_out_dir(args.paths[0])
-    command = shlex.join(["python", "lm/compare.py", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(["lm", "compare", *(argv if argv is not None else sys.argv[1:])])
     print(write_report(result, out, command))
     if args.strict and result["ablation_flags"]:
         print(f"error: {len(result['ablation_flags'])} group(s) change more than one key "

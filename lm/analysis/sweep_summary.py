@@ -1,6 +1,6 @@
 """Sweep summaries: one row per job of a multirun, written when the multirun ends.
 
-A multirun (``python lm/train.py -m ...``) writes one dir per job,
+A multirun (``lm train -m ...``) writes one dir per job,
 ``outputs/multirun/<date>/<time>/<job>-<hash8>/``. ``write_summary`` reads their
 ``run.json`` files and writes ``summary.csv`` and ``summary.md`` into the sweep dir;
 ``SweepSummary`` is the Hydra callback that calls it after the last job. Enable it in
@@ -11,15 +11,16 @@ A multirun (``python lm/train.py -m ...``) writes one dir per job,
         sweep_summary:
           _target_: lm.analysis.sweep_summary.SweepSummary
 
-Each job's TensorBoard events already carry an hparams summary (``lm/train.py``), so
+Each job's TensorBoard events already carry an hparams summary (written by the run), so
 ``tensorboard --logdir <sweep dir>`` shows the swept values beside ``val/loss`` in its
-HParams tab. For means over seeds and confidence intervals, use ``lm/compare.py``.
+HParams tab. For means over seeds and confidence intervals, use ``lm compare``.
 
-This module is imported by Hydra at start-up, so it imports nothing heavy.
+This module is imported by Hydra at start-up, so it imports nothing heavy; that is why
+the table helpers ``lm compare`` shares (``fmt``, ``markdown_table``, ``write_csv``,
+``find_run_dirs``) live here and ``compare.py`` imports them, not the other way round.
 """
 
 import csv
-import json
 import logging
 import math
 import re
@@ -29,6 +30,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from lm.training.record import read_record
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +61,6 @@ def find_run_dirs(root: str | Path) -> list[Path]:
     return sorted((p.parent for p in root.rglob("run.json")), key=run_sort_key)
 
 
-def read_record(run_dir: Path) -> dict:
-    """The ``run.json`` of ``run_dir`` as a dict.
-
-    Raises:
-        OSError, json.JSONDecodeError: the file cannot be read or is not JSON.
-    """
-    return json.loads((run_dir / "run.json").read_text())
-
-
 def metric(record: dict, kind: str, key: str) -> float | None:
     """``record["metrics"][kind][key]`` (kind: final | best), or None when not recorded."""
     value = (record.get("metrics") or {}).get(kind, {}).get(key)
@@ -76,12 +70,7 @@ def metric(record: dict, kind: str, key: str) -> float | None:
 def summary_row(sweep_dir: Path, run_dir: Path) -> dict[str, Any]:
     """One summary row (keys ``SUMMARY_COLUMNS``) for the job in ``run_dir``; a
     ``run.json`` that cannot be read gives a row with status ``unreadable``."""
-    try:
-        record = read_record(run_dir)
-    except (OSError, ValueError):
-        record = {"status": "unreadable"}
-    if not isinstance(record, dict):
-        record = {"status": "unreadable"}
+    record = read_record(run_dir) or {"status": "unreadable"}
     return {
         "job": job_number(run_dir),
         "hash8": record.get("hash8"),
@@ -142,7 +131,7 @@ def summary_markdown(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
         f"Overrides all jobs share: {shared}.\n\n"
         f"{markdown_table(header, cells)}\n\n"
         f"Curves and the HParams tab: `tensorboard --logdir {sweep_dir}`.\n"
-        f"Means over seeds with confidence intervals: `python lm/compare.py {sweep_dir}`.\n"
+        f"Means over seeds with confidence intervals: `lm compare {sweep_dir}`.\n"
     )
 
 

@@ -37,7 +37,14 @@ from lm.interop.hf import init_from_hf
 from lm.model import GPTConfig
 from lm.tokenizers import Tokenizer
 from lm.training.callbacks import AtomicCheckpointIO, LastCheckpoint, instantiate_callbacks
-from lm.training.config import CONF_DIR, Validated, check_overrides, register_configs, validate
+from lm.training.config import (
+    CONF_DIR,
+    Validated,
+    check_overrides,
+    register_configs,
+    split_argv,
+    validate,
+)
 from lm.training.module import Diverged, LMModule
 from lm.training.record import RunRecord
 from lm.training.registry import (
@@ -315,6 +322,8 @@ def command(argv: Sequence[str]) -> int:
     if problem := check_overrides(list(argv)):
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    sys.argv = [sys.argv[0], *argv]  # @hydra.main reads its overrides from sys.argv
+    overrides, _ = split_argv(argv)
+    flags = [a for a in argv if a not in overrides]  # Hydra's parser wants flags first
+    sys.argv = [sys.argv[0], *flags, *overrides]  # @hydra.main reads sys.argv
     main()
     return 0
