@@ -71,13 +71,13 @@ COMMANDS: dict[str, Command] = {
 
 BENCHMARKS: dict[str, Command] = {  # lm bench <name> [settings]
     "train": Command("tokens/s: the harness against a plain PyTorch loop",
-                     "lm.bench.train:bench_train", "bench_train", "lm.bench.train:BenchTrainConfig"),
+                     "lm.bench.train:bench_train", "bench_train", "lm.bench:BenchTrainConfig"),
     "tokenizer": Command("BPE training time and encode MB/s against tiktoken",
                          "lm.bench.tokenizer:bench_tokenizer", "bench_tokenizer",
-                         "lm.bench.tokenizer:BenchTokenizerConfig"),
+                         "lm.bench:BenchTokenizerConfig"),
     "generate": Command("greedy tokens/s with and without the KV cache",
                         "lm.bench.generate:bench_generate", "bench_generate",
-                        "lm.bench.generate:BenchGenerateConfig"),
+                        "lm.bench:BenchGenerateConfig"),
 }
 
 

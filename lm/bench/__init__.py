@@ -1,0 +1,35 @@
+"""Benchmarks (``lm bench <name>``): each measures its variants alternately, in one run,
+and prints them side by side. The settings of each, typed here; their defaults and
+meaning are in ``conf/bench_<name>.yaml``."""
+
+from dataclasses import dataclass
+
+
+@dataclass
+class BenchTrainConfig:
+    """``lm bench train``: the harness against a plain PyTorch loop."""
+
+    steps: int
+    skip: int
+    repeats: int
+    model: str
+
+
+@dataclass
+class BenchTokenizerConfig:
+    """``lm bench tokenizer``: BPE training time and encode MB/s."""
+
+    vocab_size: int
+    corpus: str | None
+    data_dir: str
+    readable_mb: float
+
+
+@dataclass
+class BenchGenerateConfig:
+    """``lm bench generate``: greedy tokens/s with and without the KV cache."""
+
+    new_tokens: int
+    prompt_tokens: int
+    repeats: int
+    device: str

@@ -19,11 +19,11 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from omegaconf import OmegaConf
 
+from lm.bench import BenchGenerateConfig
 from lm.model import GPT, GPTConfig
 from lm.sampling import generate
 from lm.training.config import compose_config
@@ -85,16 +85,6 @@ def hugging_face(model: GPT, prompt: torch.Tensor, n_new: int, device: str):
 
     return run
 
-
-@dataclass
-class BenchGenerateConfig:
-    """The settings of ``lm bench generate``: their types. Defaults and meaning:
-    ``conf/bench_generate.yaml``."""
-
-    new_tokens: int
-    prompt_tokens: int
-    repeats: int
-    device: str
 
 
 def bench_generate(cfg: BenchGenerateConfig) -> int:

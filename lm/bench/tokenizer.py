@@ -10,9 +10,9 @@ of UTF-8 text. Also checks that both give the same ids on the slice.
 """
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from lm.bench import BenchTokenizerConfig
 from lm.data.corpus import shakespeare_text
 from lm.data.tokens import split_text
 from lm.errors import first_line
@@ -61,16 +61,6 @@ def bench_tokenizers(text: str, vocab_size: int = 4096, readable_mb: float = 1.0
         "readable_equals_tiktoken": readable_ids == enc.encode(part, allowed_special="all"),
     }
 
-
-@dataclass
-class BenchTokenizerConfig:
-    """The settings of ``lm bench tokenizer``: their types. Defaults and meaning:
-    ``conf/bench_tokenizer.yaml``."""
-
-    vocab_size: int
-    corpus: str | None
-    data_dir: str
-    readable_mb: float
 
 
 def read_corpus(path: Path) -> str:

@@ -13,12 +13,12 @@ import contextlib
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
 
 import hydra
 import lightning as L
 import torch
 
+from lm.bench import BenchTrainConfig
 from lm.hook_points import HookPoint
 from lm.model import GPT
 from lm.training.config import compose_config, validate
@@ -108,16 +108,6 @@ def bench_hook_points(overrides: list[str], skip: int, repeats: int) -> tuple[fl
               f"none {without[-1]:9.0f} tokens/s", flush=True)
     return statistics.median(with_points), statistics.median(without)
 
-
-@dataclass
-class BenchTrainConfig:
-    """The settings of ``lm bench train``: their types. Defaults and meaning:
-    ``conf/bench_train.yaml``."""
-
-    steps: int
-    skip: int
-    repeats: int
-    model: str
 
 
 def bench_train(cfg: BenchTrainConfig) -> int:

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lm.model import GPT, GPTConfig
 from lm.tokenizers import BPETokenizer, Tokenizer
 from lm.training.checkpoint import load_checkpoint, state_problems
-from lm.model import GPT, GPTConfig
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 IGNORED_BUFFERS = (".attn.bias", ".attn.masked_bias")  # GPT-2's causal-mask buffers, not weights

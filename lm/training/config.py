@@ -33,7 +33,6 @@ from lm.hooks.base import Hook
 from lm.hooks.build import build_hooks, hook_order
 from lm.model import GPTConfig
 
-
 # The schema gives each key its type; its value is written once, in conf/ (with its
 # purpose and range beside it), so a field that a YAML file always sets has no default
 # here (OmegaConf reads it as MISSING, ``???``, until the YAML fills it in). A default
