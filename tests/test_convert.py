@@ -5,8 +5,6 @@ import json
 import pytest
 import torch
 
-from lm.tokenizers.bpe import BPETokenizer
-from lm.training.checkpoint import load_checkpoint
 from lm.cli import main as lm
 from lm.interop.hf import (
     export_hf_gpt2,
@@ -16,6 +14,8 @@ from lm.interop.hf import (
 )
 from lm.model import GPT, GPTConfig
 from lm.sampling import generate
+from lm.tokenizers.bpe import BPETokenizer
+from lm.training.checkpoint import load_checkpoint
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()

@@ -10,5 +10,5 @@ python lm/train.py -m model=small seed=0,1,2 hooks=grad_clip_custom trainer.enab
     hydra.sweep.dir=$study/grad_clip_custom
 python lm/train.py -m model=small seed=0,1,2 model.pos_encoding=sinusoidal trainer.enable_progress_bar=false \
     hydra.sweep.dir=$study/sinusoidal
-python lm/compare.py $study/baseline $study/grad_clip_custom $study/sinusoidal \
+python -m lm compare $study/baseline $study/grad_clip_custom $study/sinusoidal \
     --out experiments/2026-11-21-grad-clip-and-positions

@@ -45,7 +45,7 @@ def bench_tokenizers(text: str, vocab_size: int = 4096, readable_mb: float = 1.0
     ids = enc.encode(text, allowed_special="all")
     tiktoken_s = time.perf_counter() - start
 
-    _, val_text = split_text(text, 0.1)  # the validation split, as lm/data.py makes it
+    _, val_text = split_text(text, 0.1)  # the validation split, as lm/data/tokens.py makes it
     part_mb = len(part.encode("utf-8")) / MB
     return {
         "val_chars": len(val_text),

@@ -5,8 +5,8 @@ keys prefixed ``model.``), the model config, the tokenizer and the resolved run
 config, so nothing else is needed. Loaded with ``weights_only=True``: a checkpoint
 is data, never code.
 
-``load_checkpoint`` is the one loader every tool uses (``lm/generate.py``,
-``lm/evaluate.py``, ``python -m lm.interop.hf export``, ``python -m lm.reference.numpy_gpt``):
+``load_checkpoint`` is the one loader every tool uses (``lm generate``, ``lm evaluate``,
+``lm convert direction=export``, ``lm generate backend=numpy``):
 it checks the file before any model is built or run, so a bad file is one
 ``CheckpointError`` line naming the path, what is wrong and what was expected.
 ``resume_step`` tells the registry whether a training checkpoint can be resumed from.

@@ -5,7 +5,7 @@ Logged (TensorBoard, ``split/name``): ``train/loss``, ``train/lr``, ``train/grad
 a text sample at each validation, each experiment hook's scalars under
 ``hooks/<name>/`` (``lm/hooks/``), and the HParams summary (the hashed config, with the
 validation metrics as its metrics) at the first validation of a fit. Checkpoints carry
-the resolved run config, the model config and the tokenizer, so ``lm/generate.py``
+the resolved run config, the model config and the tokenizer, so ``lm generate``
 needs nothing else.
 """
 
