@@ -15,12 +15,27 @@ LINES = [
 ]
 
 
+def write_corpus(path):
+    """Write the small corpus (LINES, 90 numbered lines) to ``path``; return ``path``."""
+    path.write_text("\n".join(LINES[i % len(LINES)] + f" ({i})" for i in range(90)) + "\n")
+    return path
+
+
+def tiny_overrides(tmp, corpus, out: str = "run") -> list[str]:
+    """Overrides shrinking the real train.yaml to a tiny CPU run on ``corpus``, with its
+    data cache, run dir (``tmp/out``) and registry in ``tmp``."""
+    return [
+        "model=tiny", "data=text_file", f"data.path={corpus}", "data.batch_size=4",
+        "data.eval_iters=2", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false", f"tracking.registry_dir={tmp}",
+        f"paths.data_dir={tmp / 'data'}", f"paths.output_dir={tmp / out}",
+    ]
+
+
 @pytest.fixture
 def corpus(tmp_path):
     """Path of a small UTF-8 corpus file."""
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n".join(LINES[i % len(LINES)] + f" ({i})" for i in range(90)) + "\n")
-    return path
+    return write_corpus(tmp_path / "corpus.txt")
 
 
 @pytest.fixture
@@ -29,13 +44,9 @@ def make_cfg(tmp_path, corpus):
 
     def make(*overrides: str, out: str = "run"):
         return compose_config([
-            "model=tiny", "data=text_file", f"data.path={corpus}", "data.batch_size=4",
-            "data.eval_iters=2", "trainer.max_steps=6", "trainer.val_check_interval=3",
-            "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
-            f"tracking.registry_dir={tmp_path}",
-            "trainer.enable_model_summary=false", "sample.max_new_tokens=8",
-            f"paths.data_dir={tmp_path / 'data'}", f"paths.output_dir={tmp_path / out}",
-            *overrides,
+            *tiny_overrides(tmp_path, corpus, out), "trainer.max_steps=6",
+            "trainer.val_check_interval=3", "trainer.log_every_n_steps=1",
+            "sample.max_new_tokens=8", *overrides,
         ])
 
     return make

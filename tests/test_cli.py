@@ -18,7 +18,7 @@ import pytest
 from hydra.core.hydra_config import HydraConfig
 
 from lm.cli import BENCHMARKS, COMMANDS, hydra_quote, main, quote_verbatim, settings
-from tests.conftest import LINES
+from tests.conftest import tiny_overrides, write_corpus
 
 
 def lm(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -35,15 +35,10 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     from lm.training.run import run
 
     tmp = tmp_path_factory.mktemp("cli")
-    corpus = tmp / "corpus.txt"
-    corpus.write_text("\n".join(LINES[i % len(LINES)] + f" ({i})" for i in range(90)) + "\n")
+    corpus = write_corpus(tmp / "corpus.txt")
     cfg = compose_config([
-        "model=tiny", "data=text_file", f"data.path={corpus}", "data/tokenizer=bpe",
-        "data.tokenizer.vocab_size=300", "data.batch_size=4", "data.eval_iters=2",
-        "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false", "sample.max_new_tokens=0",
-        f"paths.data_dir={tmp / 'data'}", f"paths.output_dir={tmp / 'run'}",
-        f"tracking.registry_dir={tmp}",
+        *tiny_overrides(tmp, corpus), "data/tokenizer=bpe", "data.tokenizer.vocab_size=300",
+        "trainer.max_steps=4", "trainer.val_check_interval=2", "sample.max_new_tokens=0",
     ])
     record = run(cfg)
     assert record["status"] == "completed"

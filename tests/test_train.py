@@ -20,20 +20,14 @@ from lm.training.schedule import cosine_multiplier
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """One tiny run shared by the tests below: (cfg, metrics, run_dir)."""
-    from tests.conftest import LINES
+    from lm.training.config import compose_config
+    from tests.conftest import tiny_overrides, write_corpus
 
     tmp = tmp_path_factory.mktemp("e2e")
-    corpus = tmp / "corpus.txt"
-    corpus.write_text("\n".join(LINES[i % len(LINES)] + f" ({i})" for i in range(90)) + "\n")
-    from lm.training.config import compose_config
-
+    corpus = write_corpus(tmp / "corpus.txt")
     cfg = compose_config([
-        "model=tiny", "data=text_file", f"data.path={corpus}", "data.batch_size=4",
-        "data.eval_iters=2", "trainer.max_steps=7", "trainer.val_check_interval=3",
-        "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false", "sample.max_new_tokens=8",
-        f"paths.data_dir={tmp / 'data'}", f"paths.output_dir={tmp / 'run'}",
-        f"tracking.registry_dir={tmp}",
+        *tiny_overrides(tmp, corpus), "trainer.max_steps=7", "trainer.val_check_interval=3",
+        "trainer.log_every_n_steps=1", "sample.max_new_tokens=8",
     ])
     metrics = run(cfg)
     return cfg, metrics, tmp / "run"
