@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lm.errors import first_line
+
 
 @dataclass(frozen=True)
 class Command:
@@ -148,7 +150,13 @@ def run_hydra(prog: str, command: Command, argv: list[str]) -> int:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from lm.training.config import CONF_DIR, ConfigError, check_overrides, split_argv
+    from lm.training.config import (
+        CONF_DIR,
+        ConfigError,
+        check_overrides,
+        register_configs,
+        split_argv,
+    )
 
     argv = quote_verbatim(argv, command.verbatim)
     try:
@@ -159,7 +167,7 @@ def run_hydra(prog: str, command: Command, argv: list[str]) -> int:
         return fail(f"{'-m (--multirun)' if multirun else sweep}: sweeps are for lm train; "
                     f"{prog} runs once (quote a value that holds commas: key='a,b')")
     schema = load(command.schema) if command.schema else None
-    register()
+    register_configs()
     if problem := check_overrides(argv, command.config, check=schema_check(schema)):
         return fail(problem)
     codes: list[int] = []
@@ -195,24 +203,12 @@ def first_sweep(overrides: list[str]) -> str | None:
 
 def call(function: Callable, cfg, schema: type | None) -> int:
     """``function(cfg)``, typed by ``schema``; a ``ValueError`` is one ``error:`` line, 2."""
-    from lm.errors import first_line
-
     try:
         return function(typed(cfg, schema) if schema else cfg) or 0
     except ValueError as err:  # ConfigError, CheckpointError, DataError are ValueErrors
         return fail(first_line(err))
     except BrokenPipeError:  # here, or Hydra prints a traceback
         return closed_stdout()
-
-
-def register() -> None:
-    """The train schema and the resolvers that ``conf/train.yaml`` (composed by
-    ``lm inspect``) needs."""
-    from lm.training.config import register_configs
-    from lm.training.registry import register_resolvers
-
-    register_configs()
-    register_resolvers()
 
 
 def typed(cfg, schema: type) -> Any:
@@ -245,7 +241,7 @@ def schema_error_line(err: Exception, cfg, schema: type) -> str:
     from lm.training.config import unknown_key_line
 
     key = getattr(err, "full_key", None)
-    message = str(err).splitlines()[0]
+    message = first_line(err)
     if key and "not in" in message:
         return unknown_key_line(key, {f.name for f in fields(schema)})
     if key:
@@ -308,7 +304,6 @@ def settings(name: str, *overrides: str) -> Any:
 
     prog, _, sub = name.partition(" ")
     command = BENCHMARKS[sub] if prog == "bench" else COMMANDS[name]
-    register()
     cfg = compose_config(quote_verbatim(list(overrides), command.verbatim),
                          config_name=command.config)
     return typed(cfg, load(command.schema)) if command.schema else cfg

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lm.errors import first_line
 from lm.model import GPT, GPTConfig
 from lm.tokenizers import BPETokenizer, Tokenizer
 from lm.training.checkpoint import load_checkpoint, state_problems
@@ -117,7 +118,7 @@ def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
                 return load_file(path)
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any read failure means the same to a user
-            raise ValueError(f"{path} could not be read: {str(err).splitlines()[0]}") from None
+            raise ValueError(f"{path} could not be read: {first_line(err)}") from None
     raise ValueError(f"{directory} has no weights (expected one of {', '.join(WEIGHT_FILES)})")
 
 

@@ -32,6 +32,7 @@ from lm.errors import ConfigError, first_line
 from lm.hooks.base import Hook
 from lm.hooks.build import build_hooks, hook_order
 from lm.model import GPTConfig
+from lm.training.registry import register_resolvers
 
 # The schema gives each key its type; its value is written once, in conf/ (with its
 # purpose and range beside it), so a field that a YAML file always sets has no default
@@ -163,8 +164,9 @@ class TrainConfig:
     init_from: str | None  # a Hugging Face GPT-2 dir whose weights start the run
 
 def register_configs() -> None:
-    """Register the schemas with Hydra's ConfigStore and the ``${hook_order:}``
-    resolver (idempotent; ``compose_config`` and ``lm train`` call it, importing does not).
+    """Register what ``conf/train.yaml`` needs: the schemas with Hydra's ConfigStore and
+    the ``${hook_order:}`` and ``${config_hash:}`` resolvers (idempotent;
+    ``compose_config`` and the ``lm`` commands call it, importing does not).
 
     An option file opts in to its schema through its defaults list
     (``conf/optimizer/adamw.yaml``: ``defaults: [adamw_schema, _self_]``); a new option
@@ -172,6 +174,7 @@ def register_configs() -> None:
     """
     if not OmegaConf.has_resolver("hook_order"):
         OmegaConf.register_new_resolver("hook_order", hook_order)
+    register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(group="optimizer", name="adamw_schema", node=AdamWConfig)
@@ -191,10 +194,7 @@ def compose_config(overrides: Sequence[str] = (), with_hydra: bool = False,
     For code outside ``@hydra.main`` (tests, the benchmark): pass
     ``paths.output_dir=...``, since there is no Hydra run dir to interpolate.
     """
-    from lm.training.registry import register_resolvers
-
     register_configs()
-    register_resolvers()
     inside_app = GlobalHydra.instance().is_initialized()  # an lm command's @hydra.main: conf/
     with nullcontext() if inside_app else hydra.initialize_config_dir(
             config_dir=str(CONF_DIR), version_base="1.3"):
@@ -419,7 +419,7 @@ def compose_error_line(err: Exception, overrides: Sequence[str], config_name: st
     a value of the wrong type."""
     cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
     full_key = getattr(cause, "full_key", None)
-    message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    message = first_line(cause)
     if full_key and ("not in struct" in str(cause) or "Key '" in message):
         node, _, _ = full_key.rpartition(".")
         base = compose_config([o for o in overrides if not o.lstrip("+~").startswith(full_key)],

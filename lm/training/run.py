@@ -55,7 +55,6 @@ from lm.training.registry import (
     content_digests,
     hashable_config,
     hydra_job_info,
-    register_resolvers,
     remove_unstarted_run_dir,
 )
 from lm.training.signals import Interrupted, SigintFlag, stopping_signal
@@ -285,7 +284,6 @@ def prepare_process() -> None:
     schemas and resolvers registered, Lightning quieted. Idempotent; importing this
     module does none of it."""
     register_configs()
-    register_resolvers()
     quiet_lightning()
 
 
