@@ -12,6 +12,6 @@ from pathlib import Path
 
 if __name__ == "__main__":
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
-    from lm.cli import main
+    from lm.training.run import command
 
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.exit(command(sys.argv[1:]))
