@@ -15,9 +15,21 @@ block and its hook points carry their index as ``.layer`` (never parsed from a n
 Shape letters: B batch, T time, C channels (n_embd), H heads (n_head),
 Dh head dim (C // H), V vocab.
 
+Every option beyond GPT-2 is one ``GPTConfig`` field whose default keeps GPT-2:
+rotary positions (``pos_encoding="rope"``), RMSNorm (``norm``), QK-norm (``qk_norm``),
+ReLU² and SwiGLU MLPs (``activation``), zero-initialised residual projections
+(``zero_init_proj``), an untied head (``tie_weights``) and logit soft-capping
+(``logit_softcap``), the changes of the modded-nanogpt speedrun.
+
 Sources:
     Radford et al. 2019, "Language Models are Unsupervised Multitask Learners" (GPT-2).
     Vaswani et al. 2017, "Attention Is All You Need" (sinusoidal positions).
+    Su et al. 2021, "RoFormer: Enhanced Transformer with Rotary Position Embedding".
+    Zhang & Sennrich 2019, "Root Mean Square Layer Normalization".
+    Henry et al. 2020, "Query-Key Normalization for Transformers" (QK-norm).
+    So et al. 2021, "Primer" (ReLU²); Shazeer 2020, "GLU Variants Improve Transformer" (SwiGLU).
+    Gemma 2 (Team Gemma 2024) and Jordan et al., modded-nanogpt (logit soft-capping,
+    zero-initialised projections).
     Karpathy, nanoGPT ``model.py``; Nanda & Bloom, TransformerLens.
 
 This module never imports Hydra or OmegaConf: it takes a dataclass.
@@ -36,8 +48,9 @@ from torch import nn
 
 from lm.hook_points import HookFn, HookPoint, hooks_attached, match_names
 
-POS_ENCODINGS = ("learned", "sinusoidal")
-ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}  # name -> nn.GELU(approximate=...)
+POS_ENCODINGS = ("learned", "sinusoidal", "rope")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu2", "swiglu")
+NORMS = ("layernorm", "rmsnorm")
 
 
 @dataclass
@@ -54,8 +67,22 @@ class GPTConfig:
         pos_encoding: ``"learned"`` (GPT-2 ``wpe``) or ``"sinusoidal"`` (Vaswani et al.).
         tie_weights: share ``lm_head.weight`` with ``transformer.wte.weight``
             (Press & Wolf 2017, as GPT-2).
-        activation: ``"gelu"`` (exact, erf) or ``"gelu_tanh"`` (GPT-2's ``gelu_new``).
-        layer_norm_epsilon: LayerNorm epsilon (GPT-2: 1e-5).
+        pos_encoding: also ``"rope"``: no position embedding; q and k are rotated by
+            their position (Su et al. 2021) in every attention layer.
+        rope_base: the rotary base theta (RoFormer, Llama: 10000); > 0.
+        activation: ``"gelu"`` (exact, erf), ``"gelu_tanh"`` (GPT-2's ``gelu_new``),
+            ``"relu2"`` (relu(x)^2, Primer) or ``"swiglu"`` (silu(x W) * (x V), Shazeer
+            2020; hidden width 2/3 of 4C so the MLP keeps its parameter count).
+        norm: ``"layernorm"`` (GPT-2) or ``"rmsnorm"`` (Zhang & Sennrich 2019), for
+            ``ln_1``, ``ln_2`` and ``ln_f``.
+        qk_norm: RMS-normalise q and k over each head's Dh channels before attention
+            (no gain; Henry et al. 2020, as modded-nanogpt).
+        zero_init_proj: initialise both residual projections (``attn.c_proj``,
+            ``mlp.c_proj``) to zero instead of N(0, 0.02 / sqrt(2 n_layer)), so each
+            block starts as the identity.
+        logit_softcap: ``None``, or a cap c > 0: logits become c * tanh(logits / c)
+            (Gemma 2, modded-nanogpt).
+        layer_norm_epsilon: epsilon of every LayerNorm or RMSNorm (GPT-2: 1e-5).
 
     Raises:
         ValueError: one line naming the key, value and rule, e.g.
@@ -73,6 +100,11 @@ class GPTConfig:
     tie_weights: bool = True
     activation: str = "gelu"
     layer_norm_epsilon: float = 1e-5
+    norm: str = "layernorm"
+    qk_norm: bool = False
+    rope_base: float = 10000.0
+    zero_init_proj: bool = False
+    logit_softcap: float | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -100,6 +132,17 @@ class GPTConfig:
             raise ValueError(
                 f"model.activation={self.activation!r} must be one of {list(ACTIVATIONS)}"
             )
+        if self.norm not in NORMS:
+            raise ValueError(f"model.norm={self.norm!r} must be one of {list(NORMS)}")
+        if self.rope_base <= 0:
+            raise ValueError(f"model.rope_base={self.rope_base} must be > 0")
+        if self.pos_encoding == "rope" and self.head_dim % 2:
+            raise ValueError(
+                f"model.pos_encoding='rope' needs an even head dim; n_embd / n_head = "
+                f"{self.n_embd} / {self.n_head} = {self.head_dim}"
+            )
+        if self.logit_softcap is not None and self.logit_softcap <= 0:
+            raise ValueError(f"model.logit_softcap={self.logit_softcap} must be > 0 or null")
 
     @property
     def head_dim(self) -> int:
@@ -120,6 +163,53 @@ def sinusoidal_positions(block_size: int, n_embd: int) -> torch.Tensor:
     pe[:, 0::2] = torch.sin(angle)
     pe[:, 1::2] = torch.cos(angle)[:, : n_embd // 2]
     return pe
+
+
+def rope_tables(block_size: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles, each (block_size, head_dim // 2) float32.
+
+    Channel pair i of position m turns by the angle m * base^(-2i / head_dim)
+    (Su et al. 2021, eq. 15; the Llama ``inv_freq``).
+    """
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (Dh/2,)
+    angle = torch.arange(block_size, dtype=torch.float32)[:, None] * inv_freq  # (T, Dh/2)
+    return torch.cos(angle), torch.sin(angle)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, H, T, Dh) by its positions' angles; cos, sin (T, Dh/2).
+
+    Channel i is paired with channel i + Dh/2 (the "rotate half" layout of GPT-NeoX and
+    Llama, a fixed permutation of RoFormer's adjacent pairs): for x1 = x[..., :Dh/2] and
+    x2 = x[..., Dh/2:], out = (x1 cos - x2 sin, x1 sin + x2 cos). Equal to Hugging Face's
+    ``apply_rotary_pos_emb`` (tests/test_arch.py).
+    """
+    x1, x2 = x.chunk(2, dim=-1)  # 2 x (B, H, T, Dh/2)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, H, T, Dh)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2 over the last dim) + eps), times a gain (Zhang & Sennrich 2019).
+
+    Shapes: (..., dim) -> (..., dim). ``elementwise_affine=False`` drops the gain (QK-norm).
+    Equal to ``torch.nn.RMSNorm(dim, eps)`` (tests/test_arch.py).
+    """
+
+    def __init__(self, dim: int, eps: float, elementwise_affine: bool = True) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (..., dim)
+        return y if self.weight is None else y * self.weight
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    """The block and final norm over C channels that ``config.norm`` names."""
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, config.layer_norm_epsilon)
+    return nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
 
 
 class LayerKV:
@@ -171,6 +261,10 @@ class CausalSelfAttention(nn.Module):
     is attached to ``hook_scores`` or ``hook_pattern``; then it computes the
     (B, H, T, T) scores and pattern explicitly so they can be observed or edited.
     Both paths agree within float32 rounding.
+
+    ``hook_q`` and ``hook_k`` see q and k as projected; QK-norm (``qk_norm``) and then
+    the rotary embedding (``pos_encoding="rope"``) are applied after them, so the KV
+    cache holds keys normalised and rotated, as attention uses them.
     """
 
     def __init__(self, config: GPTConfig) -> None:
@@ -188,14 +282,17 @@ class CausalSelfAttention(nn.Module):
         self.hook_scores = HookPoint()  # (B, H, T, T), explicit path only
         self.hook_pattern = HookPoint()  # (B, H, T, T), explicit path only
         self.hook_z = HookPoint()  # (B, T, H, Dh)
+        self.qk_norm = (RMSNorm(config.head_dim, config.layer_norm_epsilon, elementwise_affine=False)
+                        if config.qk_norm else None)
 
-    def forward(self, x: torch.Tensor, kv: LayerKV | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: LayerKV | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C).
 
         With ``kv`` (this layer's slot of a ``KVCache``) the T new positions attend
         to the cached keys and values too, and their own k, v are appended to it.
         The hook points see the new positions only (hook_scores/hook_pattern:
-        (B, H, T, T_past + T)).
+        (B, H, T, T_past + T)). ``rope``: cos, sin (T, Dh/2) of the new positions.
         """
         B, T, C = x.shape
         H, Dh = self.n_head, C // self.n_head
@@ -203,6 +300,10 @@ class CausalSelfAttention(nn.Module):
         q = self.hook_q(q.view(B, T, H, Dh).transpose(1, 2))  # (B, H, T, Dh)
         k = self.hook_k(k.view(B, T, H, Dh).transpose(1, 2))  # (B, H, T, Dh)
         v = self.hook_v(v.view(B, T, H, Dh).transpose(1, 2))  # (B, H, T, Dh)
+        if self.qk_norm is not None:
+            q, k = self.qk_norm(q), self.qk_norm(k)  # (B, H, T, Dh) each
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # (B, H, T, Dh) each
         if kv is not None:
             k, v = kv.append(k, v)  # 2 x (B, H, Tk, Dh), Tk = T_past + T
         if self.hook_scores.has_hooks or self.hook_pattern.has_hooks:
@@ -240,22 +341,60 @@ def _causal_mask(Tq: int, Tk: int, device: torch.device) -> torch.Tensor:
     return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(diagonal=Tk - Tq)
 
 
+def mlp_hidden(config: GPTConfig) -> int:
+    """The MLP's hidden width F: 4C, or 2/3 of it (rounded down) for SwiGLU, whose
+    ``c_fc`` has two outputs per hidden unit (so both keep about 8C^2 weights)."""
+    return 2 * 4 * config.n_embd // 3 if config.activation == "swiglu" else 4 * config.n_embd
+
+
+class ReLU2(nn.Module):
+    """relu(x)^2, elementwise (So et al. 2021, Primer)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x).square()
+
+
+class SwiGLU(nn.Module):
+    """(..., 2F) -> (..., F): silu(a) * b for a, b the first and second halves
+    (Shazeer 2020; silu(a) = a * sigmoid(a))."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=-1)  # 2 x (..., F)
+        return F.silu(a) * b
+
+
+def make_activation(name: str) -> nn.Module:
+    """The MLP nonlinearity ``GPTConfig.activation`` names."""
+    if name == "relu2":
+        return ReLU2()
+    if name == "swiglu":
+        return SwiGLU()
+    return nn.GELU(approximate="tanh" if name == "gelu_tanh" else "none")
+
+
 class MLP(nn.Module):
-    """Position-wise feed-forward: Linear(C, 4C) -> GELU -> Linear(4C, C) -> dropout."""
+    """Position-wise feed-forward: Linear(C, F) -> activation -> Linear(F, C) -> dropout.
+
+    F = 4C (``mlp_hidden``); for SwiGLU ``c_fc`` is Linear(C, 2F) and the activation
+    halves it. ``hook_pre`` sees ``c_fc``'s output (B, T, F or 2F), ``hook_post`` the
+    activation's (B, T, F).
+    """
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate=ACTIVATIONS[config.activation])
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        hidden = mlp_hidden(config)
+        fc_out = 2 * hidden if config.activation == "swiglu" else hidden
+        self.c_fc = nn.Linear(config.n_embd, fc_out, bias=config.bias)
+        self.act = make_activation(config.activation)  # (B, T, F or 2F) -> (B, T, F)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
-        self.hook_pre = HookPoint()  # (B, T, 4C)
-        self.hook_post = HookPoint()  # (B, T, 4C)
+        self.hook_pre = HookPoint()  # (B, T, F), SwiGLU (B, T, 2F)
+        self.hook_post = HookPoint()  # (B, T, F)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C)."""
-        pre = self.hook_pre(self.c_fc(x))  # (B, T, 4C)
-        post = self.hook_post(self.gelu(pre))  # (B, T, 4C)
+        pre = self.hook_pre(self.c_fc(x))  # (B, T, F) or (B, T, 2F)
+        post = self.hook_post(self.act(pre))  # (B, T, F)
         return self.dropout(self.c_proj(post))  # (B, T, C)
 
 
@@ -270,14 +409,13 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig, layer: int) -> None:
         super().__init__()
         self.layer = layer
-        eps, bias = config.layer_norm_epsilon, config.bias
         # registered in the order data meets them, so hook_dict lists them that way
         self.hook_resid_pre = HookPoint()  # (B, T, C)
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=eps, bias=bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
         self.hook_attn_out = HookPoint()  # (B, T, C)
         self.hook_resid_mid = HookPoint()  # (B, T, C)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=eps, bias=bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
         self.hook_mlp_out = HookPoint()  # (B, T, C)
         self.hook_resid_post = HookPoint()  # (B, T, C)
@@ -285,10 +423,12 @@ class Block(nn.Module):
             if isinstance(module, HookPoint):
                 module.layer = layer
 
-    def forward(self, x: torch.Tensor, kv: LayerKV | None = None) -> torch.Tensor:
-        """x (B, T, C) -> (B, T, C); ``kv``: this layer's KV cache slot, if any."""
+    def forward(self, x: torch.Tensor, kv: LayerKV | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C); ``kv``: this layer's KV cache slot, if any;
+        ``rope``: the rotary cos, sin (T, Dh/2) of these positions, if used."""
         x = self.hook_resid_pre(x)  # (B, T, C)
-        attn_out = self.hook_attn_out(self.attn(self.ln_1(x), kv))  # (B, T, C)
+        attn_out = self.hook_attn_out(self.attn(self.ln_1(x), kv, rope))  # (B, T, C)
         x = self.hook_resid_mid(x + attn_out)  # (B, T, C)
         mlp_out = self.hook_mlp_out(self.mlp(self.ln_2(x)))  # (B, T, C)
         return self.hook_resid_post(x + mlp_out)  # (B, T, C)
@@ -317,16 +457,19 @@ class GPT(nn.Module):
         config.validate()
         self.config = config
         layers: dict[str, nn.Module] = {"wte": nn.Embedding(config.vocab_size, config.n_embd)}
+        # fixed tables are left out of checkpoints and recomputed from the config
         if config.pos_encoding == "learned":
             layers["wpe"] = nn.Embedding(config.block_size, config.n_embd)
-        else:  # fixed, so left out of checkpoints and recomputed from the config
+        elif config.pos_encoding == "sinusoidal":
             pe = sinusoidal_positions(config.block_size, config.n_embd)  # (block_size, C)
             self.register_buffer("sinusoidal_pe", pe, persistent=False)
+        else:  # rope: (block_size, Dh/2) each
+            cos, sin = rope_tables(config.block_size, config.head_dim, config.rope_base)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         layers["drop"] = nn.Dropout(config.dropout)
         layers["h"] = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
-        layers["ln_f"] = nn.LayerNorm(
-            config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias
-        )
+        layers["ln_f"] = make_norm(config)
         self.transformer = nn.ModuleDict(layers)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:  # Press & Wolf 2017: input and output embeddings share one matrix
@@ -343,7 +486,9 @@ class GPT(nn.Module):
 
         Linear and Embedding weights ~ N(0, 0.02), biases 0, LayerNorm (1, 0); each
         residual projection (``c_proj``) ~ N(0, 0.02 / sqrt(2 * n_layer)) so the
-        residual stream's variance does not grow with depth.
+        residual stream's variance does not grow with depth, or 0 with
+        ``zero_init_proj`` (the random draws are made either way, so the other
+        weights are the same).
         """
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -354,12 +499,15 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=residual_std)
+                if self.config.zero_init_proj:
+                    nn.init.zeros_(p)
 
     def named_layers(self, recurse: bool = True) -> dict[str, nn.Module]:
         """The one table from the names a user sees to modules.
 
         The model's own parts, in the order data meets them: ``wte``, ``hook_embed``,
-        ``wpe`` (learned positions only), ``hook_pos_embed``, ``drop``, ``blocks.{i}``
+        ``wpe`` (learned positions only), ``hook_pos_embed`` (not with rope, which adds
+        no position embedding), ``drop``, ``blocks.{i}``
         (a ``Block``), ``ln_f``, ``hook_final_norm``, ``lm_head``, ``hook_logits``. With
         ``recurse`` each part is followed by its submodules, in registration order, under
         their paths inside it (``blocks.0.attn``, ``blocks.0.attn.c_attn``, ...).
@@ -374,7 +522,9 @@ class GPT(nn.Module):
         parts: dict[str, nn.Module] = {"wte": t.wte, "hook_embed": self.hook_embed}
         if "wpe" in t:
             parts["wpe"] = t.wpe
-        parts.update(hook_pos_embed=self.hook_pos_embed, drop=t.drop)
+        if self.config.pos_encoding != "rope":
+            parts["hook_pos_embed"] = self.hook_pos_embed
+        parts["drop"] = t.drop
         parts.update({f"blocks.{block.layer}": block for block in t.h})
         parts.update(ln_f=t.ln_f, hook_final_norm=self.hook_final_norm)
         parts.update(lm_head=self.lm_head, hook_logits=self.hook_logits)
@@ -485,15 +635,23 @@ class GPT(nn.Module):
             raise ValueError(
                 f"sequence length T={start + T} exceeds model.block_size={self.config.block_size}"
             )
-        tok = self.hook_embed(self.transformer.wte(idx))  # (B, T, C)
-        pos = self._positions(T, idx.device, start).expand(B, T, -1)  # (B, T, C)
-        pos = self.hook_pos_embed(pos)  # (B, T, C)
-        x = self.transformer.drop(tok + pos)  # (B, T, C)
+        x = self.hook_embed(self.transformer.wte(idx))  # (B, T, C)
+        rope = None
+        if self.config.pos_encoding == "rope":  # positions enter inside attention
+            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+        else:
+            pos = self._positions(T, idx.device, start).expand(B, T, -1)  # (B, T, C)
+            x = x + self.hook_pos_embed(pos)  # (B, T, C)
+        x = self.transformer.drop(x)  # (B, T, C)
         kvs = [None] * len(self.transformer.h) if kv_cache is None else kv_cache.layers
         for block, kv in zip(self.transformer.h, kvs):
-            x = block(x, kv)  # (B, T, C)
+            x = block(x, kv, rope)  # (B, T, C)
         x = self.hook_final_norm(self.transformer.ln_f(x))  # (B, T, C)
-        logits = self.hook_logits(self.lm_head(x))  # (B, T, V)
+        logits = self.lm_head(x)  # (B, T, V)
+        if self.config.logit_softcap is not None:
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)  # (B, T, V), in (-cap, cap)
+        logits = self.hook_logits(logits)  # (B, T, V)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(

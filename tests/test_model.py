@@ -226,8 +226,8 @@ def test_position_embedding_is_added(pos_encoding):
 def test_gelu_tanh_activation():
     x = torch.linspace(-3, 3, 11)
     model = tiny(activation="gelu_tanh")
-    torch.testing.assert_close(model.transformer.h[0].mlp.gelu(x), F.gelu(x, approximate="tanh"))
-    exact = tiny(activation="gelu").transformer.h[0].mlp.gelu(x)
+    torch.testing.assert_close(model.transformer.h[0].mlp.act(x), F.gelu(x, approximate="tanh"))
+    exact = tiny(activation="gelu").transformer.h[0].mlp.act(x)
     torch.testing.assert_close(exact, 0.5 * x * (1 + torch.erf(x / math.sqrt(2))))
 
 
@@ -405,10 +405,10 @@ def test_hook_point_is_identity_and_reports_hooks():
         ({"block_size": 0}, "model.block_size=0 must be >= 1"),
         ({"vocab_size": 0}, "model.vocab_size=0 must be >= 1"),
         (
-            {"pos_encoding": "rope"},
-            "model.pos_encoding='rope' must be one of ['learned', 'sinusoidal']",
+            {"pos_encoding": "alibi"},
+            "model.pos_encoding='alibi' must be one of ['learned', 'sinusoidal', 'rope']",
         ),
-        ({"activation": "relu"}, "model.activation='relu' must be one of ['gelu', 'gelu_tanh']"),
+        ({"activation": "relu"}, "model.activation='relu' must be one of ['gelu', 'gelu_tanh', 'relu2', 'swiglu']"),
         ({"layer_norm_epsilon": 0.0}, "model.layer_norm_epsilon=0.0 must be > 0"),
     ],
 )

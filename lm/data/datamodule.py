@@ -66,8 +66,9 @@ class LMDataModule(L.LightningDataModule):
 
     Training batch k of a run is `get_batch(train_ids, ..., seed, step=k)`; the
     stream starts at `trainer.global_step`, so a resumed run continues the same
-    sequence. Validation uses `eval_iters` fixed batches from a separate stream
-    (see `lm.data.tokens.TRAIN_STREAM`, `VAL_STREAM`).
+    sequence. Validation uses `eval_iters` fixed batches of `eval_batch_size` windows
+    (None: `batch_size`) from a separate stream (see `lm.data.tokens.TRAIN_STREAM`,
+    `VAL_STREAM`), so recipes with other training batch sizes can share them.
 
     Raises:
         DataError: bad val_fraction / sizes (at construction), bad corpus, or a split
@@ -85,6 +86,7 @@ class LMDataModule(L.LightningDataModule):
         batch_size: int = 12,
         seed: int = 1337,
         eval_iters: int = 20,
+        eval_batch_size: int | None = None,
     ):
         super().__init__()
         check_val_fraction(val_fraction)
@@ -92,6 +94,7 @@ class LMDataModule(L.LightningDataModule):
             ("model.block_size", block_size),
             ("data.batch_size", batch_size),
             ("data.eval_iters", eval_iters),
+            ("data.eval_batch_size", batch_size if eval_batch_size is None else eval_batch_size),
         ]:
             if value < 1:
                 raise DataError(f"{key}={value} must be a positive integer")
@@ -99,6 +102,7 @@ class LMDataModule(L.LightningDataModule):
         self.tokenizer_spec, self.val_fraction = tokenizer_spec(tokenizer), val_fraction
         self.block_size, self.batch_size = block_size, batch_size
         self.seed, self.eval_iters = seed, eval_iters
+        self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
         self.tokenizer: Tokenizer | None = None
         self.train_ids = self.val_ids = self.meta = None
         self.val_text_bytes = None
@@ -146,7 +150,7 @@ class LMDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         batches = _ValBatches(
-            self.val_ids, self.block_size, self.batch_size, self.seed, self.eval_iters
+            self.val_ids, self.block_size, self.eval_batch_size, self.seed, self.eval_iters
         )
         return DataLoader(
             batches, batch_size=None, shuffle=False, num_workers=0, generator=_private_generator()
@@ -177,6 +181,7 @@ def build_datamodule(cfg: DictConfig) -> LMDataModule:
         batch_size=cfg.data.batch_size,
         seed=cfg.seed,
         eval_iters=cfg.data.eval_iters,
+        eval_batch_size=cfg.data.get("eval_batch_size"),
     )
     dm.prepare_data()
     dm.setup("fit")

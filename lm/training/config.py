@@ -62,6 +62,7 @@ class DataConfig:
     val_fraction: float
     batch_size: int
     eval_iters: int
+    eval_batch_size: int | None
 
 
 @dataclass

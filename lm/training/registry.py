@@ -59,6 +59,20 @@ HASH_EXCLUDED_KEYS: tuple[str, ...] = (
     "callbacks.progress_bar",
 )
 
+# Keys added after runs were recorded, with the value that reproduces the code before
+# them: at that value a key is left out of the hash, so adding an option (a new model
+# key, a trainer switch) keeps every existing run's hash and the registry still finds
+# it. Any other value is hashed like every other key.
+HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
+    "model.norm": "layernorm",
+    "model.qk_norm": False,
+    "model.rope_base": 10000.0,
+    "model.zero_init_proj": False,
+    "model.logit_softcap": None,
+    "data.eval_batch_size": None,
+    "trainer.compile": False,
+}
+
 
 def corpus_files(path: str | os.PathLike) -> list[Path]:
     """The files a ``data=text_file`` corpus is read from, in reading order: the file
@@ -121,7 +135,8 @@ def content_digests(cfg: DictConfig | dict) -> dict[str, str | None]:
 
 
 def hashable_config(cfg: DictConfig | dict, digests: dict | None = None) -> dict:
-    """The resolved config as plain data, without ``HASH_EXCLUDED_KEYS`` and with each
+    """The resolved config as plain data, without ``HASH_EXCLUDED_KEYS`` (nor a
+    ``HASH_NEUTRAL_DEFAULTS`` key at its neutral value), and with each
     ``CONTENT_KEYS`` path replaced by ``{"sha256": <digest of its content>}``.
 
     ``digests`` (from ``content_digests``, e.g. as recorded in a ``run.json``) saves
@@ -134,6 +149,9 @@ def hashable_config(cfg: DictConfig | dict, digests: dict | None = None) -> dict
     for dotted in HASH_EXCLUDED_KEYS:
         _drop(raw, dotted)
     plain = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
+    for dotted, neutral in HASH_NEUTRAL_DEFAULTS.items():
+        if OmegaConf.select(OmegaConf.create(plain), dotted, default=_ABSENT) == neutral:
+            _drop(plain, dotted)
     digests = content_digests(plain) if digests is None else digests
     for key in CONTENT_KEYS:
         *parents, leaf = key.split(".")
@@ -143,6 +161,9 @@ def hashable_config(cfg: DictConfig | dict, digests: dict | None = None) -> dict
         if isinstance(node, dict) and node.get(leaf) not in (None, ""):
             node[leaf] = {"sha256": digests.get(key)}
     return plain
+
+
+_ABSENT = object()
 
 
 def _drop(tree: dict, dotted: str) -> None:
