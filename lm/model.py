@@ -475,7 +475,8 @@ class GPT(nn.Module):
         if config.tie_weights:  # Press & Wolf 2017: input and output embeddings share one matrix
             self.lm_head.weight = self.transformer.wte.weight
         self.hook_embed = HookPoint()  # (B, T, C)
-        self.hook_pos_embed = HookPoint()  # (B, T, C)
+        if config.pos_encoding != "rope":  # rope adds no position embedding
+            self.hook_pos_embed = HookPoint()  # (B, T, C)
         self.hook_final_norm = HookPoint()  # (B, T, C)
         self.hook_logits = HookPoint()  # (B, T, V)
         self._init_weights()

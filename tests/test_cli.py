@@ -153,6 +153,16 @@ def test_inspect_model_tiny(cwd, capsys):
     assert "blocks.1.attn.hook_pattern  (1, 4, 64, 64)" in out
 
 
+def test_inspect_model_tiny_with_the_options_beyond_gpt2(cwd, capsys):
+    code, out, _ = run_main(capsys, "inspect", "model=tiny", "model.pos_encoding=rope",
+                            "model.norm=rmsnorm", "model.qk_norm=true", "model.activation=swiglu",
+                            "model.logit_softcap=15", "model.zero_init_proj=true")
+    assert code == 0 and "hook_pos_embed" not in out  # rope adds no position embedding
+    rows = dict(line.split(maxsplit=1) for line in out.splitlines()[1:])
+    assert rows["blocks.0.mlp.hook_pre"].startswith("(1, 64, 340)")  # SwiGLU: 2F, F = 8*64 // 3
+    assert rows["blocks.0.mlp.hook_post"].startswith("(1, 64, 170)")
+
+
 def test_generate_strategies_and_the_numpy_backend(tiny, cwd, capsys):
     base = ["generate", f"ckpt={tiny['ckpt']}", "prompt=First", "max_new_tokens=8"]
     code, out, _ = run_main(capsys, *base, "num_samples=2", "seed=0")

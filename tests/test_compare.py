@@ -1,6 +1,8 @@
-"""lm compare: grouping by seed, config diffs, Welch statistics, flags, report files.
+"""lm compare: grouping by seed, config diffs, Welch statistics, flags, report files,
+time to a target loss.
 
-Run dirs are fabricated (config.yaml, run.json, a few val/loss events); nothing trains.
+Run dirs are fabricated (config.yaml, run.json, a few val/loss and time/elapsed_s
+events); nothing trains.
 """
 
 import copy
@@ -43,8 +45,14 @@ def make_config(changes: dict | None = None) -> dict:
 
 
 def make_run(root, name, changes=None, *, status="completed", val_loss=2.0,
-             code=("c0ffee00" * 5, False), curve=None):
-    """A run dir like lm/train.py writes: config.yaml, run.json and tb/ val/loss events."""
+             code=("c0ffee00" * 5, False), curve=None, elapsed=None, wall_times=None):
+    """A run dir like lm/train.py writes: config.yaml, run.json and tb/ val/loss events.
+
+    ``elapsed``: a ``time/elapsed_s`` value (seconds) per curve point, logged at its step
+    (None: not at that step); without it none is logged, as by runs from before the tag.
+    ``wall_times``: ``(first, [one per curve point])`` event wall times (Unix seconds):
+    ``first`` for a train/loss event at step 1, written before the curve.
+    """
     cfg = make_config(changes)
     run_dir = root / name
     run_dir.mkdir(parents=True)
@@ -61,9 +69,14 @@ def make_run(root, name, changes=None, *, status="completed", val_loss=2.0,
     (run_dir / "run.json").write_text(json.dumps(record))
     if curve is None and math.isfinite(val_loss):
         curve = [(9, val_loss + 1.0), (19, val_loss + 0.5), (29, val_loss)]
+    first, times = wall_times or (None, [None] * len(curve or []))
     with SummaryWriter(str(run_dir / "tb")) as writer:
-        for step, value in curve or []:
-            writer.add_scalar("val/loss", value, step)
+        if first is not None:
+            writer.add_scalar("train/loss", 5.0, 1, walltime=first)
+        for i, ((step, value), wall_time) in enumerate(zip(curve or [], times)):
+            writer.add_scalar("val/loss", value, step, walltime=wall_time)
+            if elapsed is not None and elapsed[i] is not None:
+                writer.add_scalar("time/elapsed_s", elapsed[i], step, walltime=wall_time)
     return run_dir
 
 
@@ -298,3 +311,99 @@ def test_group_curve_is_mean_min_max_of_the_events(tmp_path):
     assert curve["mean"].tolist() == pytest.approx([3.5, 2.25])
     assert curve["min"].tolist() == pytest.approx([3.0, 2.0])
     assert curve["max"].tolist() == pytest.approx([4.0, 2.5])
+
+
+# --- time to a target loss -----------------------------------------------------------
+
+CURVE = [(10, 3.0), (20, 2.0), (30, 1.5)]
+
+
+def test_time_to_target_is_the_first_validation_at_or_below_it(tmp_path):
+    curve = compare.val_curve(make_run(tmp_path, "r", curve=CURVE, elapsed=[5.0, 10.0, 15.0]))
+    assert not curve.from_wall_time
+    assert compare.time_to_target(curve, 1.8) == (30, 15.0)
+    assert compare.time_to_target(curve, 2.0) == (20, 10.0)  # <= counts
+    assert compare.time_to_target(curve, 1.0) is None
+    gap = compare.val_curve(make_run(tmp_path, "gap", curve=CURVE, elapsed=[5.0, None, 15.0]))
+    assert compare.time_to_target(gap, 2.5) == (20, None)  # reached, time not known
+
+
+def test_without_time_elapsed_s_seconds_come_from_event_wall_times(tmp_path, capsys):
+    run = make_run(tmp_path, "old", curve=CURVE, wall_times=(1000.0, [1004.0, 1010.0, 1017.5]))
+    curve = compare.val_curve(run)
+    assert curve.from_wall_time
+    assert curve.elapsed_s.tolist() == pytest.approx([4.0, 10.0, 17.5])
+    assert compare.time_to_target(curve, 1.8) == (30, 17.5)
+    code, stdout, _ = run_main(capsys, run, "--target", "1.8", "--out", tmp_path / "r")
+    assert code == 0
+    assert "logged no `time/elapsed_s`" in stdout and str(run) in stdout
+    notes = (tmp_path / "r" / "report.md").read_text().split("## val/loss curves")[1]
+    assert f"Those runs: `{run}`." in notes
+
+
+def test_target_statistics_match_scipy(tmp_path, capsys):
+    # Baseline (lr 1e-3): seeds 0-2 reach 1.8 at 15, 17, 20.5 s; seed 3 never does.
+    # Ablation (lr 3e-4): 10 and 12.5 s.
+    base_times, abl_times = [15.0, 17.0, 20.5], [10.0, 12.5]
+    for seed, t in enumerate(base_times):
+        make_run(tmp_path, f"b{seed}", {"seed": seed}, curve=CURVE, elapsed=[t / 3, t / 2, t])
+    make_run(tmp_path, "b3", {"seed": 3}, curve=[(10, 3.0), (20, 2.5), (30, 1.9)],
+             elapsed=[5.0, 10.0, 15.0])
+    for seed, t in enumerate(abl_times):
+        make_run(tmp_path, f"c{seed}", {"seed": seed, "optimizer.lr": 3e-4}, curve=CURVE,
+                 elapsed=[t / 3, t / 2, t])
+    out = tmp_path / "r"
+    code, stdout, _ = run_main(capsys, tmp_path, "--target", "1.8", "--out", out)
+    assert code == 0
+    base, abl = list(csv.DictReader((out / "report.csv").open()))
+    assert (base["target_reached"], base["target_n"]) == ("3", "4")
+    assert base["target_steps"] == "30 30 30 -"
+    assert [float(t) for t in base["target_times_s"].split()[:3]] == base_times
+    mean = np.mean(base_times)
+    interval = stats.t.interval(0.95, len(base_times) - 1, loc=mean, scale=stats.sem(base_times))
+    assert float(base["target_time_mean"]) == pytest.approx(mean)
+    assert (float(base["target_time_ci_low"]), float(base["target_time_ci_high"])) == (
+        pytest.approx(interval))
+    assert base["target_time_diff"] == base["target_time_p"] == ""  # the baseline itself
+    reference = stats.ttest_ind(abl_times, base_times, equal_var=False)
+    assert float(abl["target_time_diff"]) == pytest.approx(np.mean(abl_times) - mean)
+    assert (float(abl["target_time_diff_ci_low"]), float(abl["target_time_diff_ci_high"])) == (
+        pytest.approx(tuple(reference.confidence_interval(0.95))))
+    assert float(abl["target_time_p"]) == pytest.approx(reference.pvalue, rel=1e-12)
+    assert "Time to val/loss <= 1.8" in stdout and "| G1 | 3 of 4 |" in stdout
+    report = (out / "report.md").read_text()
+    assert "## Time to val/loss <= 1.8" in report and "![" in report
+    assert f"- G1 `{tmp_path / 'b3'}`: not reached (lowest val/loss 1.9000)" in report
+    assert f"- G2 `{tmp_path / 'c1'}`: step 30, 12.50 s" in report
+    assert "(curves_time.png)" in report and "logged no" not in report  # no fallback
+    assert (out / "curves_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_run_reaching_the_target_gives_a_point_difference_only(tmp_path):
+    make_run(tmp_path, "b0", {"seed": 0}, curve=CURVE, elapsed=[5.0, 10.0, 15.0])
+    make_run(tmp_path, "b1", {"seed": 1}, curve=CURVE, elapsed=[6.0, 12.0, 18.0])
+    make_run(tmp_path, "c0", {"optimizer.lr": 3e-4}, curve=CURVE, elapsed=[4.0, 8.0, 12.0])
+    base, abl = compare.compare([str(tmp_path)], target=1.8)["rows"]
+    assert base["target_time_ci_low"] == pytest.approx(16.5 - stats.t.ppf(0.975, 1) * 1.5)
+    assert abl["target_time_diff"] == pytest.approx(12.0 - 16.5)
+    assert abl["target_time_ci_low"] is abl["target_time_diff_ci_low"] is abl["target_time_p"] is None
+    nobody = compare.compare([str(tmp_path)], target=0.5)["rows"][0]
+    assert nobody["target_reached"] == 0 and nobody["target_time_mean"] is None
+
+
+def test_group_time_curve_averages_loss_and_seconds_per_step(tmp_path):
+    make_run(tmp_path, "s0", {"seed": 0}, curve=[(10, 3.0), (20, 2.0)], elapsed=[5.0, 10.0])
+    make_run(tmp_path, "s1", {"seed": 1}, curve=[(10, 4.0), (20, 2.5)], elapsed=[7.0, 14.0])
+    [group] = compare.compare([str(tmp_path)])["groups"]
+    curve = compare.group_time_curve(group)
+    assert curve["elapsed_s"].tolist() == pytest.approx([6.0, 12.0])
+    assert curve["mean"].tolist() == pytest.approx([3.5, 2.25])
+
+
+def test_target_must_be_a_finite_number(tmp_path, capsys):
+    run = make_run(tmp_path, "r")
+    for bad in ["nan", "low"]:
+        with pytest.raises(SystemExit) as exit_info:
+            compare.main([str(run), "--target", bad])
+        assert exit_info.value.code == 2
+        assert "--target" in capsys.readouterr().err

@@ -229,3 +229,89 @@ def test_init_from_a_mismatched_model_is_one_config_error(make_cfg, tmp_path):
     with pytest.raises(ConfigError, match="init_from=.*hf") as err:
         run(make_cfg(f"init_from={tmp_path / 'hf'}", "model.activation=gelu_tanh"))
     assert "\n" not in str(err.value)
+
+
+# --- options GPT-2 cannot hold ---------------------------------------------------------
+
+HOLDS = ("(GPT-2 holds learned or sinusoidal positions, layernorm, gelu/gelu_tanh, no qk_norm, "
+         "no logit_softcap)")
+
+
+def tiny_gpt(**options) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=100, block_size=32, n_layer=2, n_head=2, n_embd=32,
+                         **options)).eval()
+
+
+@pytest.mark.parametrize("options, named", [
+    ({"pos_encoding": "rope"}, "model.pos_encoding=rope"),
+    ({"norm": "rmsnorm"}, "model.norm=rmsnorm"),
+    ({"qk_norm": True}, "model.qk_norm=true"),
+    ({"activation": "relu2"}, "model.activation=relu2"),
+    ({"activation": "swiglu"}, "model.activation=swiglu"),
+    ({"logit_softcap": 15.0}, "model.logit_softcap=15.0"),
+    ({"pos_encoding": "rope", "norm": "rmsnorm", "qk_norm": True, "activation": "swiglu",
+      "logit_softcap": 30.0, "zero_init_proj": True, "tie_weights": False},
+     ("model.pos_encoding=rope, model.norm=rmsnorm, model.qk_norm=true, "
+      "model.activation=swiglu, model.logit_softcap=30.0")),
+], ids=["rope", "rmsnorm", "qk_norm", "relu2", "swiglu", "logit_softcap", "all"])
+def test_export_refuses_what_gpt2_cannot_hold(tmp_path, options, named):
+    model = tiny_gpt(**options)
+    with pytest.raises(ValueError) as err:
+        export_hf_gpt2(model, tmp_path / "out")
+    assert str(err.value) == f"cannot export to GPT-2: {named} {HOLDS}"
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_export_allows_zero_init_proj_and_hf_computes_our_logits(tmp_path, idx):
+    """zero_init_proj is an init only: once trained (here: perturbed) it is a GPT-2."""
+    model = tiny_gpt(zero_init_proj=True, tie_weights=False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("c_proj.weight"):
+                p.normal_(0.0, 0.2)
+    export_hf_gpt2(model, tmp_path)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(hf_logits(hf, idx), our_logits(model, idx), atol=1e-5, rtol=0)
+
+
+def test_cli_export_of_a_rope_model_is_one_line_and_exit_2(tmp_path, capsys):
+    from lm.interop.hf import checkpoint_dict
+    from lm.tokenizers.byte import ByteTokenizer
+
+    tokenizer = ByteTokenizer()
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2,
+                          n_embd=16, pos_encoding="rope", norm="rmsnorm"))
+    torch.save(checkpoint_dict(model, tokenizer), tmp_path / "m.ckpt")
+    assert lm(["convert", "direction=export", f"ckpt={tmp_path / 'm.ckpt'}",
+               f"hf_dir={tmp_path / 'out'}"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err == (f"error: cannot export to GPT-2: model.pos_encoding=rope, "
+                            f"model.norm=rmsnorm {HOLDS}\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_builds_a_default_option_config(tmp_path):
+    hf_model(activation_function="gelu", layer_norm_epsilon=1e-3).save_pretrained(tmp_path)
+    model, _ = load_hf_gpt2(tmp_path)
+    assert model.config == GPTConfig(vocab_size=100, block_size=32, n_layer=2, n_head=2,
+                                     n_embd=32, dropout=0.1, activation="gelu",
+                                     layer_norm_epsilon=1e-3)
+    assert (model.config.pos_encoding, model.config.norm, model.config.qk_norm,
+            model.config.zero_init_proj, model.config.logit_softcap) == (
+        "learned", "layernorm", False, False, None)
+
+
+@pytest.mark.parametrize("options, named", [
+    ({"norm": "rmsnorm"}, "model.norm=rmsnorm but the checkpoint has layernorm"),
+    ({"qk_norm": True}, "model.qk_norm=True but the checkpoint has False"),
+    ({"logit_softcap": 30.0}, "model.logit_softcap=30.0 but the checkpoint has None"),
+    ({"pos_encoding": "rope"}, "model.pos_encoding=rope but the checkpoint has learned"),
+])
+def test_init_from_hf_refuses_options_gpt2_has_not(tmp_path, options, named):
+    """qk_norm and logit_softcap have no weights: without this check GPT-2's weights would
+    load into a model that computes something else."""
+    hf_model().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=named):
+        init_from_hf(tiny_gpt(activation="gelu_tanh", **options), tmp_path)

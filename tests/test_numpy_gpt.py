@@ -9,17 +9,33 @@ import torch.nn.functional as F
 
 from lm.cli import main as lm
 from lm.interop.hf import checkpoint_dict
-from lm.model import GPT, GPTConfig
+from lm.model import GPT, GPTConfig, apply_rope, rope_tables
 from lm.reference import numpy_gpt
 from lm.sampling import generate
 from lm.tokenizers.byte import ByteTokenizer
 
 VARIANTS = list(itertools.product(["learned", "sinusoidal"], [True, False], [True, False],
                                   ["gelu", "gelu_tanh"]))
+ALL = {"pos_encoding": "rope", "rope_base": 100.0, "norm": "rmsnorm", "qk_norm": True,
+       "activation": "swiglu", "zero_init_proj": True, "logit_softcap": 1.0,
+       "tie_weights": False, "bias": False}
+OPTIONS = {  # the options beyond GPT-2, each alone, then together
+    "rope": {"pos_encoding": "rope"},
+    "rope_base_100": {"pos_encoding": "rope", "rope_base": 100.0},
+    "rmsnorm": {"norm": "rmsnorm"},
+    "qk_norm": {"qk_norm": True},
+    "relu2": {"activation": "relu2"},
+    "swiglu": {"activation": "swiglu"},
+    "logit_softcap": {"logit_softcap": 1.0},
+    "zero_init_proj": {"zero_init_proj": True},
+    "untied": {"tie_weights": False},
+    "all": ALL,
+    "all_relu2_learned": {**ALL, "pos_encoding": "learned", "activation": "relu2", "bias": True},
+}
 
 
 def random_gpt(**config) -> GPT:
-    """A tiny GPT whose every parameter is random (LayerNorm gains near 1), eval mode."""
+    """A tiny GPT whose every parameter is random (norm gains near 1), eval mode."""
     torch.manual_seed(0)
     sizes = {"vocab_size": 50, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16}
     model = GPT(GPTConfig(**{**sizes, **config})).eval()
@@ -41,6 +57,38 @@ def test_numpy_forward_equals_torch(pos_encoding, tie_weights, bias, activation)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
+def test_numpy_forward_equals_torch_for_each_option(options):
+    model = random_gpt(**options)
+    idx = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(1))  # (B, T)
+    with torch.no_grad():
+        expected = model(idx)[0].double().numpy()  # (B, T, V)
+    if model.config.logit_softcap is not None:  # the cap is active, not a near-identity
+        assert np.abs(expected).max() > 0.9 * model.config.logit_softcap
+    got = numpy_gpt.gpt(idx.numpy(), numpy_gpt.numpy_state_dict(model), model.config)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+def test_rope_rms_norm_and_activations_equal_torch():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 7, 8, dtype=torch.float64, generator=g)  # (B, H, T, Dh)
+    cos, sin = rope_tables(7, 8, 500.0)  # float32, (T, Dh/2)
+    np_cos, np_sin = numpy_gpt.rope_tables(7, 8, 500.0)
+    np.testing.assert_allclose(np_cos, cos.double().numpy(), atol=1e-6)
+    np.testing.assert_allclose(np_sin, sin.double().numpy(), atol=1e-6)
+    np.testing.assert_allclose(numpy_gpt.rope(x.numpy(), np_cos, np_sin),
+                               apply_rope(x, torch.from_numpy(np_cos), torch.from_numpy(np_sin)),
+                               atol=1e-12)
+    gain = torch.rand(8, dtype=torch.float64, generator=g) + 0.5
+    np.testing.assert_allclose(numpy_gpt.rms_norm(x.numpy(), gain.numpy(), 1e-5),
+                               F.rms_norm(x, (8,), gain, 1e-5).numpy(), atol=1e-12)
+    np.testing.assert_allclose(numpy_gpt.rms_norm(x.numpy(), None, 0.1),
+                               F.rms_norm(x, (8,), None, 0.1).numpy(), atol=1e-12)
+    np.testing.assert_allclose(numpy_gpt.relu2(x.numpy()), (F.relu(x) ** 2).numpy(), atol=1e-12)
+    a, b = x.chunk(2, dim=-1)
+    np.testing.assert_allclose(numpy_gpt.swiglu(x.numpy()), (F.silu(a) * b).numpy(), atol=1e-12)
+
+
 @pytest.mark.parametrize("approximate", [False, True])
 def test_gelu_equals_torch(approximate):
     x = torch.linspace(-6, 6, 101, dtype=torch.float64)
@@ -56,9 +104,10 @@ def test_layer_norm_and_softmax_equal_torch():
     np.testing.assert_allclose(numpy_gpt.softmax(x.numpy()), F.softmax(x, -1).numpy(), atol=1e-12)
 
 
-def test_cli_greedy_text_equals_torch_greedy(tmp_path, capsys):
+@pytest.mark.parametrize("options", [{}, ALL], ids=["gpt2", "all_options"])
+def test_cli_greedy_text_equals_torch_greedy(tmp_path, capsys, options):
     tokenizer = ByteTokenizer()
-    model = random_gpt(vocab_size=tokenizer.vocab_size)
+    model = random_gpt(vocab_size=tokenizer.vocab_size, **options)
     torch.save(checkpoint_dict(model, tokenizer), tmp_path / "m.ckpt")
     prompt = torch.tensor([tokenizer.encode("hi")])  # (1, 2)
     expected = generate(model, prompt, max_new_tokens=20, temperature=0)  # crops past block_size

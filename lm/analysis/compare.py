@@ -1,6 +1,6 @@
 """Compare runs honestly: a baseline against its ablations, averaged over seeds.
 
-    lm compare PATHS... [--baseline SPEC] [--strict] [--out DIR]
+    lm compare PATHS... [--baseline SPEC] [--target LOSS] [--strict] [--out DIR]
 
 (Flags, not Hydra settings: PATHS are what to compare, not a config.)
 
@@ -24,8 +24,18 @@ whose ``run.json`` or ``config.yaml`` cannot be read (empty, not JSON or YAML) i
 too: listed with the reason, and a ``warning:`` line on stderr; one bad file does not stop
 the comparison of the others.
 
-Writes ``report.md``, ``report.csv`` and ``curves.png`` (mean ``val/loss`` per group
-against step, min-max band over seeds) into ``--out``. Default: the first PATH if it is
+With ``--target LOSS``, the report also gives the time to a target: for each run the
+step and the seconds since training began at its first validation with ``val/loss <=
+LOSS``; for each group how many of its runs got there, the mean time over those that
+did with a 95% t interval, and the difference from the baseline with a 95% Welch
+interval and p-value (when both groups have two runs or more that got there). Seconds
+come from the ``time/elapsed_s`` scalar runs log at each validation; a run without it
+(logged before it existed) falls back to TensorBoard event wall times, and the report
+names it.
+
+Writes ``report.md``, ``report.csv``, ``curves.png`` (mean ``val/loss`` per group
+against step, min-max band over seeds) and ``curves_time.png`` (``val/loss`` against
+seconds since training began: one line per run, the group mean bold) into ``--out``. Default: the first PATH if it is
 a sweep dir (it holds ``<job>-<hash8>`` job dirs), else ``outputs/compare/<date>/<time>/``.
 Exit code 2 with one ``error:`` line for a path or baseline that matches no run, or when
 no run can be read.
@@ -33,6 +43,7 @@ no run can be read.
 
 import argparse
 import datetime as dt
+import functools
 import glob
 import json
 import math
@@ -61,10 +72,18 @@ from lm.training.record import load_record
 from lm.training.registry import canonical_sha256, code_version, hashable_config
 
 ABSENT = "(absent)"  # a key one config has and the other lacks
+ELAPSED_TAG = "time/elapsed_s"  # seconds since training began, logged at each validation
 
 REPORT_COLUMNS = (
     "group", "baseline", "changes", "n_changes", "seeds", "n", "val_loss_mean",
     "val_loss_std", "diff", "ci_low", "ci_high", "p", "val_ppl_mean", "hash8s", "run_dirs",
+)
+# With --target: times in seconds; target_steps and target_times_s hold one entry per run,
+# in the order of run_dirs ("-": not reached, or no val/loss events).
+TARGET_COLUMNS = (
+    "target", "target_reached", "target_n", "target_time_mean", "target_time_ci_low",
+    "target_time_ci_high", "target_step_mean", "target_time_diff", "target_time_diff_ci_low",
+    "target_time_diff_ci_high", "target_time_p", "target_steps", "target_times_s",
 )
 
 
@@ -96,6 +115,11 @@ class Run:
     @property
     def seed(self) -> Any:
         return self.config.get("seed")
+
+    @functools.cached_property
+    def curve(self) -> "ValCurve | None":
+        """The run's ``val/loss`` events with elapsed seconds (``val_curve``), read once."""
+        return val_curve(self.dir)
 
 
 @dataclass
@@ -371,6 +395,21 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return mean, std
 
 
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float | None, ...]:
+    """Mean and its ``confidence`` Student t interval, ``mean ± t_{(1+confidence)/2, n-1} ·
+    s / sqrt(n)`` (s: sample std, ddof=1), in the unit of ``values``.
+
+    Returns:
+        ``(mean, ci_low, ci_high)``; the interval is None for n < 2, the mean too for n = 0.
+        Source: Student (1908), "The probable error of a mean", Biometrika 6(1):1-25.
+    """
+    mean, std = mean_std(values)
+    if std is None:
+        return mean, None, None
+    half = float(stats.t.ppf((1 + confidence) / 2, len(values) - 1)) * std / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
 def welch_df(var_a: float, n_a: int, var_b: float, n_b: int) -> float:
     """Welch–Satterthwaite degrees of freedom of ``mean_a - mean_b`` with unequal variances.
 
@@ -406,6 +445,17 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> t
     return diff, diff - float(half), diff + float(half), float(p)
 
 
+def difference(values: Sequence[float], base_values: Sequence[float]) -> tuple[float | None, ...]:
+    """``(diff, ci_low, ci_high, p)`` of ``mean(values) - mean(base_values)``: ``welch``
+    when both samples have two values or more; the point difference alone (interval and
+    p None) when one has a single value; all None when one is empty."""
+    if len(values) >= 2 and len(base_values) >= 2:
+        return welch(values, base_values)
+    if values and base_values:
+        return mean_std(values)[0] - mean_std(base_values)[0], None, None, None
+    return None, None, None, None
+
+
 # --- the report ----------------------------------------------------------------------
 
 
@@ -414,11 +464,9 @@ def group_row(label: str, group: Group, baseline: Group) -> dict[str, Any]:
     losses, base_losses = group.values("val/loss"), baseline.values("val/loss")
     mean, std = mean_std(losses)
     diff = config_diff(baseline.config, group.config)
-    delta = ci_low = ci_high = p = None
-    if group is not baseline and losses and base_losses:
-        delta = mean - mean_std(base_losses)[0]  # a point difference even for n=1
-    if group is not baseline and len(losses) >= 2 and len(base_losses) >= 2:
-        delta, ci_low, ci_high, p = welch(losses, base_losses)
+    delta, ci_low, ci_high, p = (None,) * 4
+    if group is not baseline:
+        delta, ci_low, ci_high, p = difference(losses, base_losses)
     return {
         "group": label, "baseline": group is baseline,
         "changes": "(baseline)" if group is baseline else describe_diff(diff) or "(none)",
@@ -431,8 +479,8 @@ def group_row(label: str, group: Group, baseline: Group) -> dict[str, Any]:
     }
 
 
-def signed(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.4f}"
+def signed(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:+.{digits}f}"
 
 
 def table_markdown(rows: Sequence[dict[str, Any]]) -> str:
@@ -486,8 +534,10 @@ def excluded_lines(runs: Sequence[Run]) -> list[str]:
 
 
 def report_markdown(table: str, flags: list[str], excluded: list[str], groups_text: str,
-                    command: str) -> str:
-    """``report.md``: how it was produced, the table, flags, excluded runs, the plot."""
+                    command: str, target_text: str = "", time_note: str = "") -> str:
+    """``report.md``: how it was produced, the table, the time-to-target section
+    (``target_text``, if any), flags, excluded runs, the plots against step and against
+    seconds, and ``time_note`` (runs timed by event wall times, if any) under them."""
     return (
         f"# Comparison\n\nProduced by `{command}` on {dt.datetime.now():%Y-%m-%d %H:%M} "
         f"(code {code_label(code_version())}).\n\n"
@@ -495,11 +545,15 @@ def report_markdown(table: str, flags: list[str], excluded: list[str], groups_te
         "final values in each run's run.json, averaged over the group's seeds (std: sample "
         "std, ddof=1). Δ = group mean − baseline mean; the 95% CI (Welch–Satterthwaite df) "
         "and p (Welch's t-test) need n ≥ 2 in both groups.\n\n"
-        f"{table}\n\n## Flags\n\n{bullets(flags)}\n\n"
+        f"{table}\n\n{target_text}## Flags\n\n{bullets(flags)}\n\n"
         f"## Excluded runs (never averaged)\n\n{bullets(excluded)}\n\n"
         f"## Runs per group\n\n{groups_text}\n\n"
         "## val/loss curves\n\nMean over seeds; the band spans min to max.\n\n"
-        "![val/loss per group](curves.png)\n"
+        "![val/loss per group against step](curves.png)\n\n"
+        "Against seconds since training began (validation included): one thin line per run; "
+        "bold, the group's mean val/loss at each step against its mean time at that step.\n\n"
+        "![val/loss per group against wall time](curves_time.png)\n"
+        + (f"\n{time_note}\n" if time_note else "")
     )
 
 
@@ -520,25 +574,59 @@ def groups_markdown(labels: Sequence[str], groups: Sequence[Group]) -> str:
 # --- curves --------------------------------------------------------------------------
 
 
-def val_curve(run_dir: Path):
-    """The ``val/loss`` events of a run as a pandas Series indexed by step, or None."""
+@dataclass
+class ValCurve:
+    """A run's validation curve: one point per step that logged ``val/loss``.
+
+    ``loss``: ``val/loss`` (mean cross-entropy, nats/token), a pandas Series indexed by step.
+    ``elapsed_s``: seconds since training began at those steps (same index; NaN where not
+    known). ``from_wall_time``: the run logged no ``time/elapsed_s``, so ``elapsed_s`` is
+    the TensorBoard wall time of each ``val/loss`` event minus that of the run's first
+    scalar event: it counts any pause before a resume, and misses the time before the
+    first scalar was logged (the first ``log_every_n_steps`` steps).
+    """
+
+    loss: Any
+    elapsed_s: Any
+    from_wall_time: bool
+
+
+def read_scalars(run_dir: Path):
+    """The scalar events under ``run_dir/tb`` as a pandas DataFrame with columns ``step``,
+    ``tag``, ``value`` and ``wall_time`` (Unix seconds), or None when there are none."""
     from tbparse import SummaryReader
 
     tb = run_dir / "tb"
     if not tb.is_dir():
         return None
-    df = SummaryReader(str(tb)).scalars
-    if df.empty or "tag" not in df:
+    df = SummaryReader(str(tb), extra_columns={"wall_time"}).scalars
+    return None if df.empty or "tag" not in df else df
+
+
+def val_curve(run_dir: Path) -> ValCurve | None:
+    """The ``val/loss`` events of a run joined on step with its ``time/elapsed_s`` events
+    (or, without them, event wall times: see ``ValCurve``); None without ``val/loss``.
+    A step logged twice (a resumed run) keeps its last value."""
+    scalars = read_scalars(run_dir)
+    if scalars is None:
         return None
-    df = df[df["tag"] == "val/loss"]
-    return None if df.empty else df.groupby("step")["value"].last()
+    val = scalars[scalars["tag"] == "val/loss"]
+    if val.empty:
+        return None
+    loss = val.groupby("step")["value"].last()
+    logged = scalars[scalars["tag"] == ELAPSED_TAG]
+    if logged.empty:
+        elapsed = val.groupby("step")["wall_time"].last() - scalars["wall_time"].min()
+    else:
+        elapsed = logged.groupby("step")["value"].last().reindex(loss.index)
+    return ValCurve(loss, elapsed, from_wall_time=logged.empty)
 
 
 def group_curve(group: Group):
     """Mean, min and max ``val/loss`` over the group's valid runs per step, or None."""
     import pandas as pd
 
-    curves = [c for r in group.valid if (c := val_curve(r.dir)) is not None]
+    curves = [r.curve.loss for r in group.valid if r.curve is not None]
     if not curves:
         return None
     table = pd.concat(curves, axis=1)
@@ -546,28 +634,82 @@ def group_curve(group: Group):
                          "max": table.max(axis=1)})
 
 
-def plot_curves(labels: Sequence[str], groups: Sequence[Group], path: Path) -> None:
-    """``curves.png``: mean ``val/loss`` per group against step, min-max band over seeds."""
+def group_time_curve(group: Group):
+    """Per step, the mean ``val/loss`` and the mean ``elapsed_s`` (seconds) over the group's
+    valid runs that have both at that step, as a DataFrame; None without any."""
+    import pandas as pd
+
+    curves = [r.curve for r in group.valid if r.curve is not None]
+    if not curves:
+        return None
+    runs = range(len(curves))  # column labels, one per run
+    loss = pd.concat([c.loss for c in curves], axis=1, keys=runs)
+    seconds = pd.concat([c.elapsed_s for c in curves], axis=1, keys=runs)
+    both = loss.notna() & seconds.notna()
+    table = pd.DataFrame({"mean": loss.where(both).mean(axis=1),
+                          "elapsed_s": seconds.where(both).mean(axis=1)})
+    return table.dropna()
+
+
+def new_axes():
+    """A figure and axes for one plot, drawn without a display."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for label, group in zip(labels, groups):
-        curve = group_curve(group)
-        if curve is None:
-            continue
-        (line,) = ax.plot(curve.index, curve["mean"], marker="o", markersize=3,
-                          label=f"{label} (n={len(group.valid)})")
-        ax.fill_between(curve.index, curve["min"], curve["max"], color=line.get_color(), alpha=0.2)
-    ax.set(xlabel="step", ylabel="val/loss", title="val/loss: mean over seeds, band min-max")
+    return plt.subplots(figsize=(8, 5))
+
+
+def save_plot(fig, ax, path: Path, target: float | None) -> None:
+    """Draw the target line (if any), grid and legend; write ``path``; close the figure."""
+    import matplotlib.pyplot as plt
+
+    if target is not None:
+        ax.axhline(target, color="0.3", linestyle="--", linewidth=1, label=f"target {target:g}")
     ax.grid(alpha=0.3)
-    if ax.lines:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_curves(labels: Sequence[str], groups: Sequence[Group], path: Path,
+                target: float | None = None) -> None:
+    """``curves.png``: mean ``val/loss`` per group against step, min-max band over seeds;
+    a dashed line at ``target`` (nats/token) if given. Group i is colour ``Ci``."""
+    fig, ax = new_axes()
+    for i, (label, group) in enumerate(zip(labels, groups)):
+        curve = group_curve(group)
+        if curve is None:
+            continue
+        color = f"C{i % 10}"
+        ax.plot(curve.index, curve["mean"], marker="o", markersize=3, color=color,
+                label=f"{label} (n={len(group.valid)})")
+        ax.fill_between(curve.index, curve["min"], curve["max"], color=color, alpha=0.2)
+    ax.set(xlabel="step", ylabel="val/loss", title="val/loss: mean over seeds, band min-max")
+    save_plot(fig, ax, path, target)
+
+
+def plot_time_curves(labels: Sequence[str], groups: Sequence[Group], path: Path,
+                     target: float | None = None) -> None:
+    """``curves_time.png``: ``val/loss`` against seconds since training began, one thin
+    line per run and the group mean bold (mean loss at each step against the mean time
+    at that step: ``group_time_curve``), coloured as in ``curves.png``."""
+    fig, ax = new_axes()
+    for i, (label, group) in enumerate(zip(labels, groups)):
+        color = f"C{i % 10}"
+        for run in group.valid:
+            if run.curve is not None:
+                ax.plot(run.curve.elapsed_s, run.curve.loss, color=color, alpha=0.35, linewidth=1)
+        curve = group_time_curve(group)
+        if curve is not None and not curve.empty:
+            ax.plot(curve["elapsed_s"], curve["mean"], marker="o", markersize=3, color=color,
+                    linewidth=2, label=f"{label} (n={len(group.valid)})")
+    ax.set(xlabel="seconds since training began", ylabel="val/loss",
+           title="val/loss against wall time: one thin line per run, mean over seeds bold")
+    save_plot(fig, ax, path, target)
 
 
 def curve_label(row: dict[str, Any]) -> str:
@@ -578,35 +720,177 @@ def curve_label(row: dict[str, Any]) -> str:
     return label if len(label) <= 60 else label[:57] + "..."
 
 
+def wall_time_runs(groups: Sequence[Group]) -> list[Run]:
+    """The valid runs whose seconds come from event wall times (no ``time/elapsed_s``)."""
+    return [r for g in groups for r in g.valid if r.curve is not None and r.curve.from_wall_time]
+
+
+def wall_time_note(runs: Sequence[Run]) -> str:
+    """A footnote naming the runs whose seconds come from event wall times, or ``""``."""
+    if not runs:
+        return ""
+    names = ", ".join(f"`{r.dir}`" for r in runs)
+    return (f"Seconds of runs that logged no `{ELAPSED_TAG}` (older runs) are the TensorBoard "
+            "wall time of each val/loss event minus that of the run's first scalar event: they "
+            "count any pause before a resume and miss the time before the first scalar was "
+            f"logged. Those runs: {names}.")
+
+
+# --- time to a target loss -----------------------------------------------------------
+
+
+def time_to_target(curve: ValCurve, target: float) -> tuple[int, float | None] | None:
+    """``(step, seconds)`` of the run's first validation with ``val/loss <= target``
+    (nats/token); seconds since training began, None where that step has no time. None
+    when no validation reached ``target`` (a NaN loss never does)."""
+    reached = curve.loss[curve.loss <= target]
+    if reached.empty:
+        return None
+    step = int(reached.index[0])
+    seconds = curve.elapsed_s.get(step)
+    return step, None if seconds is None or math.isnan(seconds) else float(seconds)
+
+
+def target_hits(group: Group, target: float) -> list[tuple[int, float | None] | None]:
+    """``time_to_target`` of each valid run of ``group`` (None: not reached or no events)."""
+    return [None if r.curve is None else time_to_target(r.curve, target) for r in group.valid]
+
+
+def target_times(group: Group, target: float) -> list[float]:
+    """Seconds to ``target`` of the group's valid runs that reached it."""
+    return [h[1] for h in target_hits(group, target) if h is not None and h[1] is not None]
+
+
+def target_columns(group: Group, baseline: Group, target: float) -> dict[str, Any]:
+    """The ``TARGET_COLUMNS`` of ``group``'s row: how many runs reached ``target``, their
+    mean seconds with a 95% t interval (``mean_ci``), mean step, and the difference in
+    seconds from the baseline (``difference``: Welch when both have two times or more)."""
+    hits = target_hits(group, target)
+    reached = [h for h in hits if h is not None]
+    times = target_times(group, target)
+    mean, low, high = mean_ci(times)
+    diff, diff_low, diff_high, p = (None,) * 4
+    if group is not baseline:
+        diff, diff_low, diff_high, p = difference(times, target_times(baseline, target))
+    return {
+        "target": target, "target_reached": len(reached),
+        "target_n": sum(r.curve is not None for r in group.valid),
+        "target_time_mean": mean, "target_time_ci_low": low, "target_time_ci_high": high,
+        "target_step_mean": mean_std([h[0] for h in reached])[0],
+        "target_time_diff": diff, "target_time_diff_ci_low": diff_low,
+        "target_time_diff_ci_high": diff_high, "target_time_p": p,
+        "target_steps": " ".join("-" if h is None else str(h[0]) for h in hits),
+        "target_times_s": " ".join("-" if h is None else fmt(h[1], 3) for h in hits),
+    }
+
+
+def target_table_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The time-to-target table as Markdown (also what is printed); seconds."""
+    header = ["group", "reached", "time (s)", "95% CI", "step", "Δ time vs baseline (s)",
+              "95% CI", "p"]
+    cells = []
+    for r in rows:
+        ci = ("-" if r["target_time_ci_low"] is None
+              else f"[{fmt(r['target_time_ci_low'], 2)}, {fmt(r['target_time_ci_high'], 2)}]")
+        diff_ci = ("-" if r["target_time_diff_ci_low"] is None else
+                   f"[{signed(r['target_time_diff_ci_low'], 2)}, "
+                   f"{signed(r['target_time_diff_ci_high'], 2)}]")
+        p = "-" if r["target_time_p"] is None else f"{r['target_time_p']:.3g}"
+        cells.append([r["group"], f"{r['target_reached']} of {r['target_n']}",
+                      fmt(r["target_time_mean"], 2), ci, fmt(r["target_step_mean"], 1),
+                      signed(r["target_time_diff"], 2), diff_ci, p])
+    return markdown_table(header, cells)
+
+
+def target_runs_markdown(labels: Sequence[str], groups: Sequence[Group], target: float) -> str:
+    """One bullet per valid run: the step and seconds at which it reached ``target``."""
+    lines = []
+    for label, group in zip(labels, groups):
+        for run, hit in zip(group.valid, target_hits(group, target)):
+            if run.curve is None:
+                what = "no val/loss events"
+            elif hit is None:
+                what = f"not reached (lowest val/loss {fmt(float(run.curve.loss.min()))})"
+            else:
+                what = f"step {hit[0]}, {fmt(hit[1], 2)} s"
+            lines.append(f"- {label} `{run.dir}`: {what}")
+    return "\n".join(lines) or "(none)"
+
+
+def target_markdown(table: str, runs_text: str, target: float, note: str) -> str:
+    """The ``report.md`` section on the time to ``target``; a pointer to the wall-time
+    ``note`` (under the curves) when there is one."""
+    return (
+        f"## Time to val/loss <= {target:g}\n\n"
+        f"For each run, the first validation with val/loss <= {target:g} (nats/token): its "
+        f"step and the seconds since training began (`{ELAPSED_TAG}`, validation included). "
+        "Per group: how many of its runs got there, and over those the mean time with a "
+        "95% t interval and the mean step; Δ = group mean − baseline mean time, with a 95% "
+        "CI (Welch–Satterthwaite df) and p (Welch's t-test) when both groups have ≥ 2 runs "
+        "that got there. Runs that never got there are not in the means.\n\n"
+        f"{table}\n\n{runs_text}\n\n"
+        + ("Some runs' seconds come from event wall times (they logged no "
+           f"`{ELAPSED_TAG}`): see the note under the curves.\n\n" if note else "")
+    )
+
+
 # --- entry point ---------------------------------------------------------------------
 
 
-def compare(paths: Sequence[str], baseline_spec: str | None = None) -> dict[str, Any]:
-    """Load, group and tabulate the runs under ``paths``: rows, flags and groups."""
+def compare(paths: Sequence[str], baseline_spec: str | None = None,
+            target: float | None = None) -> dict[str, Any]:
+    """Load, group and tabulate the runs under ``paths``: rows, flags and groups. With a
+    ``target`` val/loss (nats/token), each row also has the ``TARGET_COLUMNS``."""
     runs, unreadable = load_runs(expand_paths(paths))
     mark_repeats(runs)
     groups = group_runs(runs)
     baseline = select_baseline(groups, baseline_spec)
     labels = [f"G{i}" for i in range(1, len(groups) + 1)]
     rows = [group_row(label, g, baseline) for label, g in zip(labels, groups)]
-    return {"runs": runs, "groups": groups, "labels": labels, "rows": rows,
+    if target is not None:
+        for row, group in zip(rows, groups):
+            row.update(target_columns(group, baseline, target))
+    return {"runs": runs, "groups": groups, "labels": labels, "rows": rows, "target": target,
             "ablation_flags": ablation_flags(rows), "code_flags": code_flags(runs),
             "unreadable": unreadable, "excluded": unreadable + excluded_lines(runs)}
 
 
 def write_report(result: dict[str, Any], out: Path, command: str) -> str:
-    """Write ``report.md``, ``report.csv`` and ``curves.png`` into ``out``; return the text
-    printed to stdout (table, flags, excluded runs)."""
+    """Write ``report.md``, ``report.csv``, ``curves.png`` and ``curves_time.png`` into
+    ``out``; return the text printed to stdout (tables, flags, excluded runs)."""
     out.mkdir(parents=True, exist_ok=True)
-    table = table_markdown(result["rows"])
+    rows, groups, target = result["rows"], result["groups"], result.get("target")
+    table = table_markdown(rows)
     flags = result["ablation_flags"] + result["code_flags"]
-    groups_text = groups_markdown(result["labels"], result["groups"])
-    (out / "report.md").write_text(
-        report_markdown(table, flags, result["excluded"], groups_text, command))
-    write_csv(out / "report.csv", result["rows"], REPORT_COLUMNS)
-    plot_curves([curve_label(r) for r in result["rows"]], result["groups"], out / "curves.png")
-    lines = [table, *flags, *(f"excluded: {x}" for x in result["excluded"])]
-    return "\n".join([*lines, f"wrote {out}/report.md, report.csv, curves.png"])
+    groups_text = groups_markdown(result["labels"], groups)
+    note = wall_time_note(wall_time_runs(groups))
+    target_text, printed_target = "", []
+    if target is not None:
+        target_table = target_table_markdown(rows)
+        runs_text = target_runs_markdown(result["labels"], groups, target)
+        target_text = target_markdown(target_table, runs_text, target, note)
+        printed_target = [f"Time to val/loss <= {target:g} (seconds since training began):",
+                          target_table, *([f"note: {note}"] if note else [])]
+    (out / "report.md").write_text(report_markdown(
+        table, flags, result["excluded"], groups_text, command, target_text, note))
+    columns = REPORT_COLUMNS + (TARGET_COLUMNS if target is not None else ())
+    write_csv(out / "report.csv", rows, columns)
+    labels = [curve_label(r) for r in rows]
+    plot_curves(labels, groups, out / "curves.png", target)
+    plot_time_curves(labels, groups, out / "curves_time.png", target)
+    lines = [table, *printed_target, *flags, *(f"excluded: {x}" for x in result["excluded"])]
+    return "\n".join([*lines, f"wrote {out}/report.md, report.csv, curves.png, curves_time.png"])
+
+
+def finite_float(text: str) -> float:
+    """``float(text)`` for ``--target``; argparse turns the error into exit code 2."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -618,10 +902,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--baseline", metavar="SPEC",
                         help="run dir, config-hash prefix or key=value "
                              "(default: the first run's group)")
+    parser.add_argument("--target", type=finite_float, metavar="LOSS",
+                        help="also report the time (seconds since training began) and step "
+                             "at which each run first reached val/loss <= LOSS, per group "
+                             "with a 95%% CI and the difference from the baseline")
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 if a group changes more than one key from the baseline")
     parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="report dir (default: the first PATH if a sweep dir, "
+                        help="dir for report.md, report.csv, curves.png and "
+                             "curves_time.png (default: the first PATH if a sweep dir, "
                              "else outputs/compare/<date>/<time>)")
     return parser.parse_args(argv)
 
@@ -630,7 +919,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI; returns the exit code: 0, 1 (``--strict`` and a multi-key ablation), 2 (error)."""
     args = parse_args(argv)
     try:
-        result = compare(args.paths, args.baseline)
+        result = compare(args.paths, args.baseline, args.target)
     except CompareError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ The model comes from the training config (``conf/inspect.yaml`` composes
 Examples:
     lm inspect model=small
     lm inspect model=tiny 'hooks=[resid_noise,z_loss]'
+    lm inspect model=tiny model.pos_encoding=rope model.norm=rmsnorm model.activation=swiglu
 """
 
 import dataclasses

@@ -11,6 +11,10 @@ Command line (``conf/convert.yaml``):
     lm convert direction=import hf_dir=<dir> ckpt=<out.ckpt>   # a checkpoint lm generate reads
     lm convert direction=export ckpt=<in.ckpt> hf_dir=<dir>    # a directory from_pretrained reads
 
+Export refuses, in one line, a model GPT-2 cannot compute (rotary positions, RMSNorm,
+QK-norm, ReLU²/SwiGLU, logit soft-capping); an import is a GPT-2: every option beyond
+GPT-2 at its default.
+
 Sources: Radford et al. 2019 (GPT-2); Hugging Face ``transformers``
 ``models/gpt2/modeling_gpt2.py`` (``Conv1D``, ``GPT2Config``); nanoGPT
 ``GPT.from_pretrained`` (the transpose table).
@@ -42,6 +46,9 @@ UNSUPPORTED = {
     "add_cross_attention": False,
 }
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# what GPT-2 holds, for the export error line; zero_init_proj is an init, rope_base unused
+GPT2_HOLDS = ("learned or sinusoidal positions, layernorm, gelu/gelu_tanh, no qk_norm, "
+              "no logit_softcap")
 
 
 # --- reading a Hugging Face directory -------------------------------------------------
@@ -187,15 +194,17 @@ def init_from_hf(module_or_model: nn.Module, directory: str | Path) -> GPT:
     ``module_or_model`` is a ``GPT`` or anything with a ``.model`` GPT (``LMModule``).
 
     Raises:
-        ValueError: the directory cannot be read, the activation, epsilon or tying of
-            the two configs differ, or a weight's shape differs (named, with both shapes).
+        ValueError: the directory cannot be read, an option of the two configs differs
+            (activation, epsilon, tying, positions, biases, norm, QK-norm, soft-capping),
+            or a weight's shape differs (named, with both shapes).
     """
     model = getattr(module_or_model, "model", module_or_model)
     if not isinstance(model, GPT):
         raise TypeError(f"init_from_hf needs a GPT or a module with .model, got {type(model).__name__}")
     directory = Path(directory)
     hf_config = gpt_config_from_hf(read_hf_config(directory))
-    for key in ("activation", "layer_norm_epsilon", "tie_weights", "pos_encoding", "bias"):
+    for key in ("activation", "layer_norm_epsilon", "tie_weights", "pos_encoding", "bias",
+                "norm", "qk_norm", "logit_softcap"):
         ours, theirs = getattr(model.config, key), getattr(hf_config, key)
         if ours != theirs:
             raise ValueError(f"init_from={directory}: model.{key}={ours} but the checkpoint has {theirs}")
@@ -210,8 +219,38 @@ def init_from_hf(module_or_model: nn.Module, directory: str | Path) -> GPT:
 # --- writing a Hugging Face directory ---------------------------------------------------
 
 
+def check_gpt2_exportable(config: GPTConfig) -> None:
+    """Raise if GPT-2 cannot compute what ``config``'s model computes.
+
+    GPT-2 has learned positions (a sinusoidal table is exported as ``wpe``), LayerNorm,
+    GELU (exact or tanh), no QK-norm and no logit soft-capping. ``zero_init_proj`` is
+    an init only, so it is allowed; ``rope_base`` is unused without rope.
+
+    Raises:
+        ValueError: one line naming every key and value GPT-2 cannot hold, e.g.
+            ``cannot export to GPT-2: model.pos_encoding=rope, model.norm=rmsnorm (...)``.
+    """
+    blocked = {
+        "pos_encoding": config.pos_encoding not in ("learned", "sinusoidal"),
+        "norm": config.norm != "layernorm",
+        "qk_norm": config.qk_norm,
+        "activation": config.activation not in EXPORT_ACTIVATIONS,
+        "logit_softcap": config.logit_softcap is not None,
+    }
+    values = {key: getattr(config, key) for key, bad in blocked.items() if bad}
+    keys = [f"model.{key}={str(v).lower() if isinstance(v, bool) else v}"  # as typed: true
+            for key, v in values.items()]
+    if keys:
+        raise ValueError(f"cannot export to GPT-2: {', '.join(keys)} (GPT-2 holds {GPT2_HOLDS})")
+
+
 def hf_config_from_gpt(config: GPTConfig, tokenizer: Tokenizer | None = None) -> dict:
-    """The ``config.json`` dict of GPT2LMHeadModel for our ``config``."""
+    """The ``config.json`` dict of GPT2LMHeadModel for our ``config``.
+
+    Raises:
+        ValueError: one line, for options GPT-2 cannot hold (``check_gpt2_exportable``).
+    """
+    check_gpt2_exportable(config)
     eos = None if tokenizer is None else tokenizer.eos_id
     return {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
@@ -235,7 +274,11 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     biases and a sinusoidal one gets its fixed table as ``wpe``: the same function.
     A tied ``lm_head.weight`` is left out (safetensors stores no shared tensors;
     ``from_pretrained`` ties it again).
+
+    Raises:
+        ValueError: one line, for options GPT-2 cannot hold (``check_gpt2_exportable``).
     """
+    check_gpt2_exportable(model.config)
     state = {k: v.detach().cpu().float() for k, v in model.state_dict().items()}
     if model.config.tie_weights:
         del state["lm_head.weight"]
@@ -261,12 +304,16 @@ def export_hf_gpt2(model: GPT, directory: str | Path, tokenizer: Tokenizer | Non
     ``tokenizer`` is a ``BPETokenizer`` (other tokenizers have no GPT-2 file format
     and are not written). ``GPT2LMHeadModel.from_pretrained(directory)`` computes
     the same logits. Returns the directory.
+
+    Raises:
+        ValueError: one line, before anything is written, for options GPT-2 cannot hold
+            (rope, rmsnorm, qk_norm, relu2/swiglu, logit_softcap; ``check_gpt2_exportable``).
     """
     from safetensors.torch import save_file
 
+    config = hf_config_from_gpt(model.config, tokenizer)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = hf_config_from_gpt(model.config, tokenizer)
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file(hf_state_dict(model), directory / "model.safetensors", metadata={"format": "pt"})
     if isinstance(tokenizer, BPETokenizer):
