@@ -31,10 +31,11 @@ sweep: $(STAMP)  ## a learning-rate sweep on the tiny model
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir outputs
 
-bench: $(STAMP)  ## harness vs plain loop tokens/s; BPE encode MB/s; generate tokens/s (ARGS="steps=100" for lm bench train)
+bench: $(STAMP)  ## harness vs plain loop tokens/s; BPE encode MB/s; generate tokens/s; speedrun time to target (ARGS="steps=100" for lm bench train)
 	$(VENV)/bin/lm bench train $(ARGS)
 	$(VENV)/bin/lm bench tokenizer
 	$(VENV)/bin/lm bench generate
+	$(VENV)/bin/lm bench speedrun
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lm tests

@@ -65,7 +65,8 @@ COMMANDS: dict[str, Command] = {
                        "lm.analysis.compare:main"),
     "convert": Command("import / export Hugging Face GPT-2 checkpoints",
                        "lm.interop.hf:convert_command", "convert", "lm.interop.hf:ConvertConfig"),
-    "bench": Command("benchmarks: lm bench train | tokenizer | generate", "lm.cli:bench"),
+    "bench": Command("benchmarks: lm bench train | tokenizer | generate | speedrun",
+                     "lm.cli:bench"),
     "classify": Command("two-moons classification with the scalar autograd engine",
                         "lm.reference.classify:classify_command", "classify",
                         "lm.reference.classify:ClassifyConfig"),
@@ -80,6 +81,9 @@ BENCHMARKS: dict[str, Command] = {  # lm bench <name> [settings]
     "generate": Command("greedy tokens/s with and without the KV cache",
                         "lm.bench.generate:bench_generate", "bench_generate",
                         "lm.bench:BenchGenerateConfig"),
+    "speedrun": Command("time to a target val/loss: speedrun recipe against the baseline",
+                        "lm.bench.speedrun:bench_speedrun", "bench_speedrun",
+                        "lm.bench:BenchSpeedrunConfig"),
 }
 
 

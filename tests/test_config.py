@@ -110,7 +110,7 @@ def test_cli_exit_code_2_and_one_line(tmp_path):
 @pytest.mark.parametrize("overrides,message", [
     (["model=nosuch"], "model=nosuch is not an option; available: gpt2, medium, small, tiny"),
     (["hooks=[z_loss,nosuch]"], "hooks=nosuch is not an option; available: act_l2, "),
-    (["optimizer=adamw,sgdd"], "optimizer=sgdd is not an option; available: adamw, sgd"),
+    (["optimizer=adamw,sgdd"], "optimizer=sgdd is not an option; available: adamw, muon, sgd"),
     (["data/tokenizer=bpee"], "data/tokenizer=bpee is not an option; available: bpe, byte, char"),
 ])
 def test_unknown_group_options_are_named_in_one_line(overrides, message):

@@ -1,10 +1,15 @@
 """lm evaluate against the validation a training run logged (run.json)."""
 
 import math
+import re
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 from lm.cli import main as lm
+from lm.data.tokens import VAL_STREAM, get_batch, split_text
+from lm.training.checkpoint import load_checkpoint
 from lm.training.run import run
 
 
@@ -63,9 +68,68 @@ def test_other_text_is_encoded_with_the_checkpoints_tokenizer(trained, tmp_path,
     (["ckpt=x.ckpt", "eval_iters=0"], "eval_iters=0 is invalid: must be an integer >= 1"),
     (["ckpt=x.ckpt", "batch_size=0"], "batch_size=0 is invalid: must be an integer >= 1"),
     (["ckpt=x.ckpt", "eval_iters=many"], "eval_iters=many is invalid"),
+    (["ckpt=x.ckpt", "full=true", "eval_iters=2"], "eval_iters=2 does not apply with full=true"),
     (["ckpt=x.ckpt", "data=nosuch"], "data=nosuch is not an option; available: "),
 ])
 def test_errors_are_one_line_with_exit_code_2(argv, message, capsys):
     assert lm(["evaluate", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err and err.count("\n") == 1
+
+
+def validation_ids(ckpt, corpus) -> tuple[torch.nn.Module, torch.Tensor, str, int]:
+    """(model, validation ids (N,) int64, validation text, seed) of a run on ``corpus``,
+    by hand: the last 10% of its characters encoded with the checkpoint's tokenizer."""
+    model, tokenizer, run_config = load_checkpoint(ckpt)
+    _, val_text = split_text(corpus.read_text(), run_config["data"]["val_fraction"])
+    return model, torch.tensor(tokenizer.encode(val_text)), val_text, run_config["seed"]
+
+
+@torch.no_grad()
+def hand_whole_split_loss(model, ids: torch.Tensor) -> tuple[float, int, int]:
+    """(summed cross-entropy / count, count, windows): one window at a time, start 0, T,
+    2T, ..., each predicting the next T ids (the last one fewer)."""
+    T, total, count, windows, start = model.config.block_size, 0.0, 0, 0, 0
+    while start + 1 < len(ids):
+        x, y = ids[start : start + T], ids[start + 1 : start + T + 1]
+        x = x[: len(y)]  # the last window: as many inputs as targets remain
+        logits, _ = model(x[None])  # (1, t, V)
+        total += F.cross_entropy(logits[0], y, reduction="sum").item()
+        count, windows, start = count + len(y), windows + 1, start + T
+    return total / count, count, windows
+
+
+def test_full_is_the_mean_cross_entropy_over_every_validation_token(trained, corpus, capsys):
+    _, ckpt = trained
+    model, ids, val_text, _ = validation_ids(ckpt, corpus)
+    reference, count, windows = hand_whole_split_loss(model, ids)
+    assert count == len(ids) - 1 and count % model.config.block_size != 0  # a partial window
+    capsys.readouterr()
+    for batch in ("batch_size=3", "batch_size=64"):  # batches of 3 windows; all in one batch
+        assert lm(["evaluate", f"ckpt={ckpt}", "full=true", batch]) == 0
+        out = capsys.readouterr().out
+        assert re.search(rf"^# whole validation split: {count:,} tokens in {windows} windows",
+                         out, re.MULTILINE), out
+        metrics = printed_metrics(out)
+        assert metrics["val/loss"] == pytest.approx(reference, abs=2e-6)
+        assert metrics["val/ppl"] == pytest.approx(math.exp(reference), rel=1e-5)
+        bpb = reference / math.log(2) * len(ids) / len(val_text.encode())
+        assert metrics["val/bpb"] == pytest.approx(bpb, abs=2e-6)
+
+
+def test_batch_size_sets_the_validation_batch_size_of_the_run_config(make_cfg, corpus, capsys):
+    record = run(make_cfg("data.eval_batch_size=2"))  # training batches of 4, validation of 2
+    ckpt, final = record["checkpoints"]["last"], record["metrics"]["final"]["val/loss"]
+    model, ids, _, seed = validation_ids(ckpt, corpus)
+    T = model.config.block_size
+    with torch.no_grad():  # eval_iters=2 batches of 3 windows from the validation stream
+        reference = sum(model(*get_batch(ids.numpy(), T, 3, seed, i, VAL_STREAM))[1].item()
+                        for i in range(2)) / 2
+    capsys.readouterr()
+    assert lm(["evaluate", f"ckpt={ckpt}"]) == 0  # the run's own validation batches
+    assert printed_metrics(capsys.readouterr().out)["val/loss"] == pytest.approx(final, abs=2e-6)
+    assert lm(["evaluate", f"ckpt={ckpt}", "batch_size=3"]) == 0
+    out = capsys.readouterr().out
+    assert "# sampled validation batches: 2 batches of 3 windows" in out
+    assert printed_metrics(out)["val/loss"] == pytest.approx(reference, abs=2e-6)
+    assert reference != pytest.approx(final, abs=1e-4)  # the override did change the batches

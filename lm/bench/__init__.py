@@ -33,3 +33,18 @@ class BenchGenerateConfig:
     prompt_tokens: int
     repeats: int
     device: str
+
+
+@dataclass
+class BenchSpeedrunConfig:
+    """``lm bench speedrun``: time to a target val/loss, baseline recipe against speedrun."""
+
+    baseline: str
+    speedrun: str
+    runs: int
+    target: float
+    val_check_interval: int
+    max_steps: int | None
+    overrides: list[str]
+    data_dir: str
+    whole_split: str

@@ -1,11 +1,15 @@
 """Validation loss of a checkpoint: ``lm evaluate ckpt=<path> [key=value ...]``.
 
 Prints ``val/loss`` (mean cross-entropy, nats per token), ``val/ppl`` (exp of it) and
-``val/bpb`` (bits per UTF-8 byte, comparable across tokenizers) over the same fixed
-validation batches a training run evaluates (``LMDataModule.val_dataloader``).
+``val/bpb`` (bits per UTF-8 byte, comparable across tokenizers), after a ``#`` line saying
+which validation tokens they cover: by default the same fixed sampled validation batches
+a training run evaluates (``LMDataModule.val_dataloader``); with ``full=true`` the whole
+validation split, cut into consecutive windows so that every token after the first is
+predicted exactly once (``whole_split_loss``), which a small ``eval_iters`` cannot flatter.
 
 Examples:
     lm evaluate ckpt=outputs/runs/<date>/<run>/checkpoints/best.ckpt
+    lm evaluate ckpt=outputs/runs/<date>/<run>/checkpoints/last.ckpt full=true
     lm evaluate ckpt=gpt2.ckpt data=text_file data.path=corpus.txt eval_iters=50
 
 The keys and their defaults are in ``conf/evaluate.yaml`` (``lm evaluate --help``).
@@ -15,12 +19,17 @@ tokenizer (another corpus, a char vocabulary of other text) is re-encoded with t
 checkpoint's tokenizer.
 """
 
+import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from tqdm import tqdm
 
 from lm.data.corpus import DataError, load_text
 from lm.data.datamodule import build_datamodule
@@ -40,23 +49,29 @@ class EvaluateConfig:
     ckpt: str
     eval_iters: int | None
     batch_size: int | None
+    full: bool
     device: str
     data: DataConfig | None = None  # the conf/data option chosen with data=..., if any
 
 
 def check_config(cfg: EvaluateConfig) -> None:
-    """Raise ``ValueError`` (one line) for a batch count or size below 1."""
+    """Raise ``ValueError`` (one line) for a batch count or size below 1, or a batch
+    count with ``full=true`` (which evaluates every window, not ``eval_iters`` batches)."""
     for key in ("eval_iters", "batch_size"):
         value = getattr(cfg, key)
         if value is not None and value < 1:
             raise ValueError(f"{key}={value} is invalid: must be an integer >= 1, or null")
+    if cfg.full and cfg.eval_iters is not None:
+        raise ValueError(f"eval_iters={cfg.eval_iters} does not apply with full=true (every "
+                         "window of the validation split is evaluated); leave it null")
 
 
 def data_config(cfg: EvaluateConfig, run_config: dict, block_size: int) -> DictConfig:
     """The run config ``build_datamodule`` needs: ``conf/train.yaml``'s, with the
     checkpoint's seed (which picks the validation windows) and data dir where it records
     them, the chosen data config (``cfg.data``, else the checkpoint's), ``eval_iters``,
-    ``batch_size`` and the model's block_size.
+    ``batch_size`` (as ``data.eval_batch_size``, the validation batch size, which a run
+    config may set apart from its training ``batch_size``) and the model's block_size.
 
     Raises:
         ValueError: no data config anywhere, or one that does not fit the schema.
@@ -70,9 +85,10 @@ def data_config(cfg: EvaluateConfig, run_config: dict, block_size: int) -> DictC
     except OmegaConfBaseException as err:  # a checkpoint's data config of another schema
         raise ValueError(f"ckpt={cfg.ckpt}: its data config does not fit: {first_line(err)}; "
                          "pass data=<option>") from None
-    for key in ("eval_iters", "batch_size"):
-        if getattr(cfg, key) is not None:
-            run.data[key] = getattr(cfg, key)
+    if cfg.eval_iters is not None:
+        run.data.eval_iters = cfg.eval_iters
+    if cfg.batch_size is not None:
+        run.data.eval_batch_size = cfg.batch_size
     run.model.block_size = block_size
     return run
 
@@ -111,8 +127,56 @@ def mean_loss(model: torch.nn.Module, loader, device: str) -> float:
     return torch.stack(losses).mean().item()
 
 
-def evaluate(cfg: EvaluateConfig) -> dict[str, float]:
-    """``{"val/loss", "val/ppl", "val/bpb"}`` of ``cfg.ckpt`` on its validation batches.
+def split_windows(n_tokens: int, block_size: int) -> list[tuple[int, int]]:
+    """``(start, length)`` of the consecutive, non-overlapping windows that cover a split
+    of ``n_tokens`` ids: window ``(s, t)`` feeds ids ``s .. s+t-1`` and predicts ids
+    ``s+1 .. s+t``, so every id after the first is a target exactly once (``n_tokens - 1``
+    targets in all). Every window has ``block_size`` positions but the last, which
+    holds the remainder."""
+    return [(s, min(block_size, n_tokens - 1 - s)) for s in range(0, n_tokens - 1, block_size)]
+
+
+def window_batches(windows: list[tuple[int, int]], batch_size: int) -> list[tuple[list[int], int]]:
+    """``windows`` in order, grouped into batches ``(starts, length)`` of at most
+    ``batch_size`` windows of one length (the shorter last window comes alone)."""
+    batches = []
+    for length in dict.fromkeys(t for _, t in windows):  # block_size, then the remainder
+        starts = [s for s, t in windows if t == length]
+        batches += [(starts[i : i + batch_size], length) for i in range(0, len(starts), batch_size)]
+    return batches
+
+
+def window_tensors(ids: np.ndarray, starts: list[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x, y: int64 (B, length) inputs and next-token targets of the windows at ``starts``."""
+    index = np.array(starts)[:, None] + np.arange(length + 1)  # (B, length + 1)
+    tokens = torch.from_numpy(np.asarray(ids[index], dtype=np.int64))  # (B, length + 1)
+    return tokens[:, :-1], tokens[:, 1:]  # (B, length), (B, length)
+
+
+@torch.no_grad()
+def whole_split_loss(model: torch.nn.Module, ids: np.ndarray, batch_size: int,
+                     device: str) -> float:
+    """Mean cross-entropy (nats per token) of ``model`` over every target of ``ids``
+    (1-D token ids, length >= 2): the summed cross-entropy of all ``len(ids) - 1``
+    predictions of ``split_windows`` divided by their count, so each token weighs the
+    same (the usual non-overlapping-window evaluation; each window starts without
+    context, as a training window does). A progress bar shows if it takes over 2 s.
+    """
+    batches = window_batches(split_windows(len(ids), model.config.block_size), batch_size)
+    total = 0.0  # a Python float: double precision over ~10^6 terms
+    for starts, length in tqdm(batches, desc="whole validation split", unit="batch",
+                               delay=2, leave=False, file=sys.stderr):
+        x, y = window_tensors(ids, starts, length)  # (B, t) each
+        logits, _ = model(x.to(device))  # (B, t, V)
+        total += F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(),
+                                 reduction="sum").item()
+    return total / (len(ids) - 1)
+
+
+def evaluate(cfg: EvaluateConfig, say: Callable[[str], None] = print) -> dict[str, float]:
+    """``{"val/loss", "val/ppl", "val/bpb"}`` of ``cfg.ckpt`` on its sampled validation
+    batches, or with ``cfg.full`` on the whole validation split (``whole_split_loss``).
+    ``say`` gets one ``#`` line naming which.
 
     Raises:
         CheckpointError, DataError, ValueError: one line.
@@ -122,13 +186,22 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, float]:
     run = data_config(cfg, run_config, model.config.block_size)
     dm = build_datamodule(run)
     reencode_validation(dm, run, tokenizer)
-    loss = mean_loss(model, dm.val_dataloader(), cfg.device)
+    if cfg.full:
+        n, windows = len(dm.val_ids), len(split_windows(len(dm.val_ids), dm.block_size))
+        say(f"# whole validation split: {n - 1:,} tokens in {windows:,} windows of up to "
+            f"{dm.block_size}, batches of {dm.eval_batch_size}")
+        loss = whole_split_loss(model, dm.val_ids, dm.eval_batch_size, cfg.device)
+    else:
+        say(f"# sampled validation batches: {dm.eval_iters} batches of {dm.eval_batch_size} "
+            f"windows of {dm.block_size} tokens (seed {dm.seed}; full=true: the whole split)")
+        loss = mean_loss(model, dm.val_dataloader(), cfg.device)
     tokens_per_byte = dm.meta["n_val"] / dm.meta["val_text_bytes"]
     return {"val/loss": loss, "val/ppl": perplexity(loss), "val/bpb": bits_per_byte(loss, tokens_per_byte)}
 
 
 def evaluate_command(cfg: EvaluateConfig) -> int:
-    """``lm evaluate``: print ``<metric> <value>`` lines."""
+    """``lm evaluate``: print a ``#`` line saying what is evaluated, then
+    ``<metric> <value>`` lines."""
     for key, value in evaluate(cfg).items():
         print(f"{key} {value:.6f}")
     return 0

@@ -91,6 +91,21 @@ class SGDConfig(PartialConfig):
 
 
 @dataclass
+class MuonConfig(PartialConfig):
+    lr: float
+    momentum: float
+    nesterov: bool
+    ns_steps: int
+    ns_dtype: str
+    weight_decay: float
+    adjust_lr_fn: str | None
+    adamw_lr: float
+    adamw_betas: list[float]
+    adamw_eps: float
+    adamw_weight_decay: float
+
+
+@dataclass
 class CosineConfig(PartialConfig):
     warmup_steps: int
     decay_steps: int
@@ -100,6 +115,15 @@ class CosineConfig(PartialConfig):
 @dataclass
 class ConstantConfig(PartialConfig):
     warmup_steps: int
+
+
+@dataclass
+class WSDConfig(PartialConfig):
+    warmup_steps: int
+    total_steps: int
+    decay_fraction: float
+    min_lr_ratio: float
+    decay_shape: str
 
 
 @dataclass
@@ -120,6 +144,7 @@ class TrainerConfig:
     log_every_n_steps: int
     enable_progress_bar: bool
     enable_model_summary: bool
+    compile: bool  # not a Trainer argument: LMModule's (torch.compile)
 
 
 @dataclass
@@ -137,6 +162,7 @@ class TrackingConfig:
     checkpoint_every_n_steps: int
     divergence_guard: bool
     retry_diverged: bool
+    target_loss: float | None
 
 
 @dataclass(kw_only=True)  # so fields without defaults may follow those with, in key order
@@ -180,8 +206,10 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(group="optimizer", name="adamw_schema", node=AdamWConfig)
     cs.store(group="optimizer", name="sgd_schema", node=SGDConfig)
+    cs.store(group="optimizer", name="muon_schema", node=MuonConfig)
     cs.store(group="scheduler", name="cosine_schema", node=CosineConfig)
     cs.store(group="scheduler", name="constant_schema", node=ConstantConfig)
+    cs.store(group="scheduler", name="wsd_schema", node=WSDConfig)
 
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"

@@ -2,6 +2,8 @@
 
 Logged (TensorBoard, ``split/name``): ``train/loss``, ``train/lr``, ``train/grad_norm``
 (global L2 norm before clipping), ``train/tokens_per_sec``, ``val/loss``, ``val/ppl``,
+``time/elapsed_s`` (seconds since training began, at each validation, so curves can be
+drawn against wall time),
 a text sample at each validation, each experiment hook's scalars under
 ``hooks/<name>/`` (``lm/hooks/``), and the HParams summary (the hashed config, with the
 validation metrics as its metrics) at the first validation of a fit. Checkpoints carry
@@ -10,14 +12,17 @@ needs nothing else.
 """
 
 import math
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
 import lightning as L
 import torch
 
+from lm.errors import first_line
 from lm.hook_points import remove_hooks
 from lm.hooks import AuxLossHook, Hook, UpdateHook
 from lm.model import GPT, GPTConfig
@@ -68,6 +73,19 @@ def validates_after(trainer: L.Trainer, batch_idx: int) -> bool:
     return (batch_idx + 1) % trainer.val_check_batch == 0
 
 
+@contextmanager
+def eager(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run ``model`` uncompiled inside the block, whether or not ``model.compile()`` was
+    called: ``nn.Module.compile`` only sets ``_compiled_call_impl``, which ``__call__``
+    uses when it is not None."""
+    compiled = model.__dict__.pop("_compiled_call_impl", None)  # the class's None remains
+    try:
+        yield model
+    finally:
+        if compiled is not None:
+            model._compiled_call_impl = compiled
+
+
 def perplexity(loss: float) -> float:
     """exp(loss) for a loss in nats per token; inf (not OverflowError) past float range."""
     return math.inf if loss > 709.0 else math.exp(loss)  # NaN stays NaN
@@ -95,10 +113,22 @@ class LMModule(L.LightningModule):
         divergence_guard: raise ``Diverged`` at the first non-finite training loss or
             gradient norm (before that update, ``configure_gradient_clipping``) or
             validation loss (before any checkpoint of that validation is written).
+        target_loss: a val/loss to reach (``tracking.target_loss``): the first validation
+            at or below it prints one line (step, seconds since training began) and is
+            kept in ``target_reached`` (and in checkpoints); None: no target.
         hyperparameters: flat ``{name: bool | int | float | str}`` for TensorBoard's
             HParams tab, written with the metrics of the first validation of a fit
             (``logger.log_hyperparams(hyperparameters, metrics, step)``), so the tab's
             metric columns are points of the run's own curves, not extra ones.
+        compile: ``torch.compile`` the model (``trainer.compile``) at the first training
+            batch, in place (``nn.Module.compile``: the state_dict keys stay the eager
+            model's, no ``_orig_mod.``, so checkpoints load either way). Compilation is
+            lazy, so a forward and backward of that batch tries it at once; if it
+            raises (no C++ compiler, an unsupported platform), one ``warning:`` line
+            on stderr and the model stays eager. The compile time counts in
+            ``time/elapsed_s``, not in ``train/tokens_per_sec``. Text samples and the
+            hooks' validation-end forwards run eagerly (KV-cache shapes change every
+            token: compiled, each would recompile).
     """
 
     def __init__(
@@ -114,6 +144,8 @@ class LMModule(L.LightningModule):
         val_tokens_per_byte: float | None = None,
         divergence_guard: bool = False,
         hyperparameters: dict[str, Any] | None = None,
+        target_loss: float | None = None,
+        compile: bool = False,
     ):
         super().__init__()
         self.model = GPT(model_config)
@@ -143,17 +175,75 @@ class LMModule(L.LightningModule):
         # run resumed at its last step still reports them (run.json's final metrics).
         self.latest_metrics: dict[str, float] = {}
         self._latest_train_loss: torch.Tensor | None = None
+        self.target_loss = target_loss
+        self.target_reached: dict[str, float] | None = None
+        # Seconds of training before this fit began (restored from a checkpoint on
+        # resume) and the perf_counter() at which this fit's training began.
+        self._elapsed_before = 0.0
+        self._fit_started: float | None = None
+        self._compile_pending = compile  # compiled at the first training batch
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """(B, T) token ids -> (logits (B, T, V), loss or None)."""
         return self.model(idx, targets)
 
     # --- training -------------------------------------------------------------
+    def on_train_start(self) -> None:
+        # Start the logger's writer first (TensorBoard's import takes seconds in a fresh
+        # process): time/elapsed_s counts training and validation, not logger set-up.
+        _ = getattr(self.logger, "experiment", None)
+        self._fit_started = time.perf_counter()
+
+    def on_train_end(self) -> None:
+        if self.target_loss is not None and self.target_reached is None:
+            self.print(f"target not reached: val/loss {self.latest_metrics.get('val/loss', math.nan):.4f} "
+                       f"> {self.target_loss} at step {self.global_step}")
+
+    def elapsed_s(self) -> float:
+        """Seconds since training began (validation included), summed over resumed fits."""
+        if self._fit_started is None:
+            return self._elapsed_before
+        return self._elapsed_before + time.perf_counter() - self._fit_started
+
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        self._step_started = time.perf_counter()
         self._logging = self._is_logging_step(self.global_step + 1)  # for this whole step
         for hook in self.hooks:
             hook.logging = self._logging
+        if self._compile_pending:  # with this step's hook flags: its graph is the step's
+            self._compile(batch)
+        self._step_started = time.perf_counter()
+
+    def _compile(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """``self.model.compile()``, tried on a forward and backward of ``batch`` under the
+        training step's precision context: the shapes, grad mode and autocast of the
+        steps, whose graphs are then reused, not compiled again. On any error: one
+        warning line and the model back to eager. The trial changes no numbers: the RNG
+        states are restored, the gradients are returned, not added to ``.grad``, and
+        what the hooks recorded is cleared.
+
+        Dynamo keeps compiled graphs per code object, shared by every GPT in the process,
+        and by default does not guard on module hooks: a graph traced without a hook
+        would run where one is attached (and the reverse). So the caches start empty
+        (a sweep's jobs in one process would otherwise share them and reach Dynamo's
+        recompile limit) and hooks are guarded on (a hook attached or removed
+        recompiles)."""
+        self._compile_pending = False
+        torch._dynamo.reset()
+        torch._dynamo.config.skip_nnmodule_hook_guards = False
+        x, y = batch  # (B, T), (B, T)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        cuda = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=cuda), self.trainer.precision_plugin.train_step_context():
+                self.model.compile()
+                _, loss = self.model(x, y)
+                torch.autograd.grad(loss, params, allow_unused=True)
+        except Exception as err:  # noqa: BLE001 - whatever stops compilation, eager runs
+            self.model._compiled_call_impl = None  # what nn.Module.compile set: eager again
+            print(f"warning: trainer.compile=true: torch.compile cannot run here "
+                  f"({first_line(err)}); training eagerly", file=sys.stderr)
+        for hook in self.hooks:
+            hook.metrics.clear()
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch  # (B, T), (B, T)
@@ -264,14 +354,16 @@ class LMModule(L.LightningModule):
             self.log(key, value, prog_bar=key == "val/loss", logger=False)
         self._write_validation(metrics)
         self.latest_metrics.update(metrics)
+        self._check_target(metrics["val/loss"])
         if not math.isfinite(metrics["val/loss"]):
             if self.divergence_guard:  # before any checkpoint callback sees this validation
                 raise Diverged(f"val/loss={metrics['val/loss']} at step {self.global_step}")
             return  # NaN logits cannot be sampled from
         self._log_sample()
         if self.hooks:
-            for hook in self.hooks:
-                hook.on_validation_end(self, self._first_val_batch)
+            with eager(self.model):  # one-off forwards (attention images): not worth compiling
+                for hook in self.hooks:
+                    hook.on_validation_end(self, self._first_val_batch)
             self._first_val_batch = None
 
     def _write_validation(self, metrics: dict[str, float]) -> None:
@@ -285,6 +377,18 @@ class LMModule(L.LightningModule):
             self._pending_hparams = None
         else:
             self.logger.log_metrics(metrics, step=self.global_step)
+        if self._fit_started is not None:  # in a fit, not a stand-alone trainer.validate()
+            self.logger.log_metrics({"time/elapsed_s": self.elapsed_s()}, step=self.global_step)
+
+    def _check_target(self, loss: float) -> None:
+        """At the first validation with val/loss <= ``target_loss``: keep the step and
+        time in ``target_reached`` and print one line saying when it was crossed."""
+        if self.target_loss is None or self.target_reached is not None or not loss <= self.target_loss:
+            return
+        self.target_reached = {"val/loss": loss, "step": self.global_step,
+                               "elapsed_s": round(self.elapsed_s(), 3)}
+        self.print(f"target reached: val/loss {loss:.4f} <= {self.target_loss} at step "
+                   f"{self.global_step}, {self.target_reached['elapsed_s']:.1f} s into training")
 
     def _log_sample(self) -> None:
         n = self.sample.get("max_new_tokens", 0)
@@ -294,10 +398,11 @@ class LMModule(L.LightningModule):
         prompt = prompt_ids(self.sample["prompt"], self.tokenizer)
         idx = torch.tensor([prompt], dtype=torch.long, device=self.device)  # (1, T)
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        out = generate(
-            self.model, idx, n, temperature=self.sample["temperature"],
-            top_k=self.sample["top_k"], generator=generator,
-        )  # (1, T + n)
+        with eager(self.model) as model:  # a compiled one would recompile as the cache grows
+            out = generate(
+                model, idx, n, temperature=self.sample["temperature"],
+                top_k=self.sample["top_k"], generator=generator,
+            )  # (1, T + n)
         text = self.tokenizer.decode(out[0].tolist())
         # Markdown collapses whitespace: a code block keeps the sample's line breaks.
         experiment.add_text("samples", "```\n" + text + "\n```", self.global_step)
@@ -318,8 +423,15 @@ class LMModule(L.LightningModule):
 
     # --- optimizer and checkpoints ----------------------------------------------
     def configure_optimizers(self):
-        weight_decay = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
-        optimizer = self.optimizer_factory(param_groups(self.model, weight_decay))
+        # An optimizer class may group the model itself (MuonWithAdamW: hidden matrices
+        # apart); any other gets param_groups, decay on 2-D weights only.
+        target = getattr(self.optimizer_factory, "func", self.optimizer_factory)
+        if hasattr(target, "param_groups_for"):
+            groups = target.param_groups_for(self.model)
+        else:
+            weight_decay = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
+            groups = param_groups(self.model, weight_decay)
+        optimizer = self.optimizer_factory(groups)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
@@ -334,6 +446,8 @@ class LMModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["latest_metrics"] = self.final_metrics()
+        checkpoint["elapsed_s"] = self.elapsed_s()
+        checkpoint["target_reached"] = self.target_reached
         checkpoint["model_config"] = asdict(self.model_config)
         checkpoint["run_config"] = self.run_config
         if self.tokenizer is not None:
@@ -341,6 +455,8 @@ class LMModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.latest_metrics = dict(checkpoint.get("latest_metrics", {}))
+        self._elapsed_before = checkpoint.get("elapsed_s", 0.0)
+        self.target_reached = checkpoint.get("target_reached")
 
 
 class HookLifecycle(L.Callback):

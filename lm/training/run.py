@@ -108,14 +108,16 @@ def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict, hparam
         sample=OmegaConf.to_container(cfg.sample), run_config=run_config, seed=cfg.seed,
         val_tokens_per_byte=dm.meta["n_val"] / dm.meta["val_text_bytes"],
         hooks=checked.hooks, divergence_guard=cfg.tracking.divergence_guard,
-        hyperparameters=hparams,
+        hyperparameters=hparams, target_loss=cfg.tracking.target_loss,
+        compile=cfg.trainer.compile,
     )
     if cfg.init_from is not None and plan.ckpt_path is None:  # a resume restores the tuned weights
         init_from(module, cfg.init_from)
     callbacks = [*instantiate_callbacks(cfg.callbacks, cfg.trainer.enable_progress_bar),
                  *extra_callbacks]
+    trainer_args = {k: v for k, v in run_config["trainer"].items() if k != "compile"}  # LMModule's
     trainer = hydra.utils.instantiate(
-        cfg.trainer, val_check_interval=min(cfg.trainer.val_check_interval, cfg.trainer.max_steps),
+        trainer_args, val_check_interval=min(cfg.trainer.val_check_interval, cfg.trainer.max_steps),
         logger=build_logger(cfg, plan.purge_step), callbacks=callbacks,
         default_root_dir=str(plan.run_dir), plugins=[AtomicCheckpointIO()],
     )
@@ -258,6 +260,8 @@ def final_metrics(trainer: L.Trainer, module: LMModule, cfg: DictConfig) -> dict
             "best": {"val/loss": None if best is None or best.best_model_score is None
                      else float(best.best_model_score)},
         },
+        "target": None if module.target_loss is None else
+                  {"val/loss": module.target_loss, "reached": module.target_reached},
         "checkpoints": {"last": existing(ckpt_dir / "last.ckpt"),
                         "best": existing(best.best_model_path) if best else None},
     }
