@@ -675,16 +675,26 @@ def save_plot(fig, ax, path: Path, target: float | None) -> None:
     plt.close(fig)
 
 
+def group_color(i: int, n: int):
+    """Colour of group i of n: matplotlib's ``Ci`` up to 10 groups, else ``tab20``, so
+    that no two of up to 20 groups share a colour."""
+    if n <= 10:
+        return f"C{i}"
+    import matplotlib
+
+    return matplotlib.colormaps["tab20"](i % 20)
+
+
 def plot_curves(labels: Sequence[str], groups: Sequence[Group], path: Path,
                 target: float | None = None) -> None:
     """``curves.png``: mean ``val/loss`` per group against step, min-max band over seeds;
-    a dashed line at ``target`` (nats/token) if given. Group i is colour ``Ci``."""
+    a dashed line at ``target`` (nats/token) if given. Group i: ``group_color(i, n)``."""
     fig, ax = new_axes()
     for i, (label, group) in enumerate(zip(labels, groups)):
         curve = group_curve(group)
         if curve is None:
             continue
-        color = f"C{i % 10}"
+        color = group_color(i, len(groups))
         ax.plot(curve.index, curve["mean"], marker="o", markersize=3, color=color,
                 label=f"{label} (n={len(group.valid)})")
         ax.fill_between(curve.index, curve["min"], curve["max"], color=color, alpha=0.2)
@@ -699,7 +709,7 @@ def plot_time_curves(labels: Sequence[str], groups: Sequence[Group], path: Path,
     at that step: ``group_time_curve``), coloured as in ``curves.png``."""
     fig, ax = new_axes()
     for i, (label, group) in enumerate(zip(labels, groups)):
-        color = f"C{i % 10}"
+        color = group_color(i, len(groups))
         for run in group.valid:
             if run.curve is not None:
                 ax.plot(run.curve.elapsed_s, run.curve.loss, color=color, alpha=0.35, linewidth=1)
