@@ -18,3 +18,24 @@ def tiny(**overrides) -> GPT:
 def tokens(B: int = 2, T: int = 12, seed: int = 1) -> torch.Tensor:
     """(B, T) random token ids below V, from their own seeded generator."""
     return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def arch_options(logit_softcap: float) -> dict[str, dict]:
+    """GPTConfig options beyond GPT-2, each alone, then all together two ways (rope and
+    swiglu; learned positions and relu2), by a short name; ``logit_softcap``: the cap used."""
+    every = {"pos_encoding": "rope", "rope_base": 100.0, "norm": "rmsnorm", "qk_norm": True,
+             "activation": "swiglu", "zero_init_proj": True, "logit_softcap": logit_softcap,
+             "tie_weights": False, "bias": False}
+    return {
+        "rope": {"pos_encoding": "rope"},
+        "rope_base_100": {"pos_encoding": "rope", "rope_base": 100.0},
+        "rmsnorm": {"norm": "rmsnorm"},
+        "qk_norm": {"qk_norm": True},
+        "relu2": {"activation": "relu2"},
+        "swiglu": {"activation": "swiglu"},
+        "zero_init_proj": {"zero_init_proj": True},
+        "logit_softcap": {"logit_softcap": logit_softcap},
+        "untied": {"tie_weights": False},
+        "all": every,
+        "all_relu2_learned": {**every, "pos_encoding": "learned", "activation": "relu2", "bias": True},
+    }

@@ -13,25 +13,12 @@ import torch
 from lm.hook_points import HookPoint
 from lm.model import GPT, GPTConfig, ReLU2, RMSNorm, SwiGLU, apply_rope, mlp_hidden, rope_tables
 from lm.sampling import beam_search, generate
+from tests.helpers import arch_options
 
 V = 37
 SIZES = {"vocab_size": V, "block_size": 12, "n_layer": 2, "n_head": 2, "n_embd": 16}
-ALL = {"pos_encoding": "rope", "rope_base": 100.0, "norm": "rmsnorm", "qk_norm": True,
-       "activation": "swiglu", "zero_init_proj": True, "logit_softcap": 3.0,
-       "tie_weights": False, "bias": False}
-OPTIONS = {  # each option alone, then all together (two ways)
-    "rope": {"pos_encoding": "rope"},
-    "rope_base_100": {"pos_encoding": "rope", "rope_base": 100.0},
-    "rmsnorm": {"norm": "rmsnorm"},
-    "qk_norm": {"qk_norm": True},
-    "relu2": {"activation": "relu2"},
-    "swiglu": {"activation": "swiglu"},
-    "zero_init_proj": {"zero_init_proj": True},
-    "logit_softcap": {"logit_softcap": 3.0},
-    "untied": {"tie_weights": False},
-    "all": ALL,
-    "all_relu2_learned": {**ALL, "pos_encoding": "learned", "activation": "relu2", "bias": True},
-}
+OPTIONS = arch_options(logit_softcap=3.0)  # each option alone, then together
+ALL = OPTIONS["all"]
 
 
 def build(seed: int = 0, randomize: bool = True, **options) -> GPT:

@@ -13,25 +13,12 @@ from lm.model import GPT, GPTConfig, apply_rope, rope_tables
 from lm.reference import numpy_gpt
 from lm.sampling import generate
 from lm.tokenizers.byte import ByteTokenizer
+from tests.helpers import arch_options
 
 VARIANTS = list(itertools.product(["learned", "sinusoidal"], [True, False], [True, False],
                                   ["gelu", "gelu_tanh"]))
-ALL = {"pos_encoding": "rope", "rope_base": 100.0, "norm": "rmsnorm", "qk_norm": True,
-       "activation": "swiglu", "zero_init_proj": True, "logit_softcap": 1.0,
-       "tie_weights": False, "bias": False}
-OPTIONS = {  # the options beyond GPT-2, each alone, then together
-    "rope": {"pos_encoding": "rope"},
-    "rope_base_100": {"pos_encoding": "rope", "rope_base": 100.0},
-    "rmsnorm": {"norm": "rmsnorm"},
-    "qk_norm": {"qk_norm": True},
-    "relu2": {"activation": "relu2"},
-    "swiglu": {"activation": "swiglu"},
-    "logit_softcap": {"logit_softcap": 1.0},
-    "zero_init_proj": {"zero_init_proj": True},
-    "untied": {"tie_weights": False},
-    "all": ALL,
-    "all_relu2_learned": {**ALL, "pos_encoding": "learned", "activation": "relu2", "bias": True},
-}
+OPTIONS = arch_options(logit_softcap=1.0)  # each option alone, then together
+ALL = OPTIONS["all"]
 
 
 def random_gpt(**config) -> GPT:

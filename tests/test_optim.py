@@ -206,6 +206,7 @@ def hand_newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
 @pytest.mark.parametrize("shape", [(8, 8), (24, 8), (8, 32)])
 def test_float32_newton_schulz_is_the_iteration_torch_runs_in_bfloat16(shape):
     from torch.optim._muon import _zeropower_via_newtonschulz as torch_bf16
+
     from lm.training.optim import newton_schulz_fp32
     g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     ours = newton_schulz_fp32(g, (3.4445, -4.775, 2.0315), 5, 1e-7)

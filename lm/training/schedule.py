@@ -26,6 +26,14 @@ def cosine_multiplier(step: int, warmup_steps: int, decay_steps: int, min_lr_rat
     return min_lr_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_lr_ratio)
 
 
+def check_warmup_and_floor(warmup_steps: int, min_lr_ratio: float) -> None:
+    """Raise ``ValueError`` (one line) for a negative warmup or a floor outside [0, 1]."""
+    if warmup_steps < 0:
+        raise ValueError(f"scheduler.warmup_steps={warmup_steps} must be >= 0")
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(f"scheduler.min_lr_ratio={min_lr_ratio} must be in [0, 1]")
+
+
 def warmup_cosine(
     optimizer: torch.optim.Optimizer, warmup_steps: int, decay_steps: int, min_lr_ratio: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
@@ -34,12 +42,9 @@ def warmup_cosine(
     Raises:
         ValueError: a negative warmup, ``decay_steps < 1`` or a ratio outside [0, 1].
     """
-    if warmup_steps < 0:
-        raise ValueError(f"scheduler.warmup_steps={warmup_steps} must be >= 0")
+    check_warmup_and_floor(warmup_steps, min_lr_ratio)
     if decay_steps < 1:
         raise ValueError(f"scheduler.decay_steps={decay_steps} must be >= 1")
-    if not 0.0 <= min_lr_ratio <= 1.0:
-        raise ValueError(f"scheduler.min_lr_ratio={min_lr_ratio} must be in [0, 1]")
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: cosine_multiplier(step, warmup_steps, decay_steps, min_lr_ratio)
     )
@@ -100,14 +105,11 @@ def warmup_stable_decay(
         ValueError: a negative warmup, ``total_steps < 1``, a fraction or ratio outside
             [0, 1], or a ``decay_shape`` other than linear or cosine.
     """
-    if warmup_steps < 0:
-        raise ValueError(f"scheduler.warmup_steps={warmup_steps} must be >= 0")
+    check_warmup_and_floor(warmup_steps, min_lr_ratio)
     if total_steps < 1:
         raise ValueError(f"scheduler.total_steps={total_steps} must be >= 1")
     if not 0.0 <= decay_fraction <= 1.0:
         raise ValueError(f"scheduler.decay_fraction={decay_fraction} must be in [0, 1]")
-    if not 0.0 <= min_lr_ratio <= 1.0:
-        raise ValueError(f"scheduler.min_lr_ratio={min_lr_ratio} must be in [0, 1]")
     if decay_shape not in DECAY_SHAPES:
         raise ValueError(f"scheduler.decay_shape={decay_shape} must be linear or cosine")
     return torch.optim.lr_scheduler.LambdaLR(
