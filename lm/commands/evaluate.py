@@ -160,12 +160,14 @@ def whole_split_loss(model: torch.nn.Module, ids: np.ndarray, batch_size: int,
     (1-D token ids, length >= 2): the summed cross-entropy of all ``len(ids) - 1``
     predictions of ``split_windows`` divided by their count, so each token weighs the
     same (the usual non-overlapping-window evaluation; each window starts without
-    context, as a training window does). A progress bar shows if it takes over 2 s.
+    context, as a training window does). A progress bar shows on a terminal if it takes
+    over 2 s.
     """
     batches = window_batches(split_windows(len(ids), model.config.block_size), batch_size)
     total = 0.0  # a Python float: double precision over ~10^6 terms
     for starts, length in tqdm(batches, desc="whole validation split", unit="batch",
-                               delay=2, leave=False, file=sys.stderr):
+                               delay=2, leave=False, file=sys.stderr,
+                               disable=None):  # None: no bar when stderr is not a terminal
         x, y = window_tensors(ids, starts, length)  # (B, t) each
         logits, _ = model(x.to(device))  # (B, t, V)
         total += F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(),
