@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from lm.data.corpus import DataError, load_text
 from lm.data.datamodule import build_datamodule
-from lm.data.tokens import split_text
+from lm.data.tokens import split_text, windows_at
 from lm.errors import first_line
 from lm.tokenizers import Tokenizer
 from lm.training.checkpoint import load_checkpoint
@@ -146,13 +146,6 @@ def window_batches(windows: list[tuple[int, int]], batch_size: int) -> list[tupl
     return batches
 
 
-def window_tensors(ids: np.ndarray, starts: list[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x, y: int64 (B, length) inputs and next-token targets of the windows at ``starts``."""
-    index = np.array(starts)[:, None] + np.arange(length + 1)  # (B, length + 1)
-    tokens = torch.from_numpy(np.asarray(ids[index], dtype=np.int64))  # (B, length + 1)
-    return tokens[:, :-1], tokens[:, 1:]  # (B, length), (B, length)
-
-
 @torch.no_grad()
 def whole_split_loss(model: torch.nn.Module, ids: np.ndarray, batch_size: int,
                      device: str) -> float:
@@ -168,7 +161,7 @@ def whole_split_loss(model: torch.nn.Module, ids: np.ndarray, batch_size: int,
     for starts, length in tqdm(batches, desc="whole validation split", unit="batch",
                                delay=2, leave=False, file=sys.stderr,
                                disable=None):  # None: no bar when stderr is not a terminal
-        x, y = window_tensors(ids, starts, length)  # (B, t) each
+        x, y = windows_at(ids, starts, length)  # (B, t) each
         logits, _ = model(x.to(device))  # (B, t, V)
         total += F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(),
                                  reduction="sum").item()

@@ -73,9 +73,17 @@ def get_batch(
         )
     rng = np.random.default_rng([seed, stream, step])
     offsets = rng.integers(0, len(ids) - block_size, size=batch_size)  # (B,)
-    index = offsets[:, None] + np.arange(block_size + 1)  # (B, T + 1)
-    windows = torch.from_numpy(np.asarray(ids[index], dtype=np.int64))  # (B, T + 1)
-    return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # (B, T), (B, T)
+    return windows_at(ids, offsets, block_size)
+
+
+def windows_at(
+    ids: np.ndarray, offsets: np.ndarray | list[int], length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x, y: int64 (B, length) inputs and next-token targets of the windows of
+    ``length + 1`` consecutive ids starting at each of the B ``offsets``."""
+    index = np.asarray(offsets)[:, None] + np.arange(length + 1)  # (B, length + 1)
+    windows = torch.from_numpy(np.asarray(ids[index], dtype=np.int64))  # (B, length + 1)
+    return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # (B, length) each
 
 
 def tokenizer_spec(tokenizer: str | dict) -> dict:

@@ -150,7 +150,7 @@ def hashable_config(cfg: DictConfig | dict, digests: dict | None = None) -> dict
         _drop(raw, dotted)
     plain = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
     for dotted, neutral in HASH_NEUTRAL_DEFAULTS.items():
-        if OmegaConf.select(OmegaConf.create(plain), dotted, default=_ABSENT) == neutral:
+        if _get(plain, dotted) == neutral:
             _drop(plain, dotted)
     digests = content_digests(plain) if digests is None else digests
     for key in CONTENT_KEYS:
@@ -164,6 +164,15 @@ def hashable_config(cfg: DictConfig | dict, digests: dict | None = None) -> dict
 
 
 _ABSENT = object()
+
+
+def _get(tree: dict, dotted: str) -> Any:
+    """The value at key ``dotted`` of nested dicts ``tree``; ``_ABSENT`` if there is none."""
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _ABSENT
+        tree = tree[part]
+    return tree
 
 
 def _drop(tree: dict, dotted: str) -> None:
