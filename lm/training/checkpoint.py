@@ -10,13 +10,26 @@ is data, never code.
 it checks the file before any model is built or run, so a bad file is one
 ``CheckpointError`` line naming the path, what is wrong and what was expected.
 ``resume_step`` tells the registry whether a training checkpoint can be resumed from.
+
+An adapter run's checkpoint (``adapter=lora|qlora``) holds only the adapter weights,
+their config and the base it adapts (``adapter``: ``{"config", "init_from",
+"weights_sha256"}``); ``load_checkpoint`` rebuilds the base from ``init_from``, checks
+its weights' SHA-256, and applies the adapters. The same content saved as safetensors
+(``checkpoints/adapter.safetensors``, configs in its metadata) loads the same way.
 """
 
+import hashlib
+import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
+from lm.adapters.build import adapter_state, apply_adapter
+from lm.atomic import atomic_file
 from lm.errors import first_line
 from lm.model import GPT, GPTConfig
 from lm.tokenizers import Tokenizer, tokenizer_from_dict
@@ -57,16 +70,125 @@ def load_checkpoint(
     ckpt = read_checkpoint(path, device)
     config = model_config(ckpt, path)
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
-    problems = state_problems(expected_shapes(config), state)
-    if problems:
-        raise CheckpointError(f"ckpt={path}: its weights do not fit its model_config "
-                              f"({describe_config(config)}): {problems}")
     tokenizer = checkpoint_tokenizer(ckpt, path, config)
     check_finite(state, path, nonfinite)
-    model = GPT(config)
-    model.load_state_dict(state)
+    if ckpt.get("adapter") is not None:
+        model = adapted_model(ckpt["adapter"], state, config, path, device)
+    else:
+        problems = state_problems(expected_shapes(config), state)
+        if problems:
+            raise CheckpointError(f"ckpt={path}: its weights do not fit its model_config "
+                                  f"({describe_config(config)}): {problems}")
+        model = GPT(config)
+        model.load_state_dict(state)
     model.to(device).eval()
     return model, tokenizer, ckpt.get("run_config") or {}
+
+
+def adapted_model(adapter: dict, state: dict, config: GPTConfig, path: Path,
+                  device: str) -> GPT:
+    """The base model of an adapter checkpoint (``adapter["init_from"]``, whose weights
+    must still have SHA-256 ``adapter["weights_sha256"]``) with the adapters
+    ``adapter["config"]`` applied and their weights ``state`` loaded.
+
+    Raises:
+        CheckpointError: the base is missing, changed or does not fit; the adapter
+            weights do not fit the adapter config.
+    """
+    base_path = adapter.get("init_from")
+    try:
+        base, _, _ = load_checkpoint(base_path, device, nonfinite="error")
+    except (CheckpointError, TypeError) as err:
+        raise CheckpointError(f"ckpt={path} is an adapter checkpoint whose base model "
+                              f"init_from={base_path} cannot be loaded: {err}") from None
+    digest = weights_sha256(base.state_dict())
+    if digest != adapter.get("weights_sha256"):
+        raise CheckpointError(f"ckpt={path}: its base model init_from={base_path} has changed "
+                              f"(weights SHA-256 {digest[:12]}..., expected "
+                              f"{str(adapter.get('weights_sha256'))[:12]}...)")
+    if asdict(base.config) != asdict(config):
+        raise CheckpointError(f"ckpt={path}: its model_config differs from its base's "
+                              f"({describe_config(base.config)})")
+    base = base.to("cpu").train()  # apply_adapter quantises on the CPU
+    apply_adapter(base, adapter.get("config"))
+    expected = {k: tuple(v.shape) for k, v in adapter_state(base.state_dict()).items()}
+    if problems := state_problems(expected, state):
+        raise CheckpointError(f"ckpt={path}: its adapter weights do not fit its adapter "
+                              f"config: {problems}")
+    base.load_state_dict(state, strict=False)
+    return base
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a model's weights: each tensor's name, dtype, shape and bytes, in
+    sorted name order (``model.`` prefixes dropped). Two checkpoints with the same
+    weights share it whatever else they hold (optimizer state, metrics, step)."""
+    digest = hashlib.sha256()
+    for name in sorted(state, key=lambda k: k.removeprefix("model.")):
+        tensor = state[name].detach().cpu().contiguous()
+        header = f"{name.removeprefix('model.')}|{tensor.dtype}|{tuple(tensor.shape)}|"
+        digest.update(header.encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+_weights_digests: dict[tuple, str] = {}
+
+
+def checkpoint_weights_sha256(path: str | Path) -> str | None:
+    """``weights_sha256`` of a checkpoint file's ``state_dict`` (None if it cannot be
+    read); cached per (path, size, mtime) within the process."""
+    path = Path(path).expanduser()
+    try:
+        key = (str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
+        if key not in _weights_digests:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            _weights_digests[key] = weights_sha256(ckpt["state_dict"])
+    except Exception:  # noqa: BLE001 - unreadable: validate says why in its own line
+        return None
+    return _weights_digests[key]
+
+
+def checkpoint_dict(model: GPT, tokenizer: Tokenizer, run_config: dict | None = None) -> dict:
+    """A dict ``load_checkpoint`` reads: weights under ``model.``, configs, tokenizer."""
+    return {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "model_config": asdict(model.config),
+        "tokenizer": tokenizer.to_dict(),
+        "run_config": run_config or {},
+    }
+
+
+# The checkpoint keys an adapter's safetensors file keeps in its metadata, as JSON.
+ADAPTER_METADATA = ("adapter", "model_config", "tokenizer", "run_config")
+
+
+def save_adapter_safetensors(ckpt: dict, path: str | Path) -> None:
+    """Write an adapter checkpoint's weights (``model.`` names) to ``path`` as
+    safetensors, with ``ADAPTER_METADATA`` as JSON strings in its metadata."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in ckpt["state_dict"].items()}
+    metadata = {key: json.dumps(ckpt.get(key)) for key in ADAPTER_METADATA}
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def read_adapter_safetensors(path: Path) -> dict:
+    """The checkpoint dict of an adapter ``.safetensors`` file (``save_adapter_safetensors``).
+
+    Raises:
+        CheckpointError: not a safetensors file, or one without lm's adapter metadata.
+    """
+    try:
+        state = load_file(str(path))
+        with open(path, "rb") as f:  # the metadata: the JSON header after its 8-byte length
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        metadata = header.get("__metadata__") or {}
+        ckpt = {key: json.loads(metadata[key]) for key in ADAPTER_METADATA}
+    except (SafetensorError, OSError, ValueError, KeyError) as err:
+        raise CheckpointError(f"ckpt={path} is not an adapter file written by lm train "
+                              f"(expected safetensors with metadata {', '.join(ADAPTER_METADATA)}: "
+                              f"{first_line(err)})") from None
+    return {**ckpt, "state_dict": state}
 
 
 def check_device(device: str) -> None:
@@ -94,6 +216,8 @@ def read_checkpoint(path: Path, device: str) -> dict:
     if path.stat().st_size == 0:
         raise CheckpointError(f"ckpt={path} is empty (0 bytes; an interrupted copy or save?): "
                               "expected a checkpoint written by lm/train.py")
+    if path.suffix == ".safetensors":
+        return read_adapter_safetensors(path)
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same to a user

@@ -8,6 +8,7 @@ value and the rule. ``lm/train.py`` turns that into exit code 2.
 """
 
 import argparse
+import dataclasses
 import difflib
 import inspect
 import os
@@ -28,10 +29,19 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lm.adapters.build import adapter_name, check_adapter, check_adapter_layers
 from lm.errors import ConfigError, first_line
 from lm.hooks.base import Hook
 from lm.hooks.build import build_hooks, hook_order
-from lm.model import GPTConfig
+from lm.model import GPT, GPTConfig
+from lm.training.finetune import (
+    InitCheckpoint,
+    check_adapter_needs_init,
+    check_tokenizer_fits,
+    fitted_model_config,
+    is_checkpoint,
+    read_init_checkpoint,
+)
 from lm.training.registry import register_resolvers
 
 # The schema gives each key its type; its value is written once, in conf/ (with its
@@ -148,6 +158,22 @@ class TrainerConfig:
 
 
 @dataclass
+class AdapterConfig:
+    """``conf/adapter/``: ``none`` sets the name only; ``lora`` adds ``r``, ``alpha``,
+    ``dropout`` and ``targets``; ``qlora`` adds ``quantize``, ``block_size`` and
+    ``double_quant`` (lm/adapters/build.py)."""
+
+    name: str
+    r: int | None = None
+    alpha: float | None = None
+    dropout: float | None = None
+    targets: list[str] | None = None
+    quantize: list[str] | None = None
+    block_size: int | None = None
+    double_quant: bool | None = None
+
+
+@dataclass
 class SampleConfig:
     prompt: str
     max_new_tokens: int
@@ -188,7 +214,9 @@ class TrainConfig:
     callbacks: Any = field(default_factory=dict)
     tracking: TrackingConfig
     resume: str
-    init_from: str | None  # a Hugging Face GPT-2 dir whose weights start the run
+    init_from: str | None  # a .ckpt of lm train, or a Hugging Face GPT-2 dir, whose weights start the run
+    # Fine-tuning adapters (conf/adapter/); a config without the node (an older run) has none.
+    adapter: AdapterConfig = field(default_factory=lambda: AdapterConfig(name="none"))
 
 def register_configs() -> None:
     """Register what ``conf/train.yaml`` needs: the schemas with Hydra's ConfigStore and
@@ -258,7 +286,7 @@ def unknown_choice(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> str |
 SCHEMA_NODES: dict[str, type] = {
     "": TrainConfig, "model": GPTConfig, "data": DataConfig, "data.tokenizer": TokenizerConfig,
     "trainer": TrainerConfig, "paths": PathsConfig, "sample": SampleConfig,
-    "tracking": TrackingConfig,
+    "tracking": TrackingConfig, "adapter": AdapterConfig,
 }
 
 
@@ -484,6 +512,7 @@ class Validated(NamedTuple):
 
     model_config: GPTConfig  # vocab_size None: to be taken from the tokenizer
     hooks: list[Hook]  # in the order applied (``cfg.hooks.order``)
+    init: InitCheckpoint | None = None  # init_from=<a .ckpt>: its weights and tokenizer
 
 
 def validate(cfg: DictConfig) -> Validated:
@@ -515,14 +544,40 @@ def validate(cfg: DictConfig) -> Validated:
     _check(every >= 1, "tracking.checkpoint_every_n_steps", every, "must be >= 1")
     _check(cfg.resume in ("auto", "never") or Path(cfg.resume).is_file(), "resume", cfg.resume,
            "must be auto, never or the path of an existing .ckpt file")
-    _check(cfg.init_from is None or Path(cfg.init_from).is_dir(), "init_from", cfg.init_from,
-           "must be null or a Hugging Face GPT-2 directory (config.json + model.safetensors)")
+    init, model = _validate_init_from(cfg, model)
     _validate_optimizer(cfg.optimizer)
     _try_build_optimizer(cfg)
     _check(cfg.sample.max_new_tokens >= 0, "sample.max_new_tokens", cfg.sample.max_new_tokens,
            "must be >= 0")
     _check(cfg.sample.temperature >= 0, "sample.temperature", cfg.sample.temperature, "must be >= 0")
-    return Validated(model, hooks)
+    return Validated(model, hooks, init)
+
+
+def _validate_init_from(cfg: DictConfig, model: GPTConfig) -> tuple[InitCheckpoint | None, GPTConfig]:
+    """Check ``init_from`` and ``adapter``; read an ``init_from`` checkpoint and fit the
+    model config to it (``lm/training/finetune.py``)."""
+    adapter = OmegaConf.to_container(cfg.adapter, resolve=True) if "adapter" in cfg else None
+    try:
+        check_adapter(adapter or {"name": "none"})
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    check_adapter_needs_init(adapter, cfg.init_from)
+    init = None
+    if is_checkpoint(cfg.init_from):
+        init = read_init_checkpoint(cfg.init_from)
+        model = fitted_model_config(model, init)
+        check_tokenizer_fits(OmegaConf.to_container(cfg.data.tokenizer), init)
+    elif cfg.init_from is not None and not Path(cfg.init_from).is_dir():
+        raise ConfigError(f"init_from={cfg.init_from} is invalid: must be null, a .ckpt of lm "
+                          "train or a Hugging Face GPT-2 directory (config.json + model.safetensors)")
+    if adapter_name(adapter) != "none":
+        with torch.device("meta"):  # names only: no memory, nothing quantised
+            shape = GPT(dataclasses.replace(model, vocab_size=model.vocab_size or 256))
+        try:
+            check_adapter_layers(shape, adapter)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    return init, model
 
 
 def _try_build_optimizer(cfg: DictConfig) -> None:

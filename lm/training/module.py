@@ -22,6 +22,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from lm.adapters.build import adapter_state
 from lm.errors import first_line
 from lm.hook_points import remove_hooks
 from lm.hooks import AuxLossHook, Hook, UpdateHook
@@ -182,6 +183,31 @@ class LMModule(L.LightningModule):
         self._elapsed_before = 0.0
         self._fit_started: float | None = None
         self._compile_pending = compile  # compiled at the first training batch
+        # An adapter run's {"config", "init_from", "weights_sha256"} (``use_adapter``);
+        # None: every weight is the model's own and checkpoints hold them all.
+        self.adapter: dict | None = None
+        # val/loss of the model before training (init_from: the pretrained model's).
+        self.initial_metrics: dict[str, float] = {}
+
+    def use_adapter(self, adapter: dict) -> None:
+        """Declare the adapters ``apply_adapter`` gave ``self.model``: checkpoints then hold
+        the adapter weights only, with ``adapter`` (``{"config", "init_from",
+        "weights_sha256"}``: what rebuilds the base), and a resume loads them over the
+        base rebuilt from ``init_from`` (Lightning's strict loading off; the adapter keys
+        are checked in ``on_load_checkpoint``)."""
+        self.adapter = adapter
+        self.strict_loading = False
+
+    @torch.no_grad()
+    def measure_initial(self, loader) -> dict[str, float]:
+        """``{"val/loss"}`` of the model as it is, over ``loader``'s validation batches
+        (the run's own), in eval mode; kept in ``initial_metrics`` and in checkpoints."""
+        was_training = self.model.training
+        self.model.eval()
+        losses = [self.model(x.to(self.device), y.to(self.device))[1] for x, y in loader]
+        self.model.train(was_training)
+        self.initial_metrics = {"val/loss": torch.stack(losses).mean().item()}
+        return self.initial_metrics
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """(B, T) token ids -> (logits (B, T, V), loss or None)."""
@@ -450,10 +476,22 @@ class LMModule(L.LightningModule):
         checkpoint["target_reached"] = self.target_reached
         checkpoint["model_config"] = asdict(self.model_config)
         checkpoint["run_config"] = self.run_config
+        checkpoint["initial_metrics"] = self.initial_metrics
         if self.tokenizer is not None:
             checkpoint["tokenizer"] = self.tokenizer.to_dict()
+        if self.adapter is not None:  # the base is rebuilt from init_from: not saved again
+            checkpoint["state_dict"] = adapter_state(checkpoint["state_dict"])
+            checkpoint["adapter"] = self.adapter
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.adapter is not None:
+            ours = set(adapter_state(self.state_dict()))
+            theirs = checkpoint.get("adapter") or {}
+            if set(checkpoint["state_dict"]) != ours or any(
+                    theirs.get(k) != self.adapter[k] for k in ("config", "weights_sha256")):
+                raise ValueError("the checkpoint to resume from holds other adapters than this "
+                                 "run's (adapter config, init_from weights or layer names differ)")
+        self.initial_metrics = dict(checkpoint.get("initial_metrics", {}))
         self.latest_metrics = dict(checkpoint.get("latest_metrics", {}))
         self._elapsed_before = checkpoint.get("elapsed_s", 0.0)
         self.target_reached = checkpoint.get("target_reached")

@@ -31,7 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lm.errors import ConfigError
-from lm.training.checkpoint import resume_step
+from lm.training.checkpoint import checkpoint_weights_sha256, resume_step
 from lm.training.record import RESUMABLE, read_record, write_json_atomic
 
 # Keys that cannot change the numbers a run produces: where files go, how often
@@ -71,6 +71,9 @@ HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "model.logit_softcap": None,
     "data.eval_batch_size": None,
     "trainer.compile": False,
+    **{f"adapter.{key}": None for key in ("r", "alpha", "dropout", "targets", "quantize",
+                                          "block_size", "double_quant")},
+    "adapter.name": "none",
 }
 
 
@@ -95,6 +98,7 @@ def dir_files(path: str | os.PathLike) -> list[Path]:
 # holds, so editing a corpus changes the hash and `d`, `d/` and `../x/d` do not. The
 # function lists the files read, in order; the digest is of their bytes concatenated
 # (for a corpus: of its text as read, the same digest as the token cache's text_sha256).
+# An init_from checkpoint file is digested by its weights alone (``content_digest``).
 CONTENT_KEYS: dict[str, Callable[[str], list[Path]]] = {
     "data.path": corpus_files,
     "data.tokenizer.path": dir_files,
@@ -130,8 +134,17 @@ def content_digests(cfg: DictConfig | dict) -> dict[str, str | None]:
     for key, files in CONTENT_KEYS.items():
         value = OmegaConf.select(plain, key, default=None)
         if value is not None and str(value) != "":
-            digests[key] = content_sha256(files(str(value)))
+            digests[key] = content_digest(key, str(value), files)
     return digests
+
+
+def content_digest(key: str, value: str, files: Callable[[str], list[Path]]) -> str | None:
+    """The SHA-256 standing for path ``value`` of ``CONTENT_KEYS`` key ``key``: of the
+    bytes of its files, or for an ``init_from`` checkpoint file, of its weights (so a
+    checkpoint re-saved with another optimizer state or step fine-tunes the same run)."""
+    if key == "init_from" and Path(value).expanduser().is_file():
+        return checkpoint_weights_sha256(value)
+    return content_sha256(files(value))
 
 
 def hashable_config(cfg: DictConfig | dict, digests: dict | None = None) -> dict:

@@ -18,6 +18,7 @@ Examples:
 import copy
 import dataclasses
 import logging
+import resource
 import sys
 import warnings
 from collections.abc import Sequence
@@ -26,10 +27,13 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from lm.adapters.build import adapter_name, adapter_state, apply_adapter, describe_params
+from lm.adapters.lora import count_params
 from lm.data.corpus import DataError
 from lm.data.datamodule import LMDataModule, build_datamodule
 from lm.errors import ConfigError
@@ -37,6 +41,7 @@ from lm.interop.hf import init_from_hf
 from lm.model import GPTConfig
 from lm.tokenizers import Tokenizer
 from lm.training.callbacks import AtomicCheckpointIO, LastCheckpoint, instantiate_callbacks
+from lm.training.checkpoint import save_adapter_safetensors
 from lm.training.config import (
     CONF_DIR,
     Validated,
@@ -45,6 +50,7 @@ from lm.training.config import (
     split_argv,
     validate,
 )
+from lm.training.finetune import load_init_weights
 from lm.training.module import Diverged, LMModule
 from lm.training.record import RunRecord
 from lm.training.registry import (
@@ -58,6 +64,8 @@ from lm.training.registry import (
     remove_unstarted_run_dir,
 )
 from lm.training.signals import Interrupted, SigintFlag, stopping_signal
+
+ADAPTER_FILE = "adapter.safetensors"  # an adapter run's adapters, at its last step
 
 
 def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
@@ -98,7 +106,7 @@ def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict, hparam
         ConfigError: a callback argument is rejected, ``init_from`` does not fit, or the
             run dir cannot be written. Interrupted: SIGINT or SIGTERM.
     """
-    dm = build_datamodule(cfg)
+    dm = build_datamodule(cfg, fixed_tokenizer=checked.init.tokenizer if checked.init else None)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = LMModule(
@@ -111,8 +119,12 @@ def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict, hparam
         hyperparameters=hparams, target_loss=cfg.tracking.target_loss,
         compile=cfg.trainer.compile,
     )
-    if cfg.init_from is not None and plan.ckpt_path is None:  # a resume restores the tuned weights
-        init_from(module, cfg.init_from)
+    adapter = run_config.get("adapter")
+    if cfg.init_from is not None:
+        start_from(module, cfg.init_from, checked, adapter, digests, resuming=plan.ckpt_path is not None)
+    if cfg.init_from is not None and plan.ckpt_path is None:
+        loss = module.measure_initial(dm.val_dataloader())["val/loss"]
+        print(f"init_from: val/loss {loss:.4f} before training, on this run's validation batches")
     callbacks = [*instantiate_callbacks(cfg.callbacks, cfg.trainer.enable_progress_bar),
                  *extra_callbacks]
     trainer_args = {k: v for k, v in run_config["trainer"].items() if k != "compile"}  # LMModule's
@@ -124,7 +136,7 @@ def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict, hparam
     record = RunRecord(plan.run_dir, **{
         **plan.history(), "hash": plan.full_hash, "hash8": plan.full_hash[:8],
         "code": code_version(), "content": digests, "n_params": module.model.num_params(),
-        **hydra_job_info(),
+        "n_params_trainable": count_params(module.model)[0], **hydra_job_info(),
     })
     for callback in callbacks:  # each last.ckpt updates run.json: steps so far
         if isinstance(callback, LastCheckpoint):
@@ -135,8 +147,39 @@ def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict, hparam
     if record.data["status"] == "diverged":
         return record.data
     trainer.save_checkpoint(plan.run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # final
+    if module.adapter is not None:
+        save_adapter_safetensors(adapter_checkpoint(module), plan.run_dir / "checkpoints" / ADAPTER_FILE)
     record.finish("completed", **final_metrics(trainer, module, cfg))
     return record.data
+
+
+def start_from(module: LMModule, path: str, checked: Validated, adapter: dict | None,
+               digests: dict, resuming: bool) -> None:
+    """Load ``init_from``'s weights into ``module`` and give it the configured adapter,
+    printing trainable and total parameters. A resumed full fine-tune skips the load (its
+    checkpoint has every weight); an adapter run always loads the base (its checkpoints
+    hold the adapters only).
+
+    Raises:
+        ConfigError: a GPT-2 directory's weights do not fit (one line).
+    """
+    if not resuming or adapter_name(adapter) != "none":
+        if checked.init is not None:
+            load_init_weights(module.model, checked.init)
+        else:
+            init_from(module, path)
+    if adapter_name(adapter) != "none":
+        apply_adapter(module.model, adapter)
+        module.use_adapter({"config": adapter, "init_from": str(Path(path).resolve()),
+                            "weights_sha256": digests.get("init_from")})
+    print(describe_params(*count_params(module.model)))
+
+
+def adapter_checkpoint(module: LMModule) -> dict:
+    """The adapter weights and what rebuilds the base, as ``load_checkpoint`` reads them."""
+    return {"state_dict": adapter_state(module.state_dict()), "adapter": module.adapter,
+            "model_config": dataclasses.asdict(module.model_config),
+            "tokenizer": module.tokenizer.to_dict(), "run_config": module.run_config}
 
 
 def at_run_dir(cfg: DictConfig, run_dir: Path) -> DictConfig:
@@ -255,7 +298,9 @@ def final_metrics(trainer: L.Trainer, module: LMModule, cfg: DictConfig) -> dict
     logged = module.final_metrics()
     return {
         **progress(trainer, cfg),
+        "peak_memory_mb": peak_memory_mb(),
         "metrics": {
+            "initial": module.initial_metrics or None,
             "final": {k: logged[k] for k in ("train/loss", "val/loss", "val/ppl", "val/bpb") if k in logged},
             "best": {"val/loss": None if best is None or best.best_model_score is None
                      else float(best.best_model_score)},
@@ -263,8 +308,24 @@ def final_metrics(trainer: L.Trainer, module: LMModule, cfg: DictConfig) -> dict
         "target": None if module.target_loss is None else
                   {"val/loss": module.target_loss, "reached": module.target_reached},
         "checkpoints": {"last": existing(ckpt_dir / "last.ckpt"),
-                        "best": existing(best.best_model_path) if best else None},
+                        "best": existing(best.best_model_path) if best else None,
+                        "adapter": existing(ckpt_dir / ADAPTER_FILE)},
+        "checkpoint_mb": file_mb(ckpt_dir / "last.ckpt"),
     }
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process so far, in MiB: the GPU's allocator peak on CUDA,
+    else the resident set's peak (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def file_mb(path: Path) -> float | None:
+    """A file's size in MiB (None if it does not exist)."""
+    return round(path.stat().st_size / 2**20, 3) if path.is_file() else None
 
 
 def existing(path: str | Path) -> str | None:

@@ -1,0 +1,119 @@
+"""Starting a run from a trained model: ``init_from=<a .ckpt>`` (or a GPT-2 directory).
+
+A fine-tune from one of our checkpoints takes its weights (``load_checkpoint``: the file
+is checked before anything runs), its tokenizer (the new corpus is encoded with it,
+so token ids keep their meaning) and nothing else: the optimizer, the schedule and
+the step count start afresh. The run's model config must describe the same network
+(``dropout`` may differ: it is a training choice); the config hash holds the SHA-256 of
+the checkpoint's weights (``lm.training.checkpoint.weights_sha256``), not its path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from lm.adapters.build import adapter_name, is_adapter_key
+from lm.errors import ConfigError
+from lm.model import GPT, GPTConfig
+from lm.tokenizers import Tokenizer
+from lm.training.checkpoint import CheckpointError, load_checkpoint
+
+# GPTConfig fields a fine-tune may set apart from its checkpoint's.
+TRAINING_ONLY_FIELDS = ("dropout",)
+
+
+class InitCheckpoint(NamedTuple):
+    """What ``init_from=<a .ckpt>`` gives a run."""
+
+    path: str
+    state: dict[str, torch.Tensor]  # the weights, names as in GPT.state_dict()
+    model_config: GPTConfig
+    tokenizer: Tokenizer
+
+
+def is_checkpoint(init_from: str | None) -> bool:
+    """Whether ``init_from`` names a checkpoint file (else a GPT-2 directory, or null)."""
+    return init_from is not None and not Path(init_from).expanduser().is_dir()
+
+
+def read_init_checkpoint(path: str) -> InitCheckpoint:
+    """The weights, model config and tokenizer of checkpoint ``path``.
+
+    Raises:
+        ConfigError: one line: the file is missing or not a checkpoint of lm train, has
+            non-finite weights, or is an adapter checkpoint (merge it first).
+    """
+    try:
+        model, tokenizer, _ = load_checkpoint(path, nonfinite="error")
+    except CheckpointError as err:
+        message = str(err)  # "ckpt=<path> ...": the key is init_from here
+        raise ConfigError("init_from" + message.removeprefix("ckpt") if message.startswith("ckpt=")
+                          else f"init_from={path}: {message}") from None
+    state = model.state_dict()
+    if any(is_adapter_key(k) for k in state):
+        raise ConfigError(f"init_from={path} is an adapter checkpoint (adapter weights over a "
+                          f"base); start from a full one: lm merge {path} merged.ckpt, then "
+                          "init_from=merged.ckpt")
+    return InitCheckpoint(path, state, model.config, tokenizer)
+
+
+def fitted_model_config(run: GPTConfig, init: InitCheckpoint) -> GPTConfig:
+    """The run's model config with the checkpoint's ``vocab_size`` where the run leaves it
+    null (the tokenizer is the checkpoint's).
+
+    Raises:
+        ConfigError: a field other than ``TRAINING_ONLY_FIELDS`` differs (one line naming
+            each, with both values).
+    """
+    if run.vocab_size is None:
+        run = dataclasses.replace(run, vocab_size=init.model_config.vocab_size)
+    ours, theirs = dataclasses.asdict(run), dataclasses.asdict(init.model_config)
+    differ = [k for k in ours if k not in TRAINING_ONLY_FIELDS and ours[k] != theirs[k]]
+    if differ:
+        listed = ", ".join(f"model.{k}={ours[k]} (checkpoint: {theirs[k]})" for k in differ)
+        raise ConfigError(f"init_from={init.path} does not fit the model: {listed}; pick the "
+                          "checkpoint's model option or set those keys to its values")
+    return run
+
+
+def check_tokenizer_fits(tokenizer_cfg: dict[str, Any], init: InitCheckpoint) -> None:
+    """A fine-tune keeps the checkpoint's tokenizer; a data config asking for another kind
+    (``data/tokenizer=bpe`` over a char model, another BPE vocab_size) is refused.
+
+    Raises:
+        ConfigError: one line naming both tokenizers.
+    """
+    theirs = init.tokenizer.to_dict()["type"]
+    name, size = tokenizer_cfg.get("name"), tokenizer_cfg.get("vocab_size")
+    if name != theirs or (size is not None and size != init.tokenizer.vocab_size) \
+            or tokenizer_cfg.get("path") is not None:
+        asked = f"data.tokenizer.name={name}" + (f", vocab_size={size}" if size else "")
+        raise ConfigError(f"init_from={init.path} has a {theirs} tokenizer of "
+                          f"{init.tokenizer.vocab_size} tokens, but {asked}: a fine-tune encodes "
+                          f"its text with the checkpoint's tokenizer; use data/tokenizer={theirs} "
+                          "with no vocab_size or path")
+
+
+def check_adapter_needs_init(adapter: dict[str, Any] | None, init_from: str | None) -> None:
+    """An adapter adapts a trained model: ``adapter=lora|qlora`` needs ``init_from``.
+
+    Raises:
+        ConfigError: one line.
+    """
+    name = adapter_name(adapter)
+    if name != "none" and init_from is None:
+        raise ConfigError(f"adapter.name={name} is invalid without init_from: an adapter "
+                          "fine-tunes a trained model; pass init_from=<a .ckpt of lm train>")
+    if name != "none" and not is_checkpoint(init_from):
+        raise ConfigError(f"adapter.name={name} is invalid with init_from={init_from} (a GPT-2 "
+                          "directory): adapters start from a .ckpt; import it first with "
+                          "lm convert direction=import")
+
+
+def load_init_weights(model: GPT, init: InitCheckpoint) -> None:
+    """Copy the checkpoint's weights into ``model`` (same names and shapes)."""
+    model.load_state_dict(init.state)
