@@ -86,6 +86,18 @@ TARGET_COLUMNS = (
     "target_time_diff_ci_high", "target_time_p", "target_steps", "target_times_s",
 )
 
+# What each run cost and where it started, from run.json (lm/training/run.py), averaged
+# per group: the "cost" section appears when a run records any of them.
+COST_KEYS = {  # run.json key -> (column header, decimals)
+    "n_params_trainable": ("trainable params", 0),
+    "wall_time_s": ("wall time (s)", 1),
+    "peak_memory_mb": ("peak RSS (MiB)", 0),
+    "weights_mb": ("weights (MiB)", 3),
+    "optimizer_state_mb": ("optimizer state (MiB)", 3),
+    "checkpoint_mb": ("last.ckpt (MiB)", 3),
+}
+COST_COLUMNS = (*COST_KEYS, "val_loss_initial_mean", "gain_mean", "gain_ci_low", "gain_ci_high")
+
 
 class CompareError(Exception):
     """A path or a baseline spec that matches no run (exit code 2)."""
@@ -571,6 +583,68 @@ def groups_markdown(labels: Sequence[str], groups: Sequence[Group]) -> str:
     return "\n".join(lines)
 
 
+# --- cost and starting point -----------------------------------------------------------
+
+
+def record_values(group: Group, key: str) -> list[float]:
+    """``run.json[key]`` of each valid run of ``group`` that records a number there."""
+    values = (r.record.get(key) for r in group.valid)
+    return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def gains(group: Group) -> list[float]:
+    """Per run: final val/loss − val/loss before training (``metrics.initial``: a
+    fine-tune's pretrained model on the same batches); runs without both are left out."""
+    pairs = ((metric(r.record, "initial", "val/loss"), metric(r.record, "final", "val/loss"))
+             for r in group.valid)
+    return [after - before for before, after in pairs if before is not None and after is not None]
+
+
+def cost_columns(group: Group) -> dict[str, Any]:
+    """The ``COST_COLUMNS`` of ``group``'s row: the mean of each ``COST_KEYS`` value, the
+    mean val/loss before training, and the mean gain with a 95% t interval (``mean_ci``)."""
+    initial = [v for v in (metric(r.record, "initial", "val/loss") for r in group.valid)
+               if v is not None]
+    mean_gain, low, high = mean_ci(gains(group))
+    return {**{key: mean_std(record_values(group, key))[0] for key in COST_KEYS},
+            "val_loss_initial_mean": mean_std(initial)[0], "gain_mean": mean_gain,
+            "gain_ci_low": low, "gain_ci_high": high}
+
+
+def has_costs(runs: Sequence[Run]) -> bool:
+    """Whether any run records a cost or a val/loss before training."""
+    return any(key in r.record for r in runs for key in COST_KEYS) or any(
+        metric(r.record, "initial", "val/loss") is not None for r in runs)
+
+
+def cost_table_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The cost table as Markdown (also what is printed)."""
+    header = ["group", *(name for name, _ in COST_KEYS.values()), "val/loss before",
+              "val/loss after", "after − before", "95% CI"]
+    cells = []
+    for r in rows:
+        ci = ("-" if r["gain_ci_low"] is None
+              else f"[{signed(r['gain_ci_low'])}, {signed(r['gain_ci_high'])}]")
+        cells.append([r["group"], *(fmt(r[key], digits) for key, (_, digits) in COST_KEYS.items()),
+                      fmt(r["val_loss_initial_mean"]), fmt(r["val_loss_mean"]),
+                      signed(r["gain_mean"]), ci])
+    return markdown_table(header, cells)
+
+
+def cost_markdown(table: str) -> str:
+    """The ``report.md`` section on cost and the starting point."""
+    return (
+        "## Cost and starting point\n\n"
+        "Means over each group's runs, from run.json: trainable parameters; wall time of the "
+        "run; the process's peak resident memory (Python and torch included); the bytes of "
+        "the model's weights (a 4-bit base counted as stored) and of the optimizer state; "
+        "the size of `last.ckpt`. val/loss before is the model's loss on the run's own "
+        "validation batches before its first step (recorded for `init_from` runs: the "
+        "pretrained model's); after − before is per run, with a 95% t interval.\n\n"
+        f"{table}\n\n"
+    )
+
+
 # --- curves --------------------------------------------------------------------------
 
 
@@ -860,7 +934,11 @@ def compare(paths: Sequence[str], baseline_spec: str | None = None,
     if target is not None:
         for row, group in zip(rows, groups):
             row.update(target_columns(group, baseline, target))
-    return {"runs": runs, "groups": groups, "labels": labels, "rows": rows, "target": target,
+    costs = has_costs(runs)
+    if costs:
+        for row, group in zip(rows, groups):
+            row.update(cost_columns(group))
+    return {"costs": costs,"runs": runs, "groups": groups, "labels": labels, "rows": rows, "target": target,
             "ablation_flags": ablation_flags(rows), "code_flags": code_flags(runs),
             "unreadable": unreadable, "excluded": unreadable + excluded_lines(runs)}
 
@@ -881,14 +959,20 @@ def write_report(result: dict[str, Any], out: Path, command: str) -> str:
         target_text = target_markdown(target_table, runs_text, target, note)
         printed_target = [f"Time to val/loss <= {target:g} (seconds since training began):",
                           target_table, *([f"note: {note}"] if note else [])]
+    printed_costs = []
+    if result.get("costs"):
+        cost_table = cost_table_markdown(rows)
+        target_text = cost_markdown(cost_table) + target_text
+        printed_costs = ["Cost and starting point (means per group):", cost_table]
     (out / "report.md").write_text(report_markdown(
         table, flags, result["excluded"], groups_text, command, target_text, note))
-    columns = REPORT_COLUMNS + (TARGET_COLUMNS if target is not None else ())
+    columns = (REPORT_COLUMNS + (TARGET_COLUMNS if target is not None else ())
+               + (COST_COLUMNS if result.get("costs") else ()))
     write_csv(out / "report.csv", rows, columns)
     labels = [curve_label(r) for r in rows]
     plot_curves(labels, groups, out / "curves.png", target)
     plot_time_curves(labels, groups, out / "curves_time.png", target)
-    lines = [table, *printed_target, *flags, *(f"excluded: {x}" for x in result["excluded"])]
+    lines = [table, *printed_costs, *printed_target, *flags, *(f"excluded: {x}" for x in result["excluded"])]
     return "\n".join([*lines, f"wrote {out}/report.md, report.csv, curves.png, curves_time.png"])
 
 

@@ -62,8 +62,9 @@ def find_run_dirs(root: str | Path) -> list[Path]:
 
 
 def metric(record: dict, kind: str, key: str) -> float | None:
-    """``record["metrics"][kind][key]`` (kind: final | best), or None when not recorded."""
-    value = (record.get("metrics") or {}).get(kind, {}).get(key)
+    """``record["metrics"][kind][key]`` (kind: final | best | initial), or None when not
+    recorded."""
+    value = ((record.get("metrics") or {}).get(kind) or {}).get(key)
     return None if value is None else float(value)
 
 

@@ -15,6 +15,7 @@ Examples:
     lm train -m optimizer.lr=1e-4,3e-4,1e-3    # a sweep, one dir per job
 """
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -143,6 +144,7 @@ def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict, hparam
             callback.on_save = lambda trainer: record.update(**progress(trainer, cfg))
     write_config(plan.run_dir, run_config)
     record.start()
+    reset_peak_memory()
     fit(trainer, module, dm, plan.ckpt_path, record, cfg)
     if record.data["status"] == "diverged":
         return record.data
@@ -299,6 +301,10 @@ def final_metrics(trainer: L.Trainer, module: LMModule, cfg: DictConfig) -> dict
     return {
         **progress(trainer, cfg),
         "peak_memory_mb": peak_memory_mb(),
+        "weights_mb": tensors_mb([*module.model.parameters(), *module.model.buffers()]),
+        "optimizer_state_mb": tensors_mb([t for optimizer in trainer.optimizers
+                                          for state in optimizer.state.values()
+                                          for t in state.values() if torch.is_tensor(t)]),
         "metrics": {
             "initial": module.initial_metrics or None,
             "final": {k: logged[k] for k in ("train/loss", "val/loss", "val/ppl", "val/bpb") if k in logged},
@@ -314,13 +320,34 @@ def final_metrics(trainer: L.Trainer, module: LMModule, cfg: DictConfig) -> dict
     }
 
 
+def reset_peak_memory() -> None:
+    """Start counting ``peak_memory_mb`` from now: the GPU allocator's peak on CUDA, the
+    resident set's high-water mark on Linux (``/proc/self/clear_refs``), so the peak is
+    the fit's, not the corpus download's or tokenisation's before it."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 def peak_memory_mb() -> float:
-    """Peak memory of this process so far, in MiB: the GPU's allocator peak on CUDA,
-    else the resident set's peak (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    """Peak memory in MiB since ``reset_peak_memory``: the GPU allocator's peak on CUDA;
+    else the resident set's high-water mark (Linux ``VmHWM``; elsewhere ``ru_maxrss``,
+    the whole process's: KiB on Linux, bytes on macOS)."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    with contextlib.suppress(OSError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return round(int(next(x for x in status if x.startswith("VmHWM:")).split()[1]) / 2**10, 1)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def tensors_mb(tensors: list[torch.Tensor]) -> float:
+    """MiB held by ``tensors`` (a tensor shared by several names counted once): a 4-bit
+    base's weights count as the bytes they take, not as float32."""
+    unique = {t.data_ptr(): t for t in tensors}.values()
+    return round(sum(t.numel() * t.element_size() for t in unique) / 2**20, 3)
 
 
 def file_mb(path: Path) -> float | None:
