@@ -211,3 +211,32 @@ def test_an_adapter_checkpoint_whose_base_changed_is_refused(pretrained, tune, t
     with pytest.raises(ValueError, match="has changed"):
         load_checkpoint(record["checkpoints"]["last"])
     json.dumps(record)  # the record stays plain JSON
+
+
+def test_every_command_loads_an_adapter_checkpoint(tune, tmp_path, capsys):
+    """lm generate, evaluate, inspect and merge read an adapter run's checkpoint (and its
+    adapter.safetensors); lm compare tabulates what the runs cost and where they started."""
+    from lm.analysis.compare import compare
+
+    full = run(tune(out="full"))
+    record = run(tune(*lora("adapter.r=4"), out="lora"))
+    ckpt, merged = record["checkpoints"]["best"], tmp_path / "merged.ckpt"
+    assert lm_main(["merge", ckpt, str(merged)]) == 0
+    capsys.readouterr()
+    texts = []
+    for path in (ckpt, record["checkpoints"]["adapter"], str(merged)):
+        assert lm_main(["generate", f"ckpt={path}", "prompt=ROMEO:", "strategy=greedy",
+                        "max_new_tokens=40"]) == 0
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1] == texts[2]
+    assert lm_main(["evaluate", f"ckpt={ckpt}"]) == 0
+    val_loss = float(capsys.readouterr().out.split("val/loss ")[1].split()[0])
+    assert val_loss == pytest.approx(record["metrics"]["best"]["val/loss"], abs=1e-5)
+    assert lm_main(["inspect", f"init_from={ckpt}"]) == 0
+    assert "# adapters on 4 layers (blocks.0.attn.c_attn" in capsys.readouterr().out
+    rows = compare([full["run_dir"], record["run_dir"]])["rows"]
+    assert [r["n_params_trainable"] for r in rows] == [full["n_params_trainable"], 1536 * 2]
+    for row, rec in zip(rows, (full, record)):
+        gain = rec["metrics"]["final"]["val/loss"] - rec["metrics"]["initial"]["val/loss"]
+        assert row["gain_mean"] == pytest.approx(gain) and gain < 0
+        assert row["checkpoint_mb"] == pytest.approx(Path(rec["checkpoints"]["last"]).stat().st_size / 2**20, abs=1e-3)
