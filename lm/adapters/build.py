@@ -14,11 +14,16 @@ from typing import Any
 
 from torch import nn
 
-from lm.adapters.lora import apply_lora, check_lora_settings, match_layers, replace_layer
-from lm.adapters.nf4 import NF4Linear
+from lm.adapters.lora import (
+    ADAPTER_TENSORS,
+    apply_lora,
+    check_lora_settings,
+    match_layers,
+    replace_layer,
+)
+from lm.adapters.nf4 import NF4Linear, check_block_size
 
 ADAPTERS = ("none", "lora", "qlora")
-ADAPTER_PARAMS = ("lora_A", "lora_B")  # the last part of every adapter tensor's name
 
 
 def adapter_name(cfg: Mapping[str, Any] | None) -> str:
@@ -28,7 +33,7 @@ def adapter_name(cfg: Mapping[str, Any] | None) -> str:
 
 def is_adapter_key(key: str) -> bool:
     """Whether a state_dict key names an adapter tensor (``...c_attn.lora_A``)."""
-    return key.rpartition(".")[2] in ADAPTER_PARAMS
+    return key.rpartition(".")[2] in ADAPTER_TENSORS
 
 
 def check_adapter(cfg: Mapping[str, Any]) -> None:
@@ -44,10 +49,7 @@ def check_adapter(cfg: Mapping[str, Any]) -> None:
     check_lora_settings(cfg.get("r"), float("nan") if alpha is None else alpha,
                         float("nan") if dropout is None else dropout)
     if name == "qlora":
-        block = cfg.get("block_size")
-        if not isinstance(block, int) or block < 2 or block % 2:
-            raise ValueError(f"adapter.block_size={block} is invalid: must be an even integer "
-                             ">= 2 (weights per NF4 absmax scale; the paper's is 64)")
+        check_block_size(cfg.get("block_size"))
 
 
 def check_adapter_layers(model: nn.Module, cfg: Mapping[str, Any]) -> None:

@@ -84,7 +84,7 @@ DYNAMIC_MAP = dynamic_map()  # (256,) float32, built once
 # --- blockwise absmax quantisation, shared by the 4-bit and the 8-bit code --------------
 
 
-def _check_block_size(block_size: int) -> None:
+def check_block_size(block_size: int) -> None:
     """Raise ``ValueError`` unless ``block_size`` is an even integer >= 2."""
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 2 \
             or block_size % 2:
@@ -174,7 +174,7 @@ def quantize_nf4(w: torch.Tensor, block_size: int = 64) -> tuple[torch.Tensor, t
     Source: QLoRA, Dettmers et al. 2023, section 3; the same bytes and absmax as
     ``bitsandbytes.functional.quantize_4bit(w, blocksize=block_size, quant_type="nf4")``.
     """
-    _check_block_size(block_size)
+    check_block_size(block_size)
     blocks = _to_blocks(w, block_size)  # (n_blocks, block_size)
     indices, absmax = _quantize_blocks(blocks, NF4_LEVELS)  # (n_blocks, block_size), (n_blocks,)
     indices = indices.reshape(-1)[: w.numel()]  # (n,) drop the padding
@@ -197,7 +197,7 @@ def dequantize_nf4(codes: torch.Tensor, absmax: torch.Tensor, shape: tuple[int, 
     Source: QLoRA, Dettmers et al. 2023, section 3; equals ``bitsandbytes.functional.
     dequantize_4bit`` on the same codes.
     """
-    _check_block_size(block_size)
+    check_block_size(block_size)
     n = math.prod(shape)
     assert codes.numel() == -(-n // 2) and absmax.numel() == -(-n // block_size), \
         f"codes {codes.numel()} / absmax {absmax.numel()} do not fit {n} values"
@@ -288,7 +288,7 @@ class NF4Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  block_size: int = 64, double_quant: bool = False):
         super().__init__()
-        _check_block_size(block_size)
+        check_block_size(block_size)
         self.in_features, self.out_features = in_features, out_features
         self.block_size, self.double_quant = block_size, double_quant
         n = in_features * out_features

@@ -938,8 +938,8 @@ def compare(paths: Sequence[str], baseline_spec: str | None = None,
     if costs:
         for row, group in zip(rows, groups):
             row.update(cost_columns(group))
-    return {"costs": costs,"runs": runs, "groups": groups, "labels": labels, "rows": rows, "target": target,
-            "ablation_flags": ablation_flags(rows), "code_flags": code_flags(runs),
+    return {"runs": runs, "groups": groups, "labels": labels, "rows": rows, "target": target,
+            "costs": costs, "ablation_flags": ablation_flags(rows), "code_flags": code_flags(runs),
             "unreadable": unreadable, "excluded": unreadable + excluded_lines(runs)}
 
 
@@ -972,7 +972,8 @@ def write_report(result: dict[str, Any], out: Path, command: str) -> str:
     labels = [curve_label(r) for r in rows]
     plot_curves(labels, groups, out / "curves.png", target)
     plot_time_curves(labels, groups, out / "curves_time.png", target)
-    lines = [table, *printed_costs, *printed_target, *flags, *(f"excluded: {x}" for x in result["excluded"])]
+    lines = [table, *printed_costs, *printed_target, *flags,
+             *(f"excluded: {x}" for x in result["excluded"])]
     return "\n".join([*lines, f"wrote {out}/report.md, report.csv, curves.png, curves_time.png"])
 
 

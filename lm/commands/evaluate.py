@@ -38,7 +38,7 @@ from lm.errors import first_line
 from lm.tokenizers import Tokenizer
 from lm.training.checkpoint import load_checkpoint
 from lm.training.config import DataConfig, compose_config
-from lm.training.module import bits_per_byte, perplexity
+from lm.training.module import bits_per_byte, mean_loss, perplexity
 
 
 @dataclass
@@ -118,13 +118,6 @@ def reencode_validation(dm, cfg: DictConfig, tokenizer: Tokenizer) -> None:
                         f"tokenizer; model.block_size={cfg.model.block_size} needs at least "
                         f"{cfg.model.block_size + 1}")
     dm.tokenizer = tokenizer
-
-
-@torch.no_grad()
-def mean_loss(model: torch.nn.Module, loader, device: str) -> float:
-    """Mean over batches of the per-batch mean cross-entropy (as ``LMModule`` validates)."""
-    losses = [model(x.to(device), y.to(device))[1] for x, y in loader]  # each ()
-    return torch.stack(losses).mean().item()
 
 
 def split_windows(n_tokens: int, block_size: int) -> list[tuple[int, int]]:

@@ -111,8 +111,9 @@ def token_cache_dir(
 def fixed_tokenizer_spec(tokenizer: Tokenizer) -> dict:
     """The spec of a given tokenizer (a fine-tune's, from its checkpoint): its type and
     the SHA-256 of its ``to_dict()``, so its token cache is its own."""
-    state = json.dumps(tokenizer.to_dict(), sort_keys=True).encode()
-    return {"name": tokenizer.to_dict()["type"], "fixed_sha256": hashlib.sha256(state).hexdigest()}
+    state = tokenizer.to_dict()
+    digest = hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+    return {"name": state["type"], "fixed_sha256": digest}
 
 
 def prepare_tokens(

@@ -25,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from lm.adapters.build import adapter_state, apply_adapter
@@ -180,9 +180,8 @@ def read_adapter_safetensors(path: Path) -> dict:
     """
     try:
         state = load_file(str(path))
-        with open(path, "rb") as f:  # the metadata: the JSON header after its 8-byte length
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-        metadata = header.get("__metadata__") or {}
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
         ckpt = {key: json.loads(metadata[key]) for key in ADAPTER_METADATA}
     except (SafetensorError, OSError, ValueError, KeyError) as err:
         raise CheckpointError(f"ckpt={path} is not an adapter file written by lm train "

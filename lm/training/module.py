@@ -87,6 +87,13 @@ def eager(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             model._compiled_call_impl = compiled
 
 
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, loader, device: str | torch.device) -> float:
+    """Mean over batches of the per-batch mean cross-entropy (as ``LMModule`` validates)."""
+    losses = [model(x.to(device), y.to(device))[1] for x, y in loader]  # each ()
+    return torch.stack(losses).mean().item()
+
+
 def perplexity(loss: float) -> float:
     """exp(loss) for a loss in nats per token; inf (not OverflowError) past float range."""
     return math.inf if loss > 709.0 else math.exp(loss)  # NaN stays NaN
@@ -198,15 +205,13 @@ class LMModule(L.LightningModule):
         self.adapter = adapter
         self.strict_loading = False
 
-    @torch.no_grad()
     def measure_initial(self, loader) -> dict[str, float]:
         """``{"val/loss"}`` of the model as it is, over ``loader``'s validation batches
         (the run's own), in eval mode; kept in ``initial_metrics`` and in checkpoints."""
         was_training = self.model.training
         self.model.eval()
-        losses = [self.model(x.to(self.device), y.to(self.device))[1] for x, y in loader]
+        self.initial_metrics = {"val/loss": mean_loss(self.model, loader, self.device)}
         self.model.train(was_training)
-        self.initial_metrics = {"val/loss": torch.stack(losses).mean().item()}
         return self.initial_metrics
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
