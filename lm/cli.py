@@ -87,6 +87,8 @@ BENCHMARKS: dict[str, Command] = {  # lm bench <name> [settings]
     "generate": Command("greedy tokens/s with and without the KV cache",
                         "lm.bench.generate:bench_generate", "bench_generate",
                         "lm.bench:BenchGenerateConfig"),
+    "gpu": Command("training tokens/s and MFU on a GPU: model=medium and model=gpt2, bf16 + compile",
+                   "lm.bench.gpu:bench_gpu", "bench_gpu", "lm.bench:BenchGpuConfig"),
     "speedrun": Command("time to a target val/loss: speedrun recipe against the baseline",
                         "lm.bench.speedrun:bench_speedrun", "bench_speedrun",
                         "lm.bench:BenchSpeedrunConfig"),

@@ -322,6 +322,6 @@ def test_datamodule_end_to_end(tmp_path, monkeypatch):
 def test_train_batches_resume_from_global_step(tmp_path):
     dm = datamodule(tmp_path, TEXT, block_size=8, batch_size=2)
     dm.setup()
-    dm.trainer = SimpleNamespace(global_step=5)
+    dm.trainer = SimpleNamespace(global_step=5, global_rank=0, world_size=1)
     x, _ = next(iter(dm.train_dataloader()))
     assert torch.equal(x, get_batch(dm.train_ids, 8, 2, seed=1337, step=5)[0])

@@ -48,3 +48,19 @@ class BenchSpeedrunConfig:
     overrides: list[str]
     data_dir: str
     whole_split: str
+
+
+@dataclass
+class BenchGpuConfig:
+    """``lm bench gpu``: tokens/s and MFU of GPT shapes, bf16 and compiled."""
+
+    models: list[str]
+    device: str
+    precision: str
+    compile: bool
+    steps: int
+    skip: int
+    repeats: int
+    batch_size: dict[str, int]
+    vocab_size: dict[str, int]
+    peak_tflops: float | None

@@ -26,33 +26,38 @@ from lm.tokenizers import Tokenizer
 
 
 class _TrainBatches(IterableDataset):
-    """Endless (x, y) batches, one per training step, from `start` on."""
+    """Endless (x, y) batches, one per training step, from `start` on: rank `rank`'s
+    share of each step's global batch (``get_batch``)."""
 
-    def __init__(self, ids, block_size, batch_size, seed, start):
+    def __init__(self, ids, block_size, batch_size, seed, start, rank=0, world_size=1):
         self.ids, self.block_size, self.batch_size = ids, block_size, batch_size
-        self.seed, self.start = seed, start
+        self.seed, self.start, self.rank, self.world_size = seed, start, rank, world_size
 
     def __iter__(self):
         step = self.start
         while True:
-            yield get_batch(self.ids, self.block_size, self.batch_size, self.seed, step)
+            yield get_batch(self.ids, self.block_size, self.batch_size, self.seed, step,
+                            rank=self.rank, world_size=self.world_size)
             step += 1
 
 
 class _ValBatches(Dataset):
-    """The same `n` (x, y) batches every time, from the validation stream."""
+    """The same validation batches every time: of the `n` fixed batches of the
+    validation stream, rank `rank` of `world_size` takes numbers rank, rank +
+    world_size, ... (every batch once over all ranks; ``LMModule`` sums the losses
+    over ranks, so val/loss is the mean of the `n`, as in one process)."""
 
-    def __init__(self, ids, block_size, batch_size, seed, n):
+    def __init__(self, ids, block_size, batch_size, seed, n, rank=0, world_size=1):
         self.ids, self.block_size, self.batch_size = ids, block_size, batch_size
-        self.seed, self.n = seed, n
+        self.seed = seed
+        self.numbers = range(rank, n, world_size)
 
     def __len__(self):
-        return self.n
+        return len(self.numbers)
 
     def __getitem__(self, i):
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        return get_batch(self.ids, self.block_size, self.batch_size, self.seed, i, VAL_STREAM)
+        number = self.numbers[i]  # IndexError past the end
+        return get_batch(self.ids, self.block_size, self.batch_size, self.seed, number, VAL_STREAM)
 
 
 class LMDataModule(L.LightningDataModule):
@@ -66,7 +71,9 @@ class LMDataModule(L.LightningDataModule):
 
     Training batch k of a run is `get_batch(train_ids, ..., seed, step=k)`; the
     stream starts at `trainer.global_step`, so a resumed run continues the same
-    sequence. Validation uses `eval_iters` fixed batches of `eval_batch_size` windows
+    sequence. Under data parallelism each rank takes its share of step k's global
+    batch of world_size * batch_size windows, and of the validation batches.
+    Validation uses `eval_iters` fixed batches of `eval_batch_size` windows
     (None: `batch_size`) from a separate stream (see `lm.data.tokens.TRAIN_STREAM`,
     `VAL_STREAM`), so recipes with other training batch sizes can share them.
 
@@ -148,16 +155,27 @@ class LMDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         start = self.trainer.global_step if self.trainer is not None else 0
-        batches = _TrainBatches(self.train_ids, self.block_size, self.batch_size, self.seed, start)
+        batches = _TrainBatches(self.train_ids, self.block_size, self.batch_size, self.seed, start,
+                                *self._rank())
         return DataLoader(batches, batch_size=None, num_workers=0, generator=_private_generator())
 
     def val_dataloader(self) -> DataLoader:
         batches = _ValBatches(
-            self.val_ids, self.block_size, self.eval_batch_size, self.seed, self.eval_iters
+            self.val_ids, self.block_size, self.eval_batch_size, self.seed, self.eval_iters,
+            *self._rank(),
         )
         return DataLoader(
             batches, batch_size=None, shuffle=False, num_workers=0, generator=_private_generator()
         )
+
+
+    def _rank(self) -> tuple[int, int]:
+        """(global rank, world size) of this process in its Trainer; (0, 1) without one.
+        The Trainer must not add a ``DistributedSampler`` (``use_distributed_sampler=False``):
+        the batches are split by rank here."""
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
 
 
 def _private_generator() -> torch.Generator:

@@ -53,27 +53,39 @@ def get_batch(
     seed: int,
     step: int,
     stream: int = TRAIN_STREAM,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random windows of block_size + 1 consecutive tokens of `ids` (nanoGPT `get_batch`).
+    """Random windows of block_size + 1 consecutive tokens of `ids` (nanoGPT `get_batch`),
+    rank `rank`'s share of a data-parallel step.
 
-    Offsets are drawn from `np.random.default_rng([seed, stream, step])`: the batch
-    depends on these three integers (all >= 0) only, never on global RNG state.
+    The step's global batch is `world_size * batch_size` offsets drawn from
+    `np.random.default_rng([seed, stream, step])`; rank r takes offsets
+    `[r * batch_size, (r + 1) * batch_size)`. So a batch depends on these integers
+    (all >= 0) only, never on global RNG state; ranks draw different windows; one
+    process (world_size 1) draws what it always did; and the global batch of N ranks
+    equals one process's batch of N * batch_size (NumPy draws bounded integers one after
+    another, so the first k of a longer draw are the k of a shorter one).
 
     Args:
         ids: 1-D token ids (array or memmap), length N >= block_size + 1.
+        rank, world_size: this process's global rank in [0, world_size) and the number
+            of data-parallel processes.
     Returns:
         x, y: int64 tensors of shape (batch_size, block_size), x = window[:-1],
         y = window[1:].
     Raises:
-        ValueError: N < block_size + 1.
+        ValueError: N < block_size + 1, or rank not in [0, world_size).
     """
     if len(ids) < block_size + 1:
         raise ValueError(
             f"{len(ids)} tokens cannot fill a window of block_size + 1 = {block_size + 1}"
         )
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
     rng = np.random.default_rng([seed, stream, step])
-    offsets = rng.integers(0, len(ids) - block_size, size=batch_size)  # (B,)
-    return windows_at(ids, offsets, block_size)
+    offsets = rng.integers(0, len(ids) - block_size, size=world_size * batch_size)  # (W*B,)
+    return windows_at(ids, offsets[rank * batch_size:(rank + 1) * batch_size], block_size)
 
 
 def windows_at(

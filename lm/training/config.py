@@ -155,6 +155,9 @@ class TrainerConfig:
     enable_progress_bar: bool
     enable_model_summary: bool
     compile: bool  # not a Trainer argument: LMModule's (torch.compile)
+    strategy: str = "auto"  # auto | ddp | fsdp (lm/training/strategies.py)
+    num_nodes: int = 1
+    peak_tflops: float | None = None  # not a Trainer argument: LMModule's (train/mfu)
 
 
 @dataclass
@@ -282,7 +285,7 @@ def unknown_choice(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> str |
 
 # The typed nodes of the config and the keys each may hold. Hydra's ``+key=value``
 # appends a key even to a typed node, so ``validate`` checks these itself. The trainer
-# also takes any other argument of ``lightning.Trainer`` (``+trainer.strategy=ddp``).
+# also takes any other argument of ``lightning.Trainer`` (``+trainer.max_time=...``).
 SCHEMA_NODES: dict[str, type] = {
     "": TrainConfig, "model": GPTConfig, "data": DataConfig, "data.tokenizer": TokenizerConfig,
     "trainer": TrainerConfig, "paths": PathsConfig, "sample": SampleConfig,
@@ -502,6 +505,34 @@ def _can_create_in(directory: Path) -> bool:
         return True
 
 
+STRATEGIES = ("auto", "ddp", "fsdp")
+
+
+def _validate_devices(trainer: DictConfig) -> None:
+    """Devices, nodes, strategy and peak FLOP/s (``conf/trainer/``).
+
+    Raises:
+        ConfigError: one line naming the key, its value and the rule.
+    """
+    strategy = trainer.get("strategy", "auto")
+    _check(strategy in STRATEGIES, "trainer.strategy", strategy,
+           f"must be one of {', '.join(STRATEGIES)}" + (
+               " (ddp_spawn is not supported: its processes do not hand their state back to "
+               "the launching one; use ddp)" if strategy == "ddp_spawn" else ""))
+    for key in ("devices", "num_nodes"):
+        value = trainer.get(key, 1)
+        _check(isinstance(value, int) and value >= 1, f"trainer.{key}", value, "must be an integer >= 1")
+    peak = trainer.get("peak_tflops")
+    _check(peak is None or peak > 0, "trainer.peak_tflops", peak, "must be null or > 0 (TFLOP/s of one device)")
+    accelerator = trainer.accelerator
+    _check(strategy != "fsdp" or accelerator in ("gpu", "cuda"), "trainer.accelerator", accelerator,
+           "must be gpu with trainer.strategy=fsdp (FSDP shards over GPUs; on CPUs use trainer=ddp)")
+    _check(accelerator != "mps" or (trainer.devices == 1 and trainer.get("num_nodes", 1) == 1
+                                    and strategy == "auto"),
+           "trainer.accelerator", accelerator,
+           "mps runs on one device: trainer.devices=1, num_nodes=1, strategy=auto")
+
+
 def _check(ok: bool, key: str, value: Any, rule: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value} is invalid: {rule}")
@@ -539,6 +570,7 @@ def validate(cfg: DictConfig) -> Validated:
     _check(trainer.gradient_clip_val >= 0, "trainer.gradient_clip_val", trainer.gradient_clip_val,
            "must be >= 0 (0 turns clipping off)")
     _check(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
+    _validate_devices(trainer)
     hooks = build_hooks(cfg, model)  # an unknown _target_, bad argument or pattern fails now
     every = cfg.tracking.checkpoint_every_n_steps
     _check(every >= 1, "tracking.checkpoint_every_n_steps", every, "must be >= 1")

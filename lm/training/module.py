@@ -1,8 +1,9 @@
 """The LightningModule: a GPT, its optimizer and schedule, and what a run logs.
 
 Logged (TensorBoard, ``split/name``): ``train/loss``, ``train/lr``, ``train/grad_norm``
-(global L2 norm before clipping), ``train/tokens_per_sec``, ``val/loss``, ``val/ppl``,
-``time/elapsed_s`` (seconds since training began, at each validation, so curves can be
+(global L2 norm before clipping), ``train/tokens_per_sec`` (all ranks together),
+``train/mfu`` (model FLOPs utilisation, where the device's peak is known: lm/training/mfu.py),
+``val/loss``, ``val/ppl``, ``time/elapsed_s`` (seconds since training began, at each validation, so curves can be
 drawn against wall time),
 a text sample at each validation, each experiment hook's scalars under
 ``hooks/<name>/`` (``lm/hooks/``), and the HParams summary (the hashed config, with the
@@ -29,6 +30,7 @@ from lm.hooks import AuxLossHook, Hook, UpdateHook
 from lm.model import GPT, GPTConfig
 from lm.sampling import generate, prompt_ids
 from lm.tokenizers import Tokenizer
+from lm.training.mfu import device_peak_tflops, flops_per_token, matmul_params, mfu
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -137,6 +139,14 @@ class LMModule(L.LightningModule):
             ``time/elapsed_s``, not in ``train/tokens_per_sec``. Text samples and the
             hooks' validation-end forwards run eagerly (KV-cache shapes change every
             token: compiled, each would recompile).
+        peak_tflops: the peak of one device in TFLOP/s (``trainer.peak_tflops``) for
+            ``train/mfu``; None: the known bf16 peak of the GPU in use, else no MFU.
+
+    Under data parallelism (``trainer.strategy=ddp``) every rank runs this module on its
+    own batches: ``train/loss`` is the mean over ranks of their losses at a logging step,
+    ``val/loss`` the mean over all ranks' validation batches (the same batches, and so
+    the same number, as one process), and only rank 0 writes events and samples. Hook
+    scalars are rank 0's. The dropout masks are the same on every rank (one seed).
     """
 
     def __init__(
@@ -154,6 +164,7 @@ class LMModule(L.LightningModule):
         hyperparameters: dict[str, Any] | None = None,
         target_loss: float | None = None,
         compile: bool = False,
+        peak_tflops: float | None = None,
     ):
         super().__init__()
         self.model = GPT(model_config)
@@ -190,6 +201,9 @@ class LMModule(L.LightningModule):
         self._elapsed_before = 0.0
         self._fit_started: float | None = None
         self._compile_pending = compile  # compiled at the first training batch
+        self.peak_tflops = peak_tflops
+        self._flops_per_token: float | None = None  # set at the start of training
+        self._device_peak: float | None = None
         # An adapter run's {"config", "init_from", "weights_sha256"} (``use_adapter``);
         # None: every weight is the model's own and checkpoints hold them all.
         self.adapter: dict | None = None
@@ -223,6 +237,8 @@ class LMModule(L.LightningModule):
         # Start the logger's writer first (TensorBoard's import takes seconds in a fresh
         # process): time/elapsed_s counts training and validation, not logger set-up.
         _ = getattr(self.logger, "experiment", None)
+        self._flops_per_token = flops_per_token(self.model_config, matmul_params(self.model))
+        self._device_peak = device_peak_tflops(self.device, self.peak_tflops)
         self._fit_started = time.perf_counter()
 
     def on_train_end(self) -> None:
@@ -280,9 +296,9 @@ class LMModule(L.LightningModule):
         x, y = batch  # (B, T), (B, T)
         _, loss = self.model(x, y)
         if self._logging:  # self.log costs ~1 ms: not every step
-            self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True,
-                     logger=False)  # the progress bar; the logger gets it in _write_step
-            self._latest_train_loss = loss.detach()
+            self._latest_train_loss = self._mean_over_ranks(loss.detach())
+            self.log("train/loss", self._latest_train_loss, on_step=True, on_epoch=False,
+                     prog_bar=True, logger=False)  # the progress bar; the logger gets it in _write_step
         if self._aux_hooks:
             loss = loss + sum(hook.loss() for hook in self._aux_hooks)
         self._step_loss = loss.detach()
@@ -298,8 +314,12 @@ class LMModule(L.LightningModule):
         it (``clip_grad_norm_`` over the optimizer's parameters in group order, so the
         same numbers), and its norm is checked, at the cost of one sync per step.
         """
-        if not self.divergence_guard:
+        if not self.divergence_guard or self._sharded():
+            # FSDP: a rank's grads are a shard; Lightning's clipping takes their global
+            # norm, and the guard checks the loss only.
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            if self.divergence_guard:
+                check_finite_step(self._step_loss, torch.zeros(()), self.global_step + 1)
             return
         params = [p for group in optimizer.param_groups for p in group["params"]]
         if gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
@@ -319,7 +339,11 @@ class LMModule(L.LightningModule):
             scalars["train/lr"] = optimizer.param_groups[0]["lr"]
             scalars["train/loss"] = self._latest_train_loss
             if self._window_seconds > 0:  # over the steps since the last logging step
-                scalars["train/tokens_per_sec"] = self._window_tokens / self._window_seconds
+                tokens_per_sec = self._window_tokens / self._window_seconds
+                scalars["train/tokens_per_sec"] = tokens_per_sec
+                if self._device_peak is not None and self._flops_per_token is not None:
+                    scalars["train/mfu"] = mfu(tokens_per_sec, self._flops_per_token,
+                                               self._device_peak, self._world_size())
                 self._window_tokens, self._window_seconds = 0, 0.0
         if self.hooks:
             scalars.update(self._run_update_hooks(self._logging))
@@ -349,13 +373,31 @@ class LMModule(L.LightningModule):
         return scalars
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self._window_tokens += batch[0].numel()
+        self._window_tokens += batch[0].numel() * self._world_size()  # every rank's
         self._window_seconds += time.perf_counter() - self._step_started
         # Validate at the last step too, when max_steps is not a multiple of the interval.
         trainer = self.trainer
         last_step = trainer.max_steps > 0 and self.global_step >= trainer.max_steps
         if last_step and not validates_after(trainer, batch_idx):
             trainer.should_stop = True
+
+    def _sharded(self) -> bool:
+        """Whether the parameters are sharded over the ranks (FSDP): a rank's ``.grad`` is
+        then a shard, and norms of them are not the model's."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return self._trainer is not None and isinstance(self._trainer.strategy, FSDPStrategy)
+
+    def _world_size(self) -> int:
+        """Data-parallel processes training this model (1 outside a distributed Trainer)."""
+        return self._trainer.world_size if self._trainer is not None else 1
+
+    def _mean_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of scalar ``value`` over all ranks (a collective: every rank calls it
+        at the same point); ``value`` itself in one process."""
+        if self._world_size() == 1:
+            return value
+        return self.trainer.strategy.reduce(value, reduce_op="mean")
 
     def _is_logging_step(self, steps_done: int) -> bool:
         # Lightning writes step scalars when the count of finished steps is a multiple
@@ -374,15 +416,21 @@ class LMModule(L.LightningModule):
         return loss
 
     def on_validation_epoch_end(self) -> None:
-        loss = torch.stack(self._val_losses).mean()
+        losses = torch.stack(self._val_losses)  # (n,): this rank's validation batches
         self._val_losses.clear()
+        if self._world_size() == 1:
+            loss = losses.mean()
+        else:  # every rank's batches, each counted once (ranks may hold one batch more)
+            strategy = self.trainer.strategy
+            count = torch.tensor(float(len(losses)), device=losses.device)
+            loss = strategy.reduce(losses.sum(), reduce_op="sum") / strategy.reduce(count, reduce_op="sum")
         # Lightning would write these at step global_step - 1 (its count of finished
         # batches lags here); a curve point belongs at the number of updates behind it.
         metrics = {"val/loss": loss.item(), "val/ppl": perplexity(loss.item())}
         if self.val_tokens_per_byte is not None:
             metrics["val/bpb"] = bits_per_byte(loss.item(), self.val_tokens_per_byte)
         for key, value in metrics.items():  # for checkpoints, the progress bar and run.json
-            self.log(key, value, prog_bar=key == "val/loss", logger=False)
+            self.log(key, value, prog_bar=key == "val/loss", logger=False, sync_dist=True)  # equal on all ranks already
         self._write_validation(metrics)
         self.latest_metrics.update(metrics)
         self._check_target(metrics["val/loss"])
@@ -423,8 +471,10 @@ class LMModule(L.LightningModule):
 
     def _log_sample(self) -> None:
         n = self.sample.get("max_new_tokens", 0)
+        if not n or self.tokenizer is None or not self.trainer.is_global_zero:
+            return
         experiment = getattr(self.logger, "experiment", None)
-        if not n or self.tokenizer is None or not hasattr(experiment, "add_text"):
+        if not hasattr(experiment, "add_text"):
             return
         prompt = prompt_ids(self.sample["prompt"], self.tokenizer)
         idx = torch.tensor([prompt], dtype=torch.long, device=self.device)  # (1, T)

@@ -47,6 +47,7 @@ HASH_EXCLUDED_KEYS: tuple[str, ...] = (
     "trainer.log_every_n_steps",
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
+    "trainer.peak_tflops",  # the device's peak, for train/mfu: a measure, not the numbers
     # The default callbacks (conf/callbacks/default.yaml) write checkpoints, keep the RNG
     # state for an exact resume and draw the progress bar: an uninterrupted run computes
     # the same numbers with or without them. Listed by name, not the whole node, so a
@@ -71,6 +72,8 @@ HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "model.logit_softcap": None,
     "data.eval_batch_size": None,
     "trainer.compile": False,
+    "trainer.strategy": "auto",
+    "trainer.num_nodes": 1,
     **{f"adapter.{key}": None for key in ("r", "alpha", "dropout", "targets", "quantize",
                                           "block_size", "double_quant")},
     "adapter.name": "none",
@@ -373,6 +376,8 @@ class Plan:
             segment wrote from there on (written after its last checkpoint, written
             again now). None for a new run.
         skipped: the record to return instead of training; None: train.
+        leader: False on ranks > 0 of a distributed run, which train as rank 0 decided
+            and write nothing of the run's (``lm/training/distributed.py``).
     """
 
     full_hash: str
@@ -382,6 +387,7 @@ class Plan:
     prior: dict = field(default_factory=dict)
     purge_step: int | None = None
     skipped: dict | None = None
+    leader: bool = True
 
     def history(self) -> dict:
         """What a resumed run's record keeps of the interrupted one (start time, wall

@@ -51,19 +51,25 @@ from lm.training.config import (
     split_argv,
     validate,
 )
+from lm.training.distributed import (
+    children_follow,
+    rank_zero_decides,
+    started_together,
+    world_size,
+)
 from lm.training.finetune import load_init_weights
 from lm.training.module import Diverged, LMModule
 from lm.training.record import RunRecord
 from lm.training.registry import (
     Plan,
     canonical_sha256,
-    claim,
     code_version,
     content_digests,
     hashable_config,
     hydra_job_info,
     remove_unstarted_run_dir,
 )
+from lm.training.strategies import build_strategy
 from lm.training.signals import Interrupted, SigintFlag, stopping_signal
 
 ADAPTER_FILE = "adapter.safetensors"  # an adapter run's adapters, at its last step
@@ -85,23 +91,48 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     digests = content_digests(cfg)
     hashable = hashable_config(cfg, digests)
     full_hash = canonical_sha256(hashable)  # = registry.config_hash(cfg, digests)
-    with claim(cfg, full_hash) as plan:
+    check_world_size(cfg)
+    with rank_zero_decides(cfg, full_hash) as plan:  # claim(cfg, full_hash) on rank 0
         if plan.skipped is not None:
             return plan.skipped
         hparams = {"hash8": full_hash[:8], **flatten(hashable)}
         record = train(at_run_dir(cfg, plan.run_dir), plan, checked, digests, hparams,
                        extra_callbacks)
-        plan.done(record)
+        if plan.leader:
+            plan.done(record)
         return record
+
+
+def check_world_size(cfg: DictConfig) -> None:
+    """A run on several processes is started by a command, and every rank needs a
+    validation batch of its own.
+
+    Raises:
+        ConfigError: several processes outside a Hydra job (Lightning starts the other
+            ranks by running the job's command again), or ``data.eval_iters`` below the
+            number of processes.
+    """
+    world = world_size(cfg)
+    if world > cfg.data.eval_iters:
+        raise ConfigError(f"data.eval_iters={cfg.data.eval_iters} is invalid with {world} processes "
+                          f"(trainer.devices * trainer.num_nodes): must be >= {world}, "
+                          "each rank validates its own share of the batches")
+    if world > 1 and not HydraConfig.initialized() and started_together() is None:
+        raise ConfigError(f"trainer.devices * trainer.num_nodes = {world} processes need a "
+                          "command (lm train ..., torchrun, srun): Lightning starts the other "
+                          "ranks by running it again; in Python, train on one process")
 
 
 def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict, hparams: dict,
           extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     """Instantiate data, model, callbacks, logger and Trainer from ``cfg`` (validated, its
     ``paths.output_dir`` the run dir), fit (from ``plan.ckpt_path`` if set), and record
-    the run in ``plan.run_dir``. ``hparams``: the HParams tab's hyperparameters.
+    the run in ``plan.run_dir``. ``hparams``: the HParams tab's hyperparameters. On
+    a rank > 0 (``plan.leader`` False) the same, but nothing of the run's is written
+    (run.json, config.yaml, events, the adapter file: rank 0 writes them).
 
-    Returns the record; a diverged run returns with status ``diverged``.
+    Returns the record ({} on a rank > 0); a diverged run returns with status
+    ``diverged``.
 
     Raises:
         ConfigError: a callback argument is rejected, ``init_from`` does not fit, or the
@@ -118,26 +149,36 @@ def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict, hparam
         val_tokens_per_byte=dm.meta["n_val"] / dm.meta["val_text_bytes"],
         hooks=checked.hooks, divergence_guard=cfg.tracking.divergence_guard,
         hyperparameters=hparams, target_loss=cfg.tracking.target_loss,
-        compile=cfg.trainer.compile,
+        compile=cfg.trainer.compile, peak_tflops=cfg.trainer.get("peak_tflops"),
     )
     adapter = run_config.get("adapter")
     if cfg.init_from is not None:
-        start_from(module, cfg.init_from, checked, adapter, digests, resuming=plan.ckpt_path is not None)
+        start_from(module, cfg.init_from, checked, adapter, digests,
+                   resuming=plan.ckpt_path is not None, verbose=plan.leader)
     if cfg.init_from is not None and plan.ckpt_path is None:
         loss = module.measure_initial(dm.val_dataloader())["val/loss"]
-        print(f"init_from: val/loss {loss:.4f} before training, on this run's validation batches")
+        if plan.leader:
+            print(f"init_from: val/loss {loss:.4f} before training, on this run's validation batches")
     callbacks = [*instantiate_callbacks(cfg.callbacks, cfg.trainer.enable_progress_bar),
                  *extra_callbacks]
-    trainer_args = {k: v for k, v in run_config["trainer"].items() if k != "compile"}  # LMModule's
+    trainer_args = {k: v for k, v in run_config["trainer"].items()
+                    if k not in ("compile", "peak_tflops")}  # LMModule's
     trainer = hydra.utils.instantiate(
         trainer_args, val_check_interval=min(cfg.trainer.val_check_interval, cfg.trainer.max_steps),
+        strategy=build_strategy(cfg.trainer.get("strategy", "auto")),
+        use_distributed_sampler=False,  # each rank's batches: LMDataModule
         logger=build_logger(cfg, plan.purge_step), callbacks=callbacks,
         default_root_dir=str(plan.run_dir), plugins=[AtomicCheckpointIO()],
     )
+    if not plan.leader:
+        fit(trainer, module, dm, plan.ckpt_path, None, cfg)
+        trainer.save_checkpoint(plan.run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # collective
+        return {}
     record = RunRecord(plan.run_dir, **{
         **plan.history(), "hash": plan.full_hash, "hash8": plan.full_hash[:8],
         "code": code_version(), "content": digests, "n_params": module.model.num_params(),
-        "n_params_trainable": count_params(module.model)[0], **hydra_job_info(),
+        "n_params_trainable": count_params(module.model)[0], "world_size": world_size(cfg),
+        **hydra_job_info(),
     })
     for callback in callbacks:  # each last.ckpt updates run.json: steps so far
         if isinstance(callback, LastCheckpoint):
@@ -145,7 +186,8 @@ def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict, hparam
     write_config(plan.run_dir, run_config)
     record.start()
     reset_peak_memory()
-    fit(trainer, module, dm, plan.ckpt_path, record, cfg)
+    with children_follow(cfg, plan, hydra_job_info()["overrides"]):
+        fit(trainer, module, dm, plan.ckpt_path, record, cfg)
     if record.data["status"] == "diverged":
         return record.data
     trainer.save_checkpoint(plan.run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # final
@@ -156,9 +198,9 @@ def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict, hparam
 
 
 def start_from(module: LMModule, path: str, checked: Validated, adapter: dict | None,
-               digests: dict, resuming: bool) -> None:
+               digests: dict, resuming: bool, verbose: bool = True) -> None:
     """Load ``init_from``'s weights into ``module`` and give it the configured adapter,
-    printing trainable and total parameters. A resumed full fine-tune skips the load (its
+    printing trainable and total parameters (``verbose``). A resumed full fine-tune skips the load (its
     checkpoint has every weight); an adapter run always loads the base (its checkpoints
     hold the adapters only).
 
@@ -174,7 +216,8 @@ def start_from(module: LMModule, path: str, checked: Validated, adapter: dict | 
         apply_adapter(module.model, adapter)
         module.use_adapter({"config": adapter, "init_from": str(Path(path).resolve()),
                             "weights_sha256": digests.get("init_from")})
-    print(describe_params(*count_params(module.model)))
+    if verbose:
+        print(describe_params(*count_params(module.model)))
 
 
 def adapter_checkpoint(module: LMModule) -> dict:
@@ -260,16 +303,21 @@ def write_config(run_dir: Path, run_config: dict) -> None:
 
 
 def fit(trainer: L.Trainer, module: LMModule, dm: LMDataModule, ckpt_path: Path | None,
-        record: RunRecord, cfg: DictConfig) -> None:
+        record: RunRecord | None, cfg: DictConfig) -> None:
     """``trainer.fit``, recording how it ended if it did not complete: ``diverged``
-    (returns), ``interrupted`` (raises ``Interrupted``) or ``failed`` (re-raises)."""
+    (returns), ``interrupted`` (raises ``Interrupted``) or ``failed`` (re-raises).
+    ``record`` None (a rank > 0): nothing recorded, every exception re-raised."""
     sigint = SigintFlag()
     try:
         with sigint:
             trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     except Diverged as err:
+        if record is None:
+            raise
         record.finish("diverged", error=str(err), **final_metrics(trainer, module, cfg))
     except BaseException as err:  # the record must say the run did not finish
+        if record is None:
+            raise
         signum = stopping_signal(err, sigint)
         if signum is not None:
             message = f"{signum.name} at step {trainer.global_step}"
@@ -282,8 +330,9 @@ def fit(trainer: L.Trainer, module: LMModule, dm: LMDataModule, ckpt_path: Path 
 
 
 def progress(trainer: L.Trainer, cfg: DictConfig) -> dict:
-    """Steps and tokens seen so far."""
-    tokens_per_step = cfg.data.batch_size * cfg.model.block_size * cfg.trainer.accumulate_grad_batches
+    """Steps and tokens seen so far (all ranks: each step takes ``world_size`` batches)."""
+    tokens_per_step = (cfg.data.batch_size * cfg.model.block_size
+                       * cfg.trainer.accumulate_grad_batches * world_size(cfg))
     return {"steps": trainer.global_step, "tokens_seen": trainer.global_step * tokens_per_step}
 
 
