@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-all sweep tensorboard bench lint clean
+.PHONY: install train test test-all sweep tensorboard bench bench-gpu lint clean
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ bench: $(STAMP)  ## harness vs plain loop tokens/s; BPE encode MB/s; generate to
 	$(VENV)/bin/lm bench tokenizer
 	$(VENV)/bin/lm bench generate
 	$(VENV)/bin/lm bench speedrun
+
+bench-gpu: $(STAMP)  ## on a CUDA GPU: tokens/s and MFU of model=medium and model=gpt2, bf16 + compile
+	$(VENV)/bin/lm bench gpu $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lm tests
