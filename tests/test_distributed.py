@@ -110,7 +110,8 @@ def test_children_get_the_plan_and_the_job_command_while_rank_0_fits(make_cfg, t
         assert json.loads(os.environ[PLAN_ENV])["run_dir"] == str(tmp_path / "job")
         assert sys.argv == [str(REPO / "lm" / "train.py"), "model=tiny", "seed=3"]
         assert sys.modules["__main__"].__spec__ is None
-    assert PLAN_ENV not in os.environ and sys.argv == argv
+        os.environ["LOCAL_RANK"] = "0"  # as Lightning's launcher sets it
+    assert PLAN_ENV not in os.environ and "LOCAL_RANK" not in os.environ and sys.argv == argv
     with children_follow(make_cfg(), plan, ["model=tiny"]):  # one process: nothing to start
         assert PLAN_ENV not in os.environ and sys.argv == argv
 
@@ -175,7 +176,7 @@ def test_ranks_started_together_by_torchrun_follow_rank_0(tmp_path, corpus):
                "trainer.enable_progress_bar=false", "sample.max_new_tokens=0", "trainer.max_steps=50",
                "trainer.log_every_n_steps=1", "trainer.val_check_interval=25", *DDP,
                "hydra.run.dir=torchrun", "tracking.registry_dir=torchrun"]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     (_, launched), = records(tmp_path / "ddp")
@@ -205,3 +206,12 @@ def test_ddp_killed_mid_way_resumes_to_the_uninterrupted_result(tmp_path, corpus
     assert resumed["status"] == "completed" and len(resumed["resumed_from"]) == 1
     assert resumed["steps"] == 50 and resumed["tokens_seen"] == uninterrupted["tokens_seen"]
     assert resumed["metrics"]["final"] == uninterrupted["metrics"]["final"]
+
+
+@pytest.mark.slow
+def test_a_sweep_of_ddp_jobs_runs_each_on_its_own_ranks(tmp_path, corpus):
+    (tmp_path / "corpus.txt").write_text(corpus.read_text())
+    lm_train(tmp_path, "-m", *DDP, "seed=1,2", "trainer.max_steps=10", "hydra.sweep.dir=sweep")
+    jobs = records(tmp_path / "sweep")
+    assert sorted((r["status"], r["steps"], r["world_size"]) for _, r in jobs) == [("completed", 10, 2)] * 2
+    assert len({r["hash"] for _, r in jobs}) == 2

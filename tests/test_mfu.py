@@ -15,7 +15,7 @@ def test_matmul_params_leave_out_lookup_tables():
     # c_attn (8*24+24) + attn c_proj (8*8+8) + c_fc (8*32+32) + mlp c_proj (32*8+8) = 864.
     per_block = 2 * 16 + (8 * 24 + 24) + (8 * 8 + 8) + (8 * 32 + 32) + (32 * 8 + 8)
     blocks_and_final_norm = 2 * per_block + 16
-    shape = dict(n_layer=2, n_head=2, n_embd=8, block_size=5, vocab_size=11)
+    shape = {"n_layer": 2, "n_head": 2, "n_embd": 8, "block_size": 5, "vocab_size": 11}
     tied = GPT(GPTConfig(**shape))  # wte is also the output layer: counted; wpe: a lookup
     assert matmul_params(tied) == blocks_and_final_norm + 11 * 8
     untied = GPT(GPTConfig(**shape, tie_weights=False))  # lm_head counted, wte a lookup

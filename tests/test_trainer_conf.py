@@ -29,17 +29,17 @@ def test_each_trainer_option_composes_and_validates(tmp_path, option, expected):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["trainer.strategy=ddp_spawn"], "trainer.strategy=ddp_spawn is invalid: must be one of auto, "
+    (["trainer.strategy=ddp_spawn"], ("trainer.strategy=ddp_spawn is invalid: must be one of auto, "
      "ddp, fsdp (ddp_spawn is not supported: its processes do not hand their state back to the "
-     "launching one; use ddp)"),
+     "launching one; use ddp)")),
     (["trainer.strategy=deepspeed"], "trainer.strategy=deepspeed is invalid: must be one of auto, ddp, fsdp"),
     (["trainer.num_nodes=0"], "trainer.num_nodes=0 is invalid: must be an integer >= 1"),
     (["trainer.devices=0"], "trainer.devices=0 is invalid: must be an integer >= 1"),
     (["trainer.peak_tflops=0"], "trainer.peak_tflops=0.0 is invalid: must be null or > 0 (TFLOP/s of one device)"),
-    (["trainer=fsdp", "trainer.accelerator=cpu"], "trainer.accelerator=cpu is invalid: must be gpu "
-     "with trainer.strategy=fsdp (FSDP shards over GPUs; on CPUs use trainer=ddp)"),
-    (["trainer=mps", "trainer.devices=2"], "trainer.accelerator=mps is invalid: mps runs on one "
-     "device: trainer.devices=1, num_nodes=1, strategy=auto"),
+    (["trainer=fsdp", "trainer.accelerator=cpu"], ("trainer.accelerator=cpu is invalid: must be gpu "
+     "with trainer.strategy=fsdp (FSDP shards over GPUs; on CPUs use trainer=ddp)")),
+    (["trainer=mps", "trainer.devices=2"], ("trainer.accelerator=mps is invalid: mps runs on one "
+     "device: trainer.devices=1, num_nodes=1, strategy=auto")),
 ])
 def test_bad_trainer_values_get_one_line(tmp_path, overrides, message):
     with pytest.raises(ConfigError) as err:

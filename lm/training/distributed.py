@@ -33,6 +33,9 @@ from lm.errors import ConfigError
 from lm.training.registry import Plan, claim
 
 PLAN_ENV = "LM_RANK0_PLAN"  # rank 0's Plan (JSON) in the environment of the ranks it starts
+# What rank 0's environment gets while it starts the others: the plan, and Lightning's
+# rendezvous variables (``_SubprocessScriptLauncher``).
+LAUNCH_ENV = (PLAN_ENV, "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
 def world_size(cfg: DictConfig) -> int:
@@ -155,15 +158,19 @@ def children_follow(cfg: DictConfig, plan: Plan, overrides: list[str]) -> Iterat
     ``sys.argv`` becomes ``lm/train.py`` and the job's overrides (``lm train`` would
     read the first override as a command; a sweep's ``-m`` would start a sweep in every
     rank) and ``hydra.run.dir`` the job's dir (a sweep job's is under ``sweep.dir``).
-    Everything is put back afterwards.
+    Everything is put back afterwards, the variables Lightning set in this process's
+    environment too (with ``LOCAL_RANK`` set, Lightning takes the processes to be
+    started by someone else and would start none for the next job of a sweep), and the
+    process group is ended: the ranks it joined are gone.
     """
-    import __main__
-
     from hydra.core.hydra_config import HydraConfig
+
+    import __main__
 
     if world_size(cfg) == 1 or started_together() is not None:
         yield
         return
+    saved_env = {key: os.environ.get(key) for key in LAUNCH_ENV}
     saved_argv, saved_spec = sys.argv, getattr(__main__, "__spec__", None)
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     saved_run_dir = hydra_cfg.run.dir if hydra_cfg is not None else None
@@ -176,7 +183,13 @@ def children_follow(cfg: DictConfig, plan: Plan, overrides: list[str]) -> Iterat
     try:
         yield
     finally:
-        os.environ.pop(PLAN_ENV, None)
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         sys.argv, __main__.__spec__ = saved_argv, saved_spec
         if hydra_cfg is not None:
             with read_write(hydra_cfg):

@@ -69,8 +69,8 @@ from lm.training.registry import (
     hydra_job_info,
     remove_unstarted_run_dir,
 )
-from lm.training.strategies import build_strategy
 from lm.training.signals import Interrupted, SigintFlag, stopping_signal
+from lm.training.strategies import build_strategy
 
 ADAPTER_FILE = "adapter.safetensors"  # an adapter run's adapters, at its last step
 
@@ -171,7 +171,10 @@ def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict, hparam
         default_root_dir=str(plan.run_dir), plugins=[AtomicCheckpointIO()],
     )
     if not plan.leader:
-        fit(trainer, module, dm, plan.ckpt_path, None, cfg)
+        try:
+            fit(trainer, module, dm, plan.ckpt_path, None, cfg)
+        except Diverged:  # rank 0 records it and says so
+            return {}
         trainer.save_checkpoint(plan.run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # collective
         return {}
     record = RunRecord(plan.run_dir, **{
@@ -188,9 +191,9 @@ def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict, hparam
     reset_peak_memory()
     with children_follow(cfg, plan, hydra_job_info()["overrides"]):
         fit(trainer, module, dm, plan.ckpt_path, record, cfg)
-    if record.data["status"] == "diverged":
-        return record.data
-    trainer.save_checkpoint(plan.run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # final
+        if record.data["status"] == "diverged":
+            return record.data
+        trainer.save_checkpoint(plan.run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # final
     if module.adapter is not None:
         save_adapter_safetensors(adapter_checkpoint(module), plan.run_dir / "checkpoints" / ADAPTER_FILE)
     record.finish("completed", **final_metrics(trainer, module, cfg))
@@ -200,9 +203,9 @@ def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict, hparam
 def start_from(module: LMModule, path: str, checked: Validated, adapter: dict | None,
                digests: dict, resuming: bool, verbose: bool = True) -> None:
     """Load ``init_from``'s weights into ``module`` and give it the configured adapter,
-    printing trainable and total parameters (``verbose``). A resumed full fine-tune skips the load (its
-    checkpoint has every weight); an adapter run always loads the base (its checkpoints
-    hold the adapters only).
+    printing trainable and total parameters (``verbose``). A resumed full fine-tune
+    skips the load (its checkpoint has every weight); an adapter run always loads the
+    base (its checkpoints hold the adapters only).
 
     Raises:
         ConfigError: a GPT-2 directory's weights do not fit (one line).
