@@ -541,6 +541,7 @@ def test_bad_hooks_end_with_one_line(overrides, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.slow  # a process; the one-line message itself is checked in-process above
 def test_bad_pattern_exits_2_from_the_command_line(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "lm" / "train.py"), "model=tiny", "hooks=act_l2",

@@ -265,7 +265,8 @@ def cli(tmp_path, *args, **popen):
                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, **popen)
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(("signum", "code"), [
+    (signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)])  # a process each
 def test_a_signal_is_recorded_as_interrupted_and_resumed(tmp_path, corpus, signum, code):
     (tmp_path / "corpus.txt").write_text(corpus.read_text())
     proc = cli(tmp_path, "trainer.max_steps=100000", "tracking.checkpoint_every_n_steps=5")
@@ -283,6 +284,7 @@ def test_a_signal_is_recorded_as_interrupted_and_resumed(tmp_path, corpus, signu
     assert "interrupted:" in err.splitlines()[-1]
 
 
+@pytest.mark.slow  # a sweep process
 def test_a_sweep_goes_on_past_a_diverged_job(tmp_path, corpus):
     (tmp_path / "corpus.txt").write_text(corpus.read_text())
     proc = cli(tmp_path, "-m", "trainer.max_steps=20", "trainer.val_check_interval=10",
@@ -313,6 +315,7 @@ def test_bad_overrides_are_named_in_one_line(args, says):
     assert problem is not None and "\n" not in problem and says in problem, problem
 
 
+@pytest.mark.slow  # a process; test_config checks exit code 2 through one too
 def test_a_bad_override_exits_2_before_anything_is_written(tmp_path, corpus):
     (tmp_path / "corpus.txt").write_text(corpus.read_text())
     proc = cli(tmp_path, "+model.foo=1")
