@@ -168,7 +168,6 @@ class LMDataModule(L.LightningDataModule):
             batches, batch_size=None, shuffle=False, num_workers=0, generator=_private_generator()
         )
 
-
     def _rank(self) -> tuple[int, int]:
         """(global rank, world size) of this process in its Trainer; (0, 1) without one.
         The Trainer must not add a ``DistributedSampler`` (``use_distributed_sampler=False``):

@@ -2,9 +2,9 @@
 
 Logged (TensorBoard, ``split/name``): ``train/loss``, ``train/lr``, ``train/grad_norm``
 (global L2 norm before clipping), ``train/tokens_per_sec`` (all ranks together),
-``train/mfu`` (model FLOPs utilisation, where the device's peak is known: lm/training/mfu.py),
-``val/loss``, ``val/ppl``, ``time/elapsed_s`` (seconds since training began, at each validation, so curves can be
-drawn against wall time),
+``train/mfu`` (model FLOPs utilisation, where the device's peak is known:
+lm/training/mfu.py), ``val/loss``, ``val/ppl``, ``time/elapsed_s`` (seconds since
+training began, at each validation, so curves can be drawn against wall time),
 a text sample at each validation, each experiment hook's scalars under
 ``hooks/<name>/`` (``lm/hooks/``), and the HParams summary (the hashed config, with the
 validation metrics as its metrics) at the first validation of a fit. Checkpoints carry
@@ -22,6 +22,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 
 from lm.adapters.build import adapter_state
 from lm.errors import first_line
@@ -204,6 +205,10 @@ class LMModule(L.LightningModule):
         self.peak_tflops = peak_tflops
         self._flops_per_token: float | None = None  # set at the start of training
         self._device_peak: float | None = None
+        # Data-parallel processes and whether they shard the parameters (FSDP): fixed
+        # for a fit, read from the Trainer once in ``setup``, not at every step.
+        self._world_size = 1
+        self._sharded = False
         # An adapter run's {"config", "init_from", "weights_sha256"} (``use_adapter``);
         # None: every weight is the model's own and checkpoints hold them all.
         self.adapter: dict | None = None
@@ -231,6 +236,10 @@ class LMModule(L.LightningModule):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """(B, T) token ids -> (logits (B, T, V), loss or None)."""
         return self.model(idx, targets)
+
+    def setup(self, stage: str) -> None:
+        self._world_size = self.trainer.world_size
+        self._sharded = isinstance(self.trainer.strategy, FSDPStrategy)
 
     # --- training -------------------------------------------------------------
     def on_train_start(self) -> None:
@@ -314,7 +323,7 @@ class LMModule(L.LightningModule):
         it (``clip_grad_norm_`` over the optimizer's parameters in group order, so the
         same numbers), and its norm is checked, at the cost of one sync per step.
         """
-        if not self.divergence_guard or self._sharded():
+        if not self.divergence_guard or self._sharded:
             # FSDP: a rank's grads are a shard; Lightning's clipping takes their global
             # norm, and the guard checks the loss only.
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
@@ -343,7 +352,7 @@ class LMModule(L.LightningModule):
                 scalars["train/tokens_per_sec"] = tokens_per_sec
                 if self._device_peak is not None and self._flops_per_token is not None:
                     scalars["train/mfu"] = mfu(tokens_per_sec, self._flops_per_token,
-                                               self._device_peak, self._world_size())
+                                               self._device_peak, self._world_size)
                 self._window_tokens, self._window_seconds = 0, 0.0
         if self.hooks:
             scalars.update(self._run_update_hooks(self._logging))
@@ -373,7 +382,7 @@ class LMModule(L.LightningModule):
         return scalars
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self._window_tokens += batch[0].numel() * self._world_size()  # every rank's
+        self._window_tokens += batch[0].numel() * self._world_size  # every rank's
         self._window_seconds += time.perf_counter() - self._step_started
         # Validate at the last step too, when max_steps is not a multiple of the interval.
         trainer = self.trainer
@@ -381,21 +390,10 @@ class LMModule(L.LightningModule):
         if last_step and not validates_after(trainer, batch_idx):
             trainer.should_stop = True
 
-    def _sharded(self) -> bool:
-        """Whether the parameters are sharded over the ranks (FSDP): a rank's ``.grad`` is
-        then a shard, and norms of them are not the model's."""
-        from lightning.pytorch.strategies import FSDPStrategy
-
-        return self._trainer is not None and isinstance(self._trainer.strategy, FSDPStrategy)
-
-    def _world_size(self) -> int:
-        """Data-parallel processes training this model (1 outside a distributed Trainer)."""
-        return self._trainer.world_size if self._trainer is not None else 1
-
     def _mean_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
         """The mean of scalar ``value`` over all ranks (a collective: every rank calls it
         at the same point); ``value`` itself in one process."""
-        if self._world_size() == 1:
+        if self._world_size == 1:
             return value
         return self.trainer.strategy.reduce(value, reduce_op="mean")
 
@@ -418,7 +416,7 @@ class LMModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         losses = torch.stack(self._val_losses)  # (n,): this rank's validation batches
         self._val_losses.clear()
-        if self._world_size() == 1:
+        if self._world_size == 1:
             loss = losses.mean()
         else:  # every rank's batches, each counted once (ranks may hold one batch more)
             strategy = self.trainer.strategy
