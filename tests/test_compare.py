@@ -1,7 +1,7 @@
 """lm compare: grouping by seed, config diffs, Welch statistics, flags, report files,
 time to a target loss.
 
-Run dirs are fabricated (config.yaml, run.json, a few val/loss and time/elapsed_s
+Run dirs are fabricated (config.yaml, run.json, a few val/loss and wallclock/elapsed_s
 events); nothing trains.
 """
 
@@ -45,10 +45,11 @@ def make_config(changes: dict | None = None) -> dict:
 
 
 def make_run(root, name, changes=None, *, status="completed", val_loss=2.0,
-             code=("c0ffee00" * 5, False), curve=None, elapsed=None, wall_times=None):
-    """A run dir like lm/train.py writes: config.yaml, run.json and tb/ val/loss events.
+             code=("c0ffee00" * 5, False), curve=None, elapsed=None, wall_times=None,
+             elapsed_tag=compare.ELAPSED_TAG):
+    """A run dir like lm/train.py writes: config.yaml, run.json and val/loss events.
 
-    ``elapsed``: a ``time/elapsed_s`` value (seconds) per curve point, logged at its step
+    ``elapsed``: a ``wallclock/elapsed_s`` value (seconds) per curve point, logged at its step
     (None: not at that step); without it none is logged, as by runs from before the tag.
     ``wall_times``: ``(first, [one per curve point])`` event wall times (Unix seconds):
     ``first`` for a train/loss event at step 1, written before the curve.
@@ -70,13 +71,13 @@ def make_run(root, name, changes=None, *, status="completed", val_loss=2.0,
     if curve is None and math.isfinite(val_loss):
         curve = [(9, val_loss + 1.0), (19, val_loss + 0.5), (29, val_loss)]
     first, times = wall_times or (None, [None] * len(curve or []))
-    with SummaryWriter(str(run_dir / "tb")) as writer:
+    with SummaryWriter(str(run_dir)) as writer:
         if first is not None:
             writer.add_scalar("train/loss", 5.0, 1, walltime=first)
         for i, ((step, value), wall_time) in enumerate(zip(curve or [], times)):
             writer.add_scalar("val/loss", value, step, walltime=wall_time)
             if elapsed is not None and elapsed[i] is not None:
-                writer.add_scalar("time/elapsed_s", elapsed[i], step, walltime=wall_time)
+                writer.add_scalar(elapsed_tag, elapsed[i], step, walltime=wall_time)
     return run_dir
 
 
@@ -106,7 +107,7 @@ def test_config_diff_gives_nested_keys_old_to_new_without_seed_or_excluded_keys(
     assert compare.config_diff(base, other) == [("model.n_layer", 2, 4), ("optimizer.lr", 1e-3, 3e-4)]
     other["model"]["bias"] = False
     assert ("model.bias", compare.ABSENT, False) in compare.config_diff(base, other)
-    assert compare.describe_diff([("optimizer.lr", 1e-3, 3e-4)]) == "optimizer.lr: 0.001 -> 0.0003"
+    assert compare.describe_diff([("optimizer.lr", 1e-3, 3e-4)]) == "optimizer.lr: 1e-3 -> 3e-4"
 
 
 def test_adding_a_hook_is_one_change_and_reordering_hooks_is_one_too():
@@ -166,7 +167,7 @@ def test_multi_key_ablation_warns_and_strict_exits_1(tmp_path, capsys):
     args = [tmp_path / "base0", tmp_path / "base1", tmp_path / "both", "--out", tmp_path / "r"]
     code, out, _ = run_main(capsys, *args)
     assert code == 0
-    assert "warning: G2 changes 2 keys" in out
+    assert "warning: model.n_layer=4, optimizer.lr=3e-4 changes 2 keys" in out
     code, _, err = run_main(capsys, *args, "--strict")
     assert code == 1 and "--strict" in err
 
@@ -227,7 +228,8 @@ def test_baseline_by_override_hash_prefix_and_run_dir(lr_sweep):
                  str(job2)]:
         rows = compare.compare([str(lr_sweep)], spec)["rows"]
         assert [r["baseline"] for r in rows] == [False, True], spec
-        assert rows[0]["changes"] == "optimizer.lr: 0.0003 -> 0.001"
+        assert [r["group"] for r in rows] == ["optimizer.lr=1e-3", "baseline"]
+        assert rows[0]["changes"] == "optimizer.lr: 3e-4 -> 1e-3"
 
 
 def test_sweep_dir_gives_welch_row_and_default_out_dir(lr_sweep, capsys, monkeypatch):
@@ -239,7 +241,8 @@ def test_sweep_dir_gives_welch_row_and_default_out_dir(lr_sweep, capsys, monkeyp
     assert float(rows[1]["diff"]) == pytest.approx(diff)
     assert (float(rows[1]["ci_low"]), float(rows[1]["ci_high"])) == pytest.approx((low, high))
     assert float(rows[1]["p"]) == pytest.approx(p)
-    assert "| G2 | optimizer.lr: 0.001 -> 0.0003 | 0 1 | 2 |" in out
+    assert "| optimizer.lr=3e-4 | optimizer.lr: 1e-3 -> 3e-4 | 0 1 | 2 |" in out
+    assert [r["group"] for r in rows] == ["baseline", "optimizer.lr=3e-4"]
 
 
 def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
@@ -289,7 +292,7 @@ def test_report_files_hold_the_run_json_values(tmp_path, capsys):
     abl = make_run(tmp_path, "abl", {"model.n_layer": 4}, val_loss=2.125)
     out = tmp_path / "report"
     code, stdout, _ = run_main(capsys, base, abl, "--out", out)
-    assert code == 0 and "| G1 | (baseline) |" in stdout
+    assert code == 0 and "| baseline | (baseline) |" in stdout
     rows = list(csv.DictReader((out / "report.csv").open()))
     for row, run_dir in zip(rows, [base, abl]):
         final = json.loads((run_dir / "run.json").read_text())["metrics"]["final"]
@@ -302,15 +305,21 @@ def test_report_files_hold_the_run_json_values(tmp_path, capsys):
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_group_curve_is_mean_min_max_of_the_events(tmp_path):
-    make_run(tmp_path, "s0", {"seed": 0}, curve=[(9, 3.0), (19, 2.0)])
+def test_group_curve_band_is_the_t_interval_of_the_mean_at_each_step(tmp_path):
+    # Step 9: 3.0, 4.0, 3.5 (mean 3.5, s 0.5, n 3); step 19: 2.0, 2.5 (mean 2.25, s √0.125,
+    # n 2); step 29: seed 0 alone (no band).
+    make_run(tmp_path, "s0", {"seed": 0}, curve=[(9, 3.0), (19, 2.0), (29, 1.5)])
     make_run(tmp_path, "s1", {"seed": 1}, curve=[(9, 4.0), (19, 2.5)])
+    make_run(tmp_path, "s2", {"seed": 2}, curve=[(9, 3.5)])
     [group] = compare.compare([str(tmp_path)])["groups"]
     curve = compare.group_curve(group)
-    assert list(curve.index) == [9, 19]
-    assert curve["mean"].tolist() == pytest.approx([3.5, 2.25])
-    assert curve["min"].tolist() == pytest.approx([3.0, 2.0])
-    assert curve["max"].tolist() == pytest.approx([4.0, 2.5])
+    assert list(curve.index) == [9, 19, 29] and curve["n"].tolist() == [3, 2, 1]
+    assert curve["mean"].tolist() == pytest.approx([3.5, 2.25, 1.5])
+    half_9 = 4.302652729911275 * 0.5 / math.sqrt(3)  # t_{0.975, 2} = 4.3027
+    half_19 = 12.706204736174707 * math.sqrt(0.125) / math.sqrt(2)  # t_{0.975, 1} = 12.706
+    assert curve["ci_low"].tolist()[:2] == pytest.approx([3.5 - half_9, 2.25 - half_19])
+    assert curve["ci_high"].tolist()[:2] == pytest.approx([3.5 + half_9, 2.25 + half_19])
+    assert math.isnan(curve["ci_low"].iloc[2]) and math.isnan(curve["ci_high"].iloc[2])
 
 
 # --- time to a target loss -----------------------------------------------------------
@@ -328,6 +337,24 @@ def test_time_to_target_is_the_first_validation_at_or_below_it(tmp_path):
     assert compare.time_to_target(gap, 2.5) == (20, None)  # reached, time not known
 
 
+def test_older_runs_events_under_tb_and_old_elapsed_tag_are_read(tmp_path):
+    """Runs recorded before events moved into the run dir (``tb/``) and before
+    ``time/elapsed_s`` became ``wallclock/elapsed_s`` read as new ones."""
+    run = make_run(tmp_path, "r", curve=CURVE, elapsed=[5.0, 10.0, 15.0])
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"not events")
+    before = compare.val_curve(run)
+    old = make_run(tmp_path, "old", curve=CURVE, elapsed=[5.0, 10.0, 15.0],
+                   elapsed_tag=compare.OLD_ELAPSED_TAG)
+    (old / "tb").mkdir()
+    for events in old.glob("events.out.tfevents.*"):
+        events.rename(old / "tb" / events.name)
+    after = compare.val_curve(old)
+    assert after.loss.to_dict() == before.loss.to_dict() == dict(CURVE)
+    assert after.elapsed_s.tolist() == before.elapsed_s.tolist() == [5.0, 10.0, 15.0]
+    assert not after.from_wall_time
+
+
 def test_without_time_elapsed_s_seconds_come_from_event_wall_times(tmp_path, capsys):
     run = make_run(tmp_path, "old", curve=CURVE, wall_times=(1000.0, [1004.0, 1010.0, 1017.5]))
     curve = compare.val_curve(run)
@@ -336,7 +363,7 @@ def test_without_time_elapsed_s_seconds_come_from_event_wall_times(tmp_path, cap
     assert compare.time_to_target(curve, 1.8) == (30, 17.5)
     code, stdout, _ = run_main(capsys, run, "--target", "1.8", "--out", tmp_path / "r")
     assert code == 0
-    assert "logged no `time/elapsed_s`" in stdout and str(run) in stdout
+    assert "logged no `wallclock/elapsed_s`" in stdout and str(run) in stdout
     notes = (tmp_path / "r" / "report.md").read_text().split("## val/loss curves")[1]
     assert f"Those runs: `{run}`." in notes
 
@@ -370,11 +397,11 @@ def test_target_statistics_match_scipy(tmp_path, capsys):
     assert (float(abl["target_time_diff_ci_low"]), float(abl["target_time_diff_ci_high"])) == (
         pytest.approx(tuple(reference.confidence_interval(0.95))))
     assert float(abl["target_time_p"]) == pytest.approx(reference.pvalue, rel=1e-12)
-    assert "Time to val/loss <= 1.8" in stdout and "| G1 | 3 of 4 |" in stdout
+    assert "Time to val/loss <= 1.8" in stdout and "| baseline | 3 of 4 |" in stdout
     report = (out / "report.md").read_text()
     assert "## Time to val/loss <= 1.8" in report and "![" in report
-    assert f"- G1 `{tmp_path / 'b3'}`: not reached (lowest val/loss 1.9000)" in report
-    assert f"- G2 `{tmp_path / 'c1'}`: step 30, 12.50 s" in report
+    assert f"- baseline `{tmp_path / 'b3'}`: not reached (lowest val/loss 1.9000)" in report
+    assert f"- optimizer.lr=3e-4 `{tmp_path / 'c1'}`: step 30, 12.50 s" in report
     assert "(curves_time.png)" in report and "logged no" not in report  # no fallback
     assert (out / "curves_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

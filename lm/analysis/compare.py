@@ -10,11 +10,18 @@ configs differ only in ``seed`` form one group. For each group the report gives 
 config keys that differ from the baseline group, the number of seeds, the mean and
 sample std of the final ``val/loss``, the difference from the baseline with a 95%
 Welch confidence interval and Welch's t-test p-value (when both groups have two seeds
-or more), and the mean final ``val/ppl``.
+or more; a note under the table names the groups with one seed), and the mean final
+``val/ppl``. A group is named by its change from the baseline (``optimizer.lr=3e-3``;
+several keys: ``model.norm=rmsnorm, optimizer.lr=3e-3``), the baseline ``baseline``, with
+its own values of the keys that vary stated (``baseline: optimizer.lr=1e-3``). Names and
+diffs read the resolved config with defaults included (``comparable_config``): a
+``model.norm=rmsnorm,layernorm`` sweep names its arms ``model.norm=layernorm`` and
+``model.norm=rmsnorm``; grouping uses the config hash's own view (``hashable_config``).
 
 SPEC picks the baseline group: a run dir, a prefix of a run's config hash, or
 ``key=value`` matched against each run's ``config.yaml`` at that dotted key (numbers
-compared as floats): ``--baseline optimizer.lr=3e-4``. Default: the group of the first run.
+compared as floats; a key an older ``config.yaml`` lacks reads its default):
+``--baseline optimizer.lr=3e-4``. Default: the group of the first run.
 
 Flags: a group that changes more than one key from the baseline (a warning; exit code 1
 with ``--strict``); one config hash run on different code (commit or dirty flag);
@@ -29,19 +36,22 @@ step and the seconds since training began at its first validation with ``val/los
 LOSS``; for each group how many of its runs got there, the mean time over those that
 did with a 95% t interval, and the difference from the baseline with a 95% Welch
 interval and p-value (when both groups have two runs or more that got there). Seconds
-come from the ``time/elapsed_s`` scalar runs log at each validation; a run without it
+come from the ``wallclock/elapsed_s`` scalar runs log at each validation; a run without it
 (logged before it existed) falls back to TensorBoard event wall times, and the report
 names it.
 
 Writes ``report.md``, ``report.csv``, ``curves.png`` (mean ``val/loss`` per group
-against step, min-max band over seeds) and ``curves_time.png`` (``val/loss`` against
-seconds since training began: one line per run, the group mean bold) into ``--out``. Default: the first PATH if it is
+against step, a band for its 95% t interval at each step) and ``curves_time.png``
+(``val/loss`` against seconds since training began: one line per run, the group mean
+bold) into ``--out``; a run with fewer than 3 ``val/loss`` points gets a ``warning:``
+line on stderr and a line in ``report.md``. Default ``--out``: the first PATH if it is
 a sweep dir (it holds ``<job>-<hash8>`` job dirs), else ``outputs/compare/<date>/<time>/``.
 Exit code 2 with one ``error:`` line for a path or baseline that matches no run, or when
 no run can be read.
 """
 
 import argparse
+import copy
 import datetime as dt
 import functools
 import glob
@@ -51,7 +61,7 @@ import re
 import shlex
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +79,20 @@ from lm.analysis.sweep_summary import (
 )
 from lm.errors import first_line
 from lm.training.record import load_record
-from lm.training.registry import canonical_sha256, code_version, hashable_config
+from lm.training.registry import (
+    CONTENT_KEYS,
+    HASH_NEUTRAL_DEFAULTS,
+    canonical_sha256,
+    code_version,
+    hashable_config,
+)
 
-ABSENT = "(absent)"  # a key one config has and the other lacks
-ELAPSED_TAG = "time/elapsed_s"  # seconds since training began, logged at each validation
+ABSENT = "(absent)"  # a key one config has and the other lacks (and that has no default)
+ELAPSED_TAG = "wallclock/elapsed_s"  # seconds since training began, logged at each validation
+OLD_ELAPSED_TAG = "time/elapsed_s"  # its name in runs recorded before the wallclock/ group
+MIN_CURVE_POINTS = 3  # fewer val/loss points than this: a curve not worth plotting
+LEGEND_VALUE_CHARS = 20  # a value longer than this is shortened in a plot's legend
+LEGEND_CHARS = 60  # and a whole legend label
 
 REPORT_COLUMNS = (
     "group", "baseline", "changes", "n_changes", "seeds", "n", "val_loss_mean",
@@ -112,12 +132,14 @@ class UnreadableRun(Exception):
 
 @dataclass
 class Run:
-    """One run dir: its ``run.json``, its resolved ``config.yaml`` and the hashable part."""
+    """One run dir: its ``run.json``, its resolved ``config.yaml``, the hashable part (what
+    groups runs) and the values its group is named by (``comparable_config``)."""
 
     dir: Path
     record: dict
     resolved: dict
     config: dict  # hashable_config(resolved): what the config hash covers
+    comparable: dict  # comparable_config(config, resolved): what names and diffs show
     problem: str | None = None  # why it is not averaged (failed, diverged, a repeat)
 
     @property
@@ -142,8 +164,9 @@ class Group:
     runs: list[Run]
 
     @property
-    def config(self) -> dict:
-        return without_seed(self.runs[0].config)
+    def comparable(self) -> dict:
+        """``comparable_config`` of the group's runs (one for all: it follows from the hash)."""
+        return without_seed(self.runs[0].comparable)
 
     @property
     def valid(self) -> list[Run]:
@@ -188,7 +211,8 @@ def load_run(run_dir: Path) -> Run:
     record = safe_record(run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     config = hashable_config(cfg, digests=record.get("content"))  # as hashed when it ran
-    return Run(run_dir, record, resolved, config, run_problem(record))
+    return Run(run_dir, record, resolved, config, comparable_config(config, resolved),
+               run_problem(record))
 
 
 def safe_record(run_dir: Path) -> dict:
@@ -333,7 +357,10 @@ def run_matches(run: Run, spec: str) -> bool:
         return run.dir.resolve() == Path(spec).resolve()
     if "=" in spec:
         key, _, wanted = spec.partition("=")
-        return value_matches(lookup(run.resolved, key.strip()), wanted.strip())
+        actual = lookup(run.resolved, key.strip())
+        if actual is ABSENT:  # a key at its default that an older config.yaml predates
+            actual = lookup(run.comparable, key.strip())
+        return value_matches(actual, wanted.strip())
     prefix = spec.lower()
     is_hex = re.fullmatch(r"[0-9a-f]+", prefix) is not None
     return is_hex and run.record.get("hash", "").startswith(prefix)
@@ -363,11 +390,57 @@ def select_baseline(groups: Sequence[Group], spec: str | None) -> Group:
 # --- config differences ----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Content:
+    """A ``CONTENT_KEYS`` path in ``comparable_config``: equal to another by the SHA-256 of what
+    it held (None: unreadable), as in the config hash, and shown by its path."""
+
+    path: str = field(compare=False)
+    sha256: str | None
+
+
+def comparable_config(hashable: dict, resolved: dict) -> dict:
+    """What a run's group is named by and diffed on: its resolved config without
+    ``HASH_EXCLUDED_KEYS`` (keys that cannot change the numbers), defaults included.
+
+    Built from ``hashable`` (the run's ``hashable_config``), which leaves out a
+    ``HASH_NEUTRAL_DEFAULTS`` key at its default: each such key it lacks is put back at its
+    default, which also fills a key that an older ``config.yaml`` predates. Each
+    ``CONTENT_KEYS`` digest ``{"sha256": ...}`` becomes a ``Content`` with the path from
+    ``resolved``, still compared by digest. Apart from the paths shown, it follows from
+    ``hashable`` alone, so the runs of a group share it.
+    """
+    values = copy.deepcopy(hashable)
+    for dotted, default in HASH_NEUTRAL_DEFAULTS.items():
+        parent, leaf = parent_node(values, dotted, create=True)
+        if parent is not None:
+            parent.setdefault(leaf, default)
+    for dotted in CONTENT_KEYS:
+        parent, leaf = parent_node(values, dotted, create=False)
+        digest = None if parent is None else parent.get(leaf)
+        if isinstance(digest, dict) and "sha256" in digest:
+            parent[leaf] = Content(str(lookup(resolved, dotted)), digest["sha256"])
+    return values
+
+
+def parent_node(tree: dict, dotted: str, create: bool) -> tuple[dict | None, str]:
+    """(the dict of ``tree`` holding key ``dotted``, the key's last part); the dicts on the
+    way are made when ``create``. None for the dict when one on the way is missing or is
+    not a dict."""
+    *parents, leaf = dotted.split(".")
+    node: Any = tree
+    for part in parents:
+        node = node.setdefault(part, {}) if create else node.get(part)
+        if not isinstance(node, dict):
+            return None, leaf
+    return node, leaf
+
+
 def config_diff(base: dict, other: dict) -> list[tuple[str, Any, Any]]:
     """``(dotted key, base value, other value)`` for each key that differs, sorted by key.
 
-    Give it hashable configs (``lm.training.registry.hashable_config``): keys that cannot change
-    the numbers are already out. ``seed`` is ignored; a missing key reads ``ABSENT``. A
+    Give it ``comparable_config``s (or hashable configs): keys that cannot change the numbers
+    are already out. ``seed`` is ignored; a missing key reads ``ABSENT``. A
     node present on one side only is one change (adding a hook is one ablation, however
     many keys its YAML has), and ``hooks.order`` counts only when the same hooks were
     reordered: when hooks are added or removed, their nodes already say so.
@@ -392,8 +465,98 @@ def _same_members(old: Any, new: Any) -> bool:
 
 
 def describe_diff(diff: Sequence[tuple[str, Any, Any]]) -> str:
-    """``optimizer.lr: 0.001 -> 0.0003; model.n_layer: 4 -> 6``."""
-    return "; ".join(f"{key}: {old} -> {new}" for key, old, new in diff)
+    """``model.n_layer: 4 -> 6; optimizer.lr: 1e-3 -> 3e-4`` (values: ``format_value``)."""
+    return "; ".join(f"{key}: {format_value(old)} -> {format_value(new)}"
+                     for key, old, new in diff)
+
+
+def format_value(value: Any) -> str:
+    """A config value as a Hydra override spells it (``3e-4``, ``true``, ``null``,
+    ``[0.9,0.99]``, ``{a:1}``); a ``Content`` as ``<path> (sha256 <8 hex>)``."""
+    if isinstance(value, Content):
+        return f"{value.path} (sha256 {(value.sha256 or '?')[:8]})"
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, float):
+        return format_float(value)
+    if isinstance(value, list):
+        return "[" + ",".join(map(format_value, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def format_float(x: float) -> str:
+    """``x`` as written by hand: ``3e-4``, ``1.5e-3`` and ``1e6`` (the shortest exponent
+    form that reads back as ``x``) below 0.01 or from 1e5 on, ``repr(x)`` otherwise."""
+    if not math.isfinite(x) or x == 0 or 1e-2 <= abs(x) < 1e5:
+        return repr(x)
+    text = next(t for t in (f"{x:.{d}e}" for d in range(17)) if float(t) == x)
+    mantissa, _, power = text.partition("e")
+    return f"{mantissa}e{int(power)}"
+
+
+def legend_value(value: Any) -> str:
+    """``format_value`` for a plot's legend: a ``Content`` by file name and 6 hex of its
+    digest, and any value over ``LEGEND_VALUE_CHARS`` cut in the middle."""
+    if isinstance(value, Content):
+        text = f"{Path(value.path).name}@{(value.sha256 or '?')[:6]}"
+    else:
+        text = format_value(value)
+    return cut_middle(text, LEGEND_VALUE_CHARS)
+
+
+def cut_middle(text: str, width: int) -> str:
+    """``text``, or its start and end around ``…`` in ``width`` characters."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
+# --- group names -----------------------------------------------------------------------
+
+
+def name_parts(groups: Sequence[Group], baseline: Group) -> list[list[tuple[str, Any]]]:
+    """Per group, the ``(dotted key, value)`` pairs that name it: each key it changes from
+    the baseline with its own value; for the baseline, its values of every key that some
+    group changes (``ABSENT`` where it lacks one without a default)."""
+    diffs = [config_diff(baseline.comparable, g.comparable) for g in groups]
+    varying = sorted({key for diff in diffs for key, _, _ in diff})
+    return [[(key, lookup(baseline.comparable, key)) for key in varying] if g is baseline
+            else [(key, new) for key, _, new in diff] for g, diff in zip(groups, diffs)]
+
+
+def join_parts(parts: Sequence[tuple[str, Any]], value=format_value) -> str:
+    """``model.norm=rmsnorm, optimizer.lr=3e-3`` (each value through ``value``)."""
+    return ", ".join(f"{key}={value(v)}" for key, v in parts)
+
+
+def group_names(groups: Sequence[Group], baseline: Group) -> list[str]:
+    """Each group's name in the tables and the CSV: ``baseline``, or its change from the
+    baseline (``optimizer.lr=3e-3``; ``(none)`` if it changes nothing)."""
+    parts = name_parts(groups, baseline)
+    return ["baseline" if g is baseline else join_parts(p) or "(none)"
+            for g, p in zip(groups, parts)]
+
+
+def legend_names(groups: Sequence[Group], baseline: Group) -> list[str]:
+    """Each group's name in the plots' legends, at most ``LEGEND_CHARS`` characters:
+    ``baseline (optimizer.lr=1e-3)``, ``optimizer.lr=3e-3``, long values shortened."""
+    names = []
+    for group, parts in zip(groups, name_parts(groups, baseline)):
+        text = join_parts(parts, legend_value)
+        if group is baseline:
+            text = f"baseline ({text})" if text else "baseline"
+        names.append(cut_middle(text or "(none)", LEGEND_CHARS))
+    return names
+
+
+def baseline_values(groups: Sequence[Group], baseline: Group) -> str:
+    """``baseline: optimizer.lr=1e-3``: the baseline's values of the keys that vary across
+    groups (``""`` when none does)."""
+    parts = name_parts(groups, baseline)[list(groups).index(baseline)]
+    return f"baseline: {join_parts(parts)}" if parts else ""
 
 
 # --- statistics ----------------------------------------------------------------------
@@ -475,7 +638,7 @@ def group_row(label: str, group: Group, baseline: Group) -> dict[str, Any]:
     """One row (keys ``REPORT_COLUMNS``) for ``group`` against ``baseline``."""
     losses, base_losses = group.values("val/loss"), baseline.values("val/loss")
     mean, std = mean_std(losses)
-    diff = config_diff(baseline.config, group.config)
+    diff = config_diff(baseline.comparable, group.comparable)
     delta, ci_low, ci_high, p = (None,) * 4
     if group is not baseline:
         delta, ci_low, ci_high, p = difference(losses, base_losses)
@@ -507,6 +670,17 @@ def table_markdown(rows: Sequence[dict[str, Any]]) -> str:
                       fmt(r["val_loss_mean"]), fmt(r["val_loss_std"]), signed(r["diff"]),
                       ci, p, fmt(r["val_ppl_mean"], 3)])
     return markdown_table(header, cells)
+
+
+def one_seed_note(rows: Sequence[dict[str, Any]]) -> str:
+    """A note under the table naming the groups with one seed, whose rows (and every row,
+    for the baseline) have no CI and no p; ``""`` when no group has one."""
+    single = [f"`{r['group']}`" for r in rows if r["n"] == 1]
+    if not single:
+        return ""
+    return (f"note: one seed (n=1) in {', '.join(single)}: a 95% CI and a p need the spread "
+            "of two seeds or more, so those rows show `-` (every row does when the baseline "
+            "has one seed). Run each config with several seeds (e.g. `seed=0,1,2`) for them.")
 
 
 def ablation_flags(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -546,10 +720,13 @@ def excluded_lines(runs: Sequence[Run]) -> list[str]:
 
 
 def report_markdown(table: str, flags: list[str], excluded: list[str], groups_text: str,
-                    command: str, target_text: str = "", time_note: str = "") -> str:
-    """``report.md``: how it was produced, the table, the time-to-target section
-    (``target_text``, if any), flags, excluded runs, the plots against step and against
-    seconds, and ``time_note`` (runs timed by event wall times, if any) under them."""
+                    command: str, target_text: str = "", time_note: str = "",
+                    sparse: Sequence[str] = ()) -> str:
+    """``report.md``: how it was produced, the table (with the baseline's values above it
+    and notes under it), the time-to-target section (``target_text``, if any), flags,
+    excluded runs, the plots against step and against seconds, and under them the runs
+    with too few val/loss points (``sparse``) and ``time_note`` (runs timed by event wall
+    times), if any."""
     return (
         f"# Comparison\n\nProduced by `{command}` on {dt.datetime.now():%Y-%m-%d %H:%M} "
         f"(code {code_label(code_version())}).\n\n"
@@ -560,11 +737,15 @@ def report_markdown(table: str, flags: list[str], excluded: list[str], groups_te
         f"{table}\n\n{target_text}## Flags\n\n{bullets(flags)}\n\n"
         f"## Excluded runs (never averaged)\n\n{bullets(excluded)}\n\n"
         f"## Runs per group\n\n{groups_text}\n\n"
-        "## val/loss curves\n\nMean over seeds; the band spans min to max.\n\n"
+        "## val/loss curves\n\nval/loss in nats/token, mean over seeds at each step; the band "
+        "is the 95% t confidence interval of that mean (mean ± t·s/√n over the runs that "
+        "logged the step, as in the table), none where n = 1.\n\n"
         "![val/loss per group against step](curves.png)\n\n"
         "Against seconds since training began (validation included): one thin line per run; "
         "bold, the group's mean val/loss at each step against its mean time at that step.\n\n"
         "![val/loss per group against wall time](curves_time.png)\n"
+        + (f"\nRuns with fewer than {MIN_CURVE_POINTS} val/loss points (their curves say "
+           f"little):\n\n{bullets(sparse)}\n" if sparse else "")
         + (f"\n{time_note}\n" if time_note else "")
     )
 
@@ -654,7 +835,7 @@ class ValCurve:
 
     ``loss``: ``val/loss`` (mean cross-entropy, nats/token), a pandas Series indexed by step.
     ``elapsed_s``: seconds since training began at those steps (same index; NaN where not
-    known). ``from_wall_time``: the run logged no ``time/elapsed_s``, so ``elapsed_s`` is
+    known). ``from_wall_time``: the run logged no ``wallclock/elapsed_s``, so ``elapsed_s`` is
     the TensorBoard wall time of each ``val/loss`` event minus that of the run's first
     scalar event: it counts any pause before a resume, and misses the time before the
     first scalar was logged (the first ``log_every_n_steps`` steps).
@@ -666,19 +847,23 @@ class ValCurve:
 
 
 def read_scalars(run_dir: Path):
-    """The scalar events under ``run_dir/tb`` as a pandas DataFrame with columns ``step``,
-    ``tag``, ``value`` and ``wall_time`` (Unix seconds), or None when there are none."""
+    """The scalar events of a run as a pandas DataFrame with columns ``step``, ``tag``,
+    ``value`` and ``wall_time`` (Unix seconds), or None when there are none. Event files
+    lie in the run dir itself, or under ``tb/`` for older runs; they are read one by one
+    in the order written (a dir reader would also open ``checkpoints/``)."""
+    import pandas as pd
     from tbparse import SummaryReader
 
-    tb = run_dir / "tb"
-    if not tb.is_dir():
-        return None
-    df = SummaryReader(str(tb), extra_columns={"wall_time"}).scalars
-    return None if df.empty or "tag" not in df else df
+    pattern = "events.out.tfevents.*"
+    files = [*run_dir.glob(pattern), *(run_dir / "tb").rglob(pattern)]
+    frames = [SummaryReader(str(f), extra_columns={"wall_time"}).scalars
+              for f in sorted(files, key=lambda f: f.name)]  # the name holds its start time
+    frames = [df for df in frames if not df.empty and "tag" in df]
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def val_curve(run_dir: Path) -> ValCurve | None:
-    """The ``val/loss`` events of a run joined on step with its ``time/elapsed_s`` events
+    """The ``val/loss`` events of a run joined on step with its ``wallclock/elapsed_s`` events
     (or, without them, event wall times: see ``ValCurve``); None without ``val/loss``.
     A step logged twice (a resumed run) keeps its last value."""
     scalars = read_scalars(run_dir)
@@ -688,7 +873,7 @@ def val_curve(run_dir: Path) -> ValCurve | None:
     if val.empty:
         return None
     loss = val.groupby("step")["value"].last()
-    logged = scalars[scalars["tag"] == ELAPSED_TAG]
+    logged = scalars[scalars["tag"].isin([ELAPSED_TAG, OLD_ELAPSED_TAG])]
     if logged.empty:
         elapsed = val.groupby("step")["wall_time"].last() - scalars["wall_time"].min()
     else:
@@ -697,15 +882,21 @@ def val_curve(run_dir: Path) -> ValCurve | None:
 
 
 def group_curve(group: Group):
-    """Mean, min and max ``val/loss`` over the group's valid runs per step, or None."""
+    """Per step, over the group's valid runs that logged ``val/loss`` there: the mean
+    (nats/token), its 95% t interval (``mean_ci``, the table's formula; NaN where n < 2)
+    and n, as a DataFrame indexed by step (columns ``mean``, ``ci_low``, ``ci_high``,
+    ``n``); None when no run has a curve."""
     import pandas as pd
 
     curves = [r.curve.loss for r in group.valid if r.curve is not None]
     if not curves:
         return None
-    table = pd.concat(curves, axis=1)
-    return pd.DataFrame({"mean": table.mean(axis=1), "min": table.min(axis=1),
-                         "max": table.max(axis=1)})
+    table = pd.concat(curves, axis=1)  # (steps, runs), NaN where a run has no such step
+    rows = [mean_ci(losses.dropna().tolist()) for _, losses in table.iterrows()]
+    curve = pd.DataFrame(rows, index=table.index, columns=["mean", "ci_low", "ci_high"],
+                         dtype=float)  # None -> NaN
+    curve["n"] = table.notna().sum(axis=1)
+    return curve
 
 
 def group_time_curve(group: Group):
@@ -761,8 +952,11 @@ def group_color(i: int, n: int):
 
 def plot_curves(labels: Sequence[str], groups: Sequence[Group], path: Path,
                 target: float | None = None) -> None:
-    """``curves.png``: mean ``val/loss`` per group against step, min-max band over seeds;
-    a dashed line at ``target`` (nats/token) if given. Group i: ``group_color(i, n)``."""
+    """``curves.png``: mean ``val/loss`` (nats/token) per group against step (integer
+    ticks), a band for the 95% t interval of the mean at each step (``group_curve``; none
+    where n = 1); a dashed line at ``target`` if given. Group i: ``group_color(i, n)``."""
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = new_axes()
     for i, (label, group) in enumerate(zip(labels, groups)):
         curve = group_curve(group)
@@ -770,9 +964,11 @@ def plot_curves(labels: Sequence[str], groups: Sequence[Group], path: Path,
             continue
         color = group_color(i, len(groups))
         ax.plot(curve.index, curve["mean"], marker="o", markersize=3, color=color,
-                label=f"{label} (n={len(group.valid)})")
-        ax.fill_between(curve.index, curve["min"], curve["max"], color=color, alpha=0.2)
-    ax.set(xlabel="step", ylabel="val/loss", title="val/loss: mean over seeds, band min-max")
+                label=f"{label} [n={len(group.valid)}]")
+        ax.fill_between(curve.index, curve["ci_low"], curve["ci_high"], color=color, alpha=0.2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))  # 10, 20, ...
+    ax.set(xlabel="step", ylabel="val/loss (nats/token)",
+           title="val/loss: mean over seeds; band: 95% t-CI of the mean (none for n=1)")
     save_plot(fig, ax, path, target)
 
 
@@ -790,22 +986,27 @@ def plot_time_curves(labels: Sequence[str], groups: Sequence[Group], path: Path,
         curve = group_time_curve(group)
         if curve is not None and not curve.empty:
             ax.plot(curve["elapsed_s"], curve["mean"], marker="o", markersize=3, color=color,
-                    linewidth=2, label=f"{label} (n={len(group.valid)})")
-    ax.set(xlabel="seconds since training began", ylabel="val/loss",
+                    linewidth=2, label=f"{label} [n={len(group.valid)}]")
+    ax.set(xlabel="time since training began (s)", ylabel="val/loss (nats/token)",
            title="val/loss against wall time: one thin line per run, mean over seeds bold")
     save_plot(fig, ax, path, target)
 
 
-def curve_label(row: dict[str, Any]) -> str:
-    """``G2: optimizer.lr -> 0.0003`` (the baseline: ``G1 (baseline)``), at most 60 chars."""
-    if row["baseline"]:
-        return f"{row['group']} (baseline)"
-    label = f"{row['group']}: {row['changes']}"
-    return label if len(label) <= 60 else label[:57] + "..."
+def sparse_curves(runs: Sequence[Run]) -> list[str]:
+    """``<run dir> has 2 val/loss points: ...`` for each valid run with fewer than
+    ``MIN_CURVE_POINTS`` (none when it logged no ``val/loss`` events)."""
+    lines = []
+    for run in (r for r in runs if r.problem is None):
+        points = 0 if run.curve is None else len(run.curve.loss)
+        if points < MIN_CURVE_POINTS:
+            lines.append(f"{run.dir} has {points} val/loss point{'' if points == 1 else 's'}: "
+                         "its curve is not worth plotting; validate more often "
+                         "(trainer.val_check_interval) or train longer")
+    return lines
 
 
 def wall_time_runs(groups: Sequence[Group]) -> list[Run]:
-    """The valid runs whose seconds come from event wall times (no ``time/elapsed_s``)."""
+    """The valid runs whose seconds come from event wall times (no ``wallclock/elapsed_s``)."""
     return [r for g in groups for r in g.valid if r.curve is not None and r.curve.from_wall_time]
 
 
@@ -881,9 +1082,18 @@ def target_table_markdown(rows: Sequence[dict[str, Any]]) -> str:
                    f"{signed(r['target_time_diff_ci_high'], 2)}]")
         p = "-" if r["target_time_p"] is None else f"{r['target_time_p']:.3g}"
         cells.append([r["group"], f"{r['target_reached']} of {r['target_n']}",
-                      fmt(r["target_time_mean"], 2), ci, fmt(r["target_step_mean"], 1),
+                      fmt(r["target_time_mean"], 2), ci, step_range(r["target_steps"]),
                       signed(r["target_time_diff"], 2), diff_ci, p])
     return markdown_table(header, cells)
+
+
+def step_range(target_steps: str) -> str:
+    """The steps at which a group's runs reached the target, from its ``target_steps``
+    cell (``"250 300 -"``): ``250``, ``250–300`` when they differ, ``-`` for none."""
+    steps = sorted(int(s) for s in target_steps.split() if s != "-")
+    if not steps:
+        return "-"
+    return str(steps[0]) if steps[0] == steps[-1] else f"{steps[0]}–{steps[-1]}"
 
 
 def target_runs_markdown(labels: Sequence[str], groups: Sequence[Group], target: float) -> str:
@@ -909,9 +1119,10 @@ def target_markdown(table: str, runs_text: str, target: float, note: str) -> str
         f"For each run, the first validation with val/loss <= {target:g} (nats/token): its "
         f"step and the seconds since training began (`{ELAPSED_TAG}`, validation included). "
         "Per group: how many of its runs got there, and over those the mean time with a "
-        "95% t interval and the mean step; Δ = group mean − baseline mean time, with a 95% "
-        "CI (Welch–Satterthwaite df) and p (Welch's t-test) when both groups have ≥ 2 runs "
-        "that got there. Runs that never got there are not in the means.\n\n"
+        "95% t interval and the step (lowest–highest when they differ); Δ = group mean − "
+        "baseline mean time, with a 95% CI (Welch–Satterthwaite df) and p (Welch's t-test) "
+        "when both groups have ≥ 2 runs that got there. Runs that never got there are not in "
+        "the means.\n\n"
         f"{table}\n\n{runs_text}\n\n"
         + ("Some runs' seconds come from event wall times (they logged no "
            f"`{ELAPSED_TAG}`): see the note under the curves.\n\n" if note else "")
@@ -923,13 +1134,18 @@ def target_markdown(table: str, runs_text: str, target: float, note: str) -> str
 
 def compare(paths: Sequence[str], baseline_spec: str | None = None,
             target: float | None = None) -> dict[str, Any]:
-    """Load, group and tabulate the runs under ``paths``: rows, flags and groups. With a
-    ``target`` val/loss (nats/token), each row also has the ``TARGET_COLUMNS``."""
+    """Load, group and tabulate the runs under ``paths``: rows, flags and groups, each
+    group named by its change from the baseline (``labels``: tables; ``legends``: plots).
+    With a ``target`` val/loss (nats/token), each row also has the ``TARGET_COLUMNS``.
+
+    Raises:
+        CompareError: a path or ``baseline_spec`` that matches no run; no readable run.
+    """
     runs, unreadable = load_runs(expand_paths(paths))
     mark_repeats(runs)
     groups = group_runs(runs)
     baseline = select_baseline(groups, baseline_spec)
-    labels = [f"G{i}" for i in range(1, len(groups) + 1)]
+    labels = group_names(groups, baseline)
     rows = [group_row(label, g, baseline) for label, g in zip(labels, groups)]
     if target is not None:
         for row, group in zip(rows, groups):
@@ -939,8 +1155,11 @@ def compare(paths: Sequence[str], baseline_spec: str | None = None,
         for row, group in zip(rows, groups):
             row.update(cost_columns(group))
     return {"runs": runs, "groups": groups, "labels": labels, "rows": rows, "target": target,
+            "legends": legend_names(groups, baseline),
+            "baseline_values": baseline_values(groups, baseline),
             "costs": costs, "ablation_flags": ablation_flags(rows), "code_flags": code_flags(runs),
-            "unreadable": unreadable, "excluded": unreadable + excluded_lines(runs)}
+            "unreadable": unreadable, "excluded": unreadable + excluded_lines(runs),
+            "sparse": sparse_curves(runs)}
 
 
 def write_report(result: dict[str, Any], out: Path, command: str) -> str:
@@ -948,7 +1167,8 @@ def write_report(result: dict[str, Any], out: Path, command: str) -> str:
     ``out``; return the text printed to stdout (tables, flags, excluded runs)."""
     out.mkdir(parents=True, exist_ok=True)
     rows, groups, target = result["rows"], result["groups"], result.get("target")
-    table = table_markdown(rows)
+    table = "\n\n".join(filter(None, [result["baseline_values"], table_markdown(rows),
+                                       one_seed_note(rows)]))
     flags = result["ablation_flags"] + result["code_flags"]
     groups_text = groups_markdown(result["labels"], groups)
     note = wall_time_note(wall_time_runs(groups))
@@ -965,13 +1185,13 @@ def write_report(result: dict[str, Any], out: Path, command: str) -> str:
         target_text = cost_markdown(cost_table) + target_text
         printed_costs = ["Cost and starting point (means per group):", cost_table]
     (out / "report.md").write_text(report_markdown(
-        table, flags, result["excluded"], groups_text, command, target_text, note))
+        table, flags, result["excluded"], groups_text, command, target_text, note,
+        result["sparse"]))
     columns = (REPORT_COLUMNS + (TARGET_COLUMNS if target is not None else ())
                + (COST_COLUMNS if result.get("costs") else ()))
     write_csv(out / "report.csv", rows, columns)
-    labels = [curve_label(r) for r in rows]
-    plot_curves(labels, groups, out / "curves.png", target)
-    plot_time_curves(labels, groups, out / "curves_time.png", target)
+    plot_curves(result["legends"], groups, out / "curves.png", target)
+    plot_time_curves(result["legends"], groups, out / "curves_time.png", target)
     lines = [table, *printed_costs, *printed_target, *flags,
              *(f"excluded: {x}" for x in result["excluded"])]
     return "\n".join([*lines, f"wrote {out}/report.md, report.csv, curves.png, curves_time.png"])
@@ -1020,6 +1240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for line in result["unreadable"]:
         print(f"warning: excluded from the comparison: {line}", file=sys.stderr)
+    for line in result["sparse"]:
+        print(f"warning: {line}", file=sys.stderr)
     out = args.out or default_out_dir(args.paths[0])
     command = shlex.join(["lm", "compare", *(argv if argv is not None else sys.argv[1:])])
     print(write_report(result, out, command))
