@@ -14,8 +14,8 @@ from lm.interop.hf import (
 )
 from lm.model import GPT, GPTConfig
 from lm.sampling import generate
-from lm.tokenizers.bpe import BPETokenizer
-from lm.training.checkpoint import load_checkpoint
+from lm.tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer
+from lm.training.checkpoint import checkpoint_dict, load_checkpoint
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -135,6 +135,77 @@ def test_cli_import_then_export_round_trip(tmp_path, idx, capsys):
     assert BPETokenizer.load_gpt2(tmp_path / "out").to_dict() == tokenizer.to_dict()
     reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
     torch.testing.assert_close(hf_logits(reloaded, idx), hf_logits(hf, idx), atol=1e-5, rtol=0)
+
+
+TEXT = "the cat sat on the mat.\nLe chat était là. " * 20
+
+
+def round_trip_tokenizer(kind: str) -> Tokenizer:
+    """A tokenizer of each kind; the BPE splits on whitespace, not GPT-2's pattern, so
+    only lm_tokenizer.json (not vocab.json + merges.txt) gives it back."""
+    if kind == "char":
+        return CharTokenizer.from_text(TEXT)
+    if kind == "byte":
+        return ByteTokenizer()
+    trained = BPETokenizer.train(TEXT, vocab_size=280, special_tokens=("<|endoftext|>",))
+    return BPETokenizer(trained.merges, list(trained.special_tokens), pattern=r"\s+|\S+")
+
+
+@pytest.mark.parametrize("kind", ["char", "byte", "bpe"])
+def test_cli_export_then_import_gives_back_the_model_and_tokenizer(tmp_path, capsys, kind):
+    tokenizer = round_trip_tokenizer(kind)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=2, n_head=2,
+                          n_embd=32)).eval()
+    torch.save(checkpoint_dict(model, tokenizer), tmp_path / "m.ckpt")
+    assert lm(["convert", "direction=export", f"ckpt={tmp_path / 'm.ckpt'}",
+               f"hf_dir={tmp_path / 'hf'}"]) == 0
+    assert lm(["convert", "direction=import", f"hf_dir={tmp_path / 'hf'}",
+               f"ckpt={tmp_path / 'back.ckpt'}"]) == 0
+    out = capsys.readouterr().out
+    assert f"{kind} tokenizer from lm_tokenizer.json" in out
+    assert ("vocab.json, merges.txt" in out) == (kind == "bpe")
+
+    again, again_tokenizer, _ = load_checkpoint(tmp_path / "back.ckpt")
+    assert again.config == model.config
+    ours, theirs = model.state_dict(), again.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    idx = torch.tensor([tokenizer.encode(TEXT[:32])])  # (1, 32)
+    assert torch.equal(our_logits(again, idx), our_logits(model, idx))
+    assert again_tokenizer.to_dict() == tokenizer.to_dict()
+    sample = "the cat était\n là <|endoftext|> ?"  # "?" is not a char of TEXT: <unk>
+    assert again_tokenizer.encode(sample) == tokenizer.encode(sample)
+    assert again_tokenizer.decode(tokenizer.encode(sample)) == tokenizer.decode(tokenizer.encode(sample))
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()  # still an HF dir
+    torch.testing.assert_close(hf_logits(hf, idx), our_logits(model, idx), atol=1e-5, rtol=0)
+
+
+def test_import_without_tokenizer_names_both_file_options(tmp_path, capsys):
+    hf_model().save_pretrained(tmp_path)
+    assert lm(["convert", "direction=import", f"hf_dir={tmp_path}",
+               f"ckpt={tmp_path / 'x.ckpt'}"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        f"error: {tmp_path} has no tokenizer: a checkpoint needs lm_tokenizer.json (written by "
+        "lm convert direction=export) or GPT-2's vocab.json + merges.txt\n")
+    assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_import_refuses_a_bad_or_stale_lm_tokenizer(tmp_path):
+    tokenizer = BPETokenizer.train(TEXT, vocab_size=270)
+    hf_model(vocab_size=tokenizer.vocab_size).save_pretrained(tmp_path)
+    save_hf_tokenizer(tokenizer, tmp_path)
+    (tmp_path / "lm_tokenizer.json").write_text('{"type": "nosuch"}')
+    with pytest.raises(ValueError, match=r"lm_tokenizer.json is not an lm tokenizer: .*'nosuch'"):
+        load_hf_gpt2(tmp_path)
+    other = BPETokenizer.train(TEXT[::-1], vocab_size=270)  # other merges, same size
+    (tmp_path / "lm_tokenizer.json").write_text(json.dumps(other.to_dict()))
+    with pytest.raises(ValueError, match="hold different tokenizers"):
+        load_hf_gpt2(tmp_path)
+    too_big = CharTokenizer([chr(c) for c in range(0x100, 0x100 + 300)])  # 303 ids
+    (tmp_path / "lm_tokenizer.json").write_text(json.dumps(too_big.to_dict()))
+    with pytest.raises(ValueError, match="has 303 tokens but config.json vocab_size=270"):
+        load_hf_gpt2(tmp_path)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

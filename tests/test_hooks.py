@@ -10,8 +10,11 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
+import matplotlib.text
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,6 +27,7 @@ import lm.model
 from lm.hook_points import HookPoint
 from lm.hooks import (
     ActL2,
+    AttentionImages,
     AttnEntropy,
     AttnTemperature,
     ForwardHook,
@@ -333,6 +337,78 @@ def test_attn_temperature_equals_sdpa_with_scaled_softmax():
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
 
 
+# ---------------------------------------------------------------- attention images
+
+
+def attention_figure(hook: AttentionImages, labels: list[str] | None):
+    """(figure, its rendered (H, W, 3) image, the cache it shows) for ``tiny()`` on 12 tokens."""
+    _, cache = tiny().run_with_cache(tokens(B=1, T=12), hook.patterns)
+    figure = hook.figure(cache, labels, title="attention weights at step 7")
+    return figure, AttentionImages.image(figure), cache
+
+
+LABELS = ["a", " ", "\n", "b", "c", "d", "e", "f", "g", "h", "i", "j"]
+
+
+@pytest.mark.parametrize("heads, labels, ticks", [
+    (None, LABELS, ["a", "' '", "'\\n'", "b", "c", "d", "e", "f", "g", "h", "i", "j"]),
+    ([2, 0], None, ["0", "2", "4", "6", "8", "10"]),  # no tokenizer: positions
+    ([1], [str(i) * 3 for i in range(12)], None),
+], ids=["all-heads-tokens", "two-heads-positions", "one-head"])
+def test_attention_figure_shows_the_patterns_with_named_axes_and_a_colour_bar(heads, labels, ticks):
+    hook = AttentionImages(layers=[1, 0], heads=heads, max_tokens=12)
+    figure, image, cache = attention_figure(hook, labels)
+    panels = [ax for ax in figure.axes if ax.images]
+    shown = [(layer, h) for layer in (0, 1) for h in heads or range(4)]  # layers in data order
+    assert [ax.get_title() for ax in panels] == [f"blocks.{layer}.attn head {h}" for layer, h in shown]
+    for ax, (layer, h) in zip(panels, shown, strict=True):
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0, h]  # (T, T): row = query
+        assert torch.equal(torch.as_tensor(ax.images[0].get_array().data), pattern)
+        assert ax.images[0].get_clim() == (0.0, 1.0)
+        spec = ax.get_subplotspec()
+        assert ax.get_ylabel() == ("query position (row)" if spec.is_first_col() else "")
+        assert ax.get_xlabel() == ("key position (column)" if spec.is_last_row() else "")
+    bar = panels[-1].images[0].colorbar
+    assert bar is not None and bar.ax in figure.axes and len(figure.axes) == len(panels) + 1
+    assert bar.ax.get_ylabel() == "attention weight" and (bar.vmin, bar.vmax) == (0.0, 1.0)
+    assert figure.get_suptitle() == "attention weights at step 7"
+    if ticks is not None:
+        bottom_left = next(ax for ax in panels if ax.get_subplotspec().is_first_col()
+                           and ax.get_subplotspec().is_last_row())
+        assert [t.get_text() for t in bottom_left.get_xticklabels()] == ticks
+        assert [t.get_text() for t in bottom_left.get_yticklabels()] == ticks
+    # as drawn: every title, label and tick label lies inside the image (none cut off)
+    width, height = figure.canvas.get_width_height()
+    assert image.dtype == np.uint8 and image.shape == (height, width, 3)
+    renderer = figure.canvas.get_renderer()
+    texts = [t for t in figure.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text()]
+    assert len(texts) > 2 * len(panels)
+    for text in texts:
+        box = text.get_window_extent(renderer)
+        assert (box.x0 >= -0.5 and box.y0 >= -0.5 and box.x1 <= width + 0.5
+                and box.y1 <= height + 0.5), (text.get_text(), box)
+
+
+def test_attention_images_logs_the_rendered_figure_at_the_step():
+    logged = []
+    writer = SimpleNamespace(add_image=lambda *args, **kwargs: logged.append((args, kwargs)))
+    tokenizer = SimpleNamespace(decode=lambda ids: "abcdefghijklmnopqrstuvwxyz0123456789."[ids[0]])
+    module = SimpleNamespace(logger=SimpleNamespace(experiment=writer), model=tiny(),
+                             tokenizer=tokenizer, global_step=7)
+    hook = AttentionImages(layers=[0], heads=[3], max_tokens=5)
+    batch = (tokens(B=2, T=12), None)
+    hook.on_validation_end(module, batch)
+    (tag, image, step), kwargs = logged[0]
+    assert (tag, step, kwargs) == ("hooks/attention_images/pattern", 7, {"dataformats": "HWC"})
+    labels = [tokenizer.decode([i]) for i in batch[0][0, :5].tolist()]
+    _, cache = module.model.run_with_cache(batch[0][:1, :5], hook.patterns)
+    expected = hook.image(hook.figure(cache, labels, "attention weights at step 7, "
+                                      "first validation sequence"))
+    assert np.array_equal(image, expected)
+    AttentionImages(log_attention=False).on_validation_end(module, batch)
+    assert len(logged) == 1
+
+
 # ---------------------------------------------------------------- backward hooks
 
 
@@ -570,7 +646,7 @@ def test_inspect_prints_every_hook_point_with_its_shape():
 
 def test_tiny_run_logs_hook_metrics(make_cfg, tmp_path):
     run(make_cfg("hooks=[grad_clip_custom,z_loss]"))
-    scalars = SummaryReader(str(tmp_path / "run" / "tb")).scalars
+    scalars = SummaryReader(str(tmp_path / "run")).scalars
     tags = set(scalars.tag)
     for tag in ("hooks/grad_clip_custom/clipped_fraction", "hooks/grad_clip_custom/norm/blocks.0",
                 "hooks/grad_clip_custom/norm/wte", "hooks/z_loss/loss"):
@@ -601,7 +677,7 @@ def test_readme_example_trains(make_cfg, tmp_path, monkeypatch):
                    "+hooks.attention_images={_target_: lm.hooks.AttentionImages, max_tokens: 16}")
     assert list(cfg.hooks.order) == ["resid_scale", "z_loss", "attention_images"]
     run(cfg)
-    tb = tmp_path / "run" / "tb"
+    tb = tmp_path / "run"
     tags = set(SummaryReader(str(tb)).scalars.tag)
     assert {"hooks/resid_scale/rms/blocks.0.hook_resid_post", "hooks/z_loss/loss"} <= tags
     events = EventAccumulator(str(tb), size_guidance={"images": 0})

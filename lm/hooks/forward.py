@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from lm.hook_points import HookPoint
@@ -12,6 +13,7 @@ from lm.hooks.base import ForwardHook, Hook
 from lm.model import GPT
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
     from lm.training.module import LMModule
@@ -115,10 +117,13 @@ class AttnTemperature(ForwardHook):
 
 
 class AttentionImages(Hook):
-    """Logs attention patterns as images at each validation (``hooks/<name>/pattern``):
-    a grid, one row per layer and one column per head, for the first sequence of the
-    first validation batch cut to ``max_tokens``, tokens on the axes. It runs its own
-    forward (``GPT.run_with_cache``), so training stays on the fused attention path.
+    """Logs attention patterns as an image at each validation (``hooks/<name>/pattern``,
+    TensorBoard's Images tab): a grid, one row per layer and one column per head, for
+    the first sequence of the first validation batch cut to ``max_tokens``. In each
+    panel row i is query position i and column j is key position j, coloured by the
+    attention weight (0..1, one colour bar for all panels); tokens label the axes when
+    there are 40 or fewer, positions otherwise. It runs its own forward
+    (``GPT.run_with_cache``), so training stays on the fused attention path.
 
     Args:
         log_attention: false turns the images off.
@@ -127,6 +132,7 @@ class AttentionImages(Hook):
     """
 
     name = "attention_images"
+    max_labels = 40  # more token labels than this overlap at a readable font size
 
     def __init__(
         self, log_attention: bool = True, layers: Sequence[int] = (0,),
@@ -154,39 +160,93 @@ class AttentionImages(Hook):
 
     def on_validation_end(self, module: LMModule, batch: Any) -> None:
         experiment = getattr(module.logger, "experiment", None)
-        if not self.log_attention or batch is None or not hasattr(experiment, "add_figure"):
+        if not self.log_attention or batch is None or not hasattr(experiment, "add_image"):
             return
         idx = batch[0][:1, : self.max_tokens]  # (1, T)
         with torch.no_grad():
             _, cache = module.model.run_with_cache(idx, self.patterns)
         tokenizer = module.tokenizer
         labels = None if tokenizer is None else [tokenizer.decode([i]) for i in idx[0].tolist()]
-        figure = self.figure(cache, labels)
-        experiment.add_figure(f"hooks/{self.name}/pattern", figure, module.global_step)
+        figure = self.figure(cache, labels, title=f"attention weights at step {module.global_step}, "
+                             "first validation sequence")
+        experiment.add_image(f"hooks/{self.name}/pattern", self.image(figure),
+                             module.global_step, dataformats="HWC")
 
-    def figure(self, cache: dict[str, torch.Tensor], labels: list[str] | None) -> Figure:
-        """Grid of (T, T) patterns: rows = layers, columns = heads; query on y, key on x."""
-        from matplotlib.figure import Figure  # Agg canvas, no pyplot state
+    def figure(
+        self, cache: Mapping[str, torch.Tensor], labels: Sequence[str] | None = None,
+        title: str = "attention weights",
+    ) -> Figure:
+        """The grid of patterns: a row per hook point of ``cache``, a column per head.
 
-        n_head = next(iter(cache.values())).size(1)
+        Args:
+            cache: ``blocks.{i}.attn.hook_pattern`` -> (1, H, T, T) weights in [0, 1]
+                (``run_with_cache``), rows summing to 1.
+            labels: the T tokens as text (axis ticks when T <= 40), or None: positions.
+            title: the figure's title, above the grid.
+
+        Returns:
+            a matplotlib ``Figure`` on an Agg canvas (no pyplot, no display); draw it
+            with ``image``. Axes: y = query position (row), x = key position (column).
+        """
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        n_head, T = next(iter(cache.values())).shape[1:3]
         heads = self.heads if self.heads is not None else list(range(n_head))
-        fig = Figure(figsize=(3.2 * len(heads), 3.2 * len(cache)), layout="constrained")
-        axes = fig.subplots(len(cache), len(heads), squeeze=False)
+        labelled = labels is not None and len(labels) <= self.max_labels
+        side = max(2.4, 0.1 * T) if labelled else 2.4  # inches per panel: ~10 px per token
+        rows, cols = len(cache), len(heads)  # + room for ticks, names, titles, colour bar
+        fig = Figure(figsize=(cols * (side + 0.2) + 2.0, rows * (side + 0.4) + 1.2), dpi=100,
+                     layout="constrained")
+        FigureCanvasAgg(fig)  # Agg whatever pyplot's backend is
+        axes = fig.subplots(rows, cols, squeeze=False)
         for row, (name, pattern) in enumerate(cache.items()):  # pattern (1, H, T, T)
             for col, head in enumerate(heads):
                 ax = axes[row][col]
-                ax.imshow(pattern[0, head].float().cpu().numpy(), vmin=0.0, vmax=1.0, cmap="viridis")
-                ax.set_title(f"{name} head {head}", fontsize=7)
-                self._label_axes(ax, labels)
+                image = ax.imshow(pattern[0, head].float().cpu().numpy(), vmin=0.0, vmax=1.0,
+                                  cmap="viridis", interpolation="nearest", aspect="auto")
+                ax.set_title(f"{name.removesuffix('.hook_pattern')} head {head}", fontsize=9)
+                self._label_axes(ax, T, labels if labelled else None,
+                                 left=col == 0, bottom=row == rows - 1)
+        bar = fig.colorbar(image, ax=axes, fraction=0.15 / cols, pad=0.01)
+        bar.set_label("attention weight", fontsize=9)
+        bar.set_ticks([0.0, 0.25, 0.5, 0.75, 1.0])
+        bar.ax.tick_params(labelsize=7)
+        fig.suptitle(title, fontsize=10)
         return fig
 
     @staticmethod
-    def _label_axes(ax: Any, labels: list[str] | None) -> None:
-        if labels is None or len(labels) > 40:
-            ax.set_xticks([])
-            ax.set_yticks([])
-            return
-        shown = [repr(t)[1:-1] if t.strip() else repr(t) for t in labels]  # '\n', ' ' visible
-        ticks = list(range(len(shown)))
-        ax.set_xticks(ticks, shown, fontsize=6, rotation=90)
-        ax.set_yticks(ticks, shown, fontsize=6)
+    def _label_axes(
+        ax: Axes, T: int, labels: Sequence[str] | None, left: bool, bottom: bool
+    ) -> None:
+        """Ticks on every panel: each token, or about 8 positions; their text and the
+        axis names on the left column and the bottom row only."""
+        if labels is None:
+            ticks = list(range(0, T, -(-T // 8)))  # positions 0, step, ...: at most 8
+            shown = [str(i) for i in ticks]
+        else:
+            ticks = list(range(T))
+            shown = [repr(t)[1:-1] if t.strip() else repr(t) for t in labels]  # '\n', ' ' visible
+        ax.set_xticks(ticks, shown, fontsize=7, rotation=90 if labels is not None else 0)
+        ax.set_yticks(ticks, shown, fontsize=7)
+        ax.tick_params(labelleft=left, labelbottom=bottom)
+        if left:
+            ax.set_ylabel("query position (row)", fontsize=9)
+        if bottom:
+            ax.set_xlabel("key position (column)", fontsize=9)
+
+    @staticmethod
+    def image(figure: Figure) -> np.ndarray:
+        """``figure`` drawn by Agg: (H, W, 3) uint8 RGB, H x W = its size in inches x dpi.
+
+        Lays the figure out once before drawing: a single ``canvas.draw()`` of a fresh
+        constrained-layout figure (what ``SummaryWriter.add_figure`` does) can place the
+        panels with stale text sizes; with square panels in one row that put the titles
+        above the image's top edge.
+        """
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = FigureCanvasAgg(figure)
+        figure.draw_without_rendering()
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()  # (H, W, 3)

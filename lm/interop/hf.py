@@ -2,10 +2,13 @@
 
 A Hugging Face GPT-2 directory holds ``config.json``, the weights
 (``model.safetensors`` or ``pytorch_model.bin``) and, optionally, the tokenizer
-(``vocab.json`` + ``merges.txt``). Module names are the same on both sides (our
-``lm/model.py`` follows GPT-2's checkpoint), so conversion is a rename table plus
-one layout change: GPT-2's ``Conv1D`` stores a weight as (in, out), ``nn.Linear``
-as (out, in), so ``c_attn``, ``c_proj`` and ``c_fc`` weights are transposed.
+(``vocab.json`` + ``merges.txt``). An export also writes ``lm_tokenizer.json``, our
+tokenizer's ``to_dict()`` (as a checkpoint stores it): GPT-2's files hold only a
+byte-level BPE, so without it a char or byte model could not come back; an import
+prefers it. Module names are the same on both sides (our ``lm/model.py`` follows
+GPT-2's checkpoint), so conversion is a rename table plus one layout change: GPT-2's
+``Conv1D`` stores a weight as (in, out), ``nn.Linear`` as (out, in), so ``c_attn``,
+``c_proj`` and ``c_fc`` weights are transposed.
 
 Command line (``conf/convert.yaml``):
     lm convert direction=import hf_dir=<dir> ckpt=<out.ckpt>   # a checkpoint lm generate reads
@@ -13,7 +16,10 @@ Command line (``conf/convert.yaml``):
 
 Export refuses, in one line, a model GPT-2 cannot compute (rotary positions, RMSNorm,
 QK-norm, ReLU²/SwiGLU, logit soft-capping); an import is a GPT-2: every option beyond
-GPT-2 at its default.
+GPT-2 at its default. So export then import gives back the same weights, config and
+tokenizer for a model at GPT-2's options (an lm default model); a bias-free,
+sinusoidal or zero_init_proj model comes back as the GPT-2 that computes the same
+logits (zero biases, a learned ``wpe`` holding the table).
 
 Sources: Radford et al. 2019 (GPT-2); Hugging Face ``transformers``
 ``models/gpt2/modeling_gpt2.py`` (``Conv1D``, ``GPT2Config``); nanoGPT
@@ -31,7 +37,7 @@ from torch import nn
 
 from lm.errors import first_line
 from lm.model import GPT, GPTConfig
-from lm.tokenizers import BPETokenizer, Tokenizer
+from lm.tokenizers import BPETokenizer, Tokenizer, tokenizer_from_dict
 from lm.training.checkpoint import checkpoint_dict, load_checkpoint, state_problems
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -46,6 +52,8 @@ UNSUPPORTED = {
     "add_cross_attention": False,
 }
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+LM_TOKENIZER_FILE = "lm_tokenizer.json"  # our tokenizer's to_dict(), beside GPT-2's files
+HF_TOKENIZER_FILES = ("vocab.json", "merges.txt")
 # what GPT-2 holds, for the export error line; zero_init_proj is an init, rope_base unused
 GPT2_HOLDS = ("learned or sinusoidal positions, layernorm, gelu/gelu_tanh, no qk_norm, "
               "no logit_softcap")
@@ -158,33 +166,81 @@ def load_state(model: GPT, state: dict[str, torch.Tensor], source: object) -> No
     model.load_state_dict(state)
 
 
-def load_hf_tokenizer(directory: Path) -> BPETokenizer | None:
-    """GPT-2's BPE from ``vocab.json`` + ``merges.txt`` (None when they are absent)."""
-    if not ((directory / "vocab.json").is_file() and (directory / "merges.txt").is_file()):
-        return None
-    return BPETokenizer.load_gpt2(directory)
+def read_lm_tokenizer(path: Path) -> Tokenizer:
+    """The tokenizer whose ``to_dict()`` ``path`` holds as JSON (``lm_tokenizer.json``).
+
+    Raises:
+        ValueError: one line naming ``path``: not JSON, or not a tokenizer we can rebuild.
+    """
+    try:
+        return tokenizer_from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path} is not an lm tokenizer: {first_line(err)}") from None
 
 
-def load_hf_gpt2(directory: str | Path) -> tuple[GPT, BPETokenizer | None]:
+def tokenizer_source(directory: Path) -> str | None:
+    """The tokenizer file(s) of a GPT-2 directory that ``load_hf_tokenizer`` reads:
+    ``lm_tokenizer.json`` when present, else ``vocab.json + merges.txt``, else None."""
+    if (directory / LM_TOKENIZER_FILE).is_file():
+        return LM_TOKENIZER_FILE
+    if all((directory / name).is_file() for name in HF_TOKENIZER_FILES):
+        return " + ".join(HF_TOKENIZER_FILES)
+    return None
+
+
+def load_hf_tokenizer(directory: Path) -> Tokenizer | None:
+    """The tokenizer of a GPT-2 directory: ``lm_tokenizer.json`` when present (any of our
+    tokenizers, exactly as exported), else GPT-2's BPE from ``vocab.json`` + ``merges.txt``,
+    else None (``tokenizer_source``).
+
+    Raises:
+        ValueError: one line: a file that cannot be read, or an ``lm_tokenizer.json`` BPE
+            whose merges or specials differ from ``vocab.json`` + ``merges.txt`` beside it
+            (one of them was replaced after the export).
+    """
+    source = tokenizer_source(directory)
+    has_hf = all((directory / name).is_file() for name in HF_TOKENIZER_FILES)
+    hf = BPETokenizer.load_gpt2(directory) if has_hf else None
+    if source != LM_TOKENIZER_FILE:
+        return hf
+    ours = read_lm_tokenizer(directory / LM_TOKENIZER_FILE)
+    if isinstance(ours, BPETokenizer) and hf is not None and _without_pattern(ours) != _without_pattern(hf):
+        raise ValueError(f"{directory / LM_TOKENIZER_FILE} and {' + '.join(HF_TOKENIZER_FILES)} "
+                         "hold different tokenizers: delete the stale one")
+    return ours
+
+
+def _without_pattern(tokenizer: BPETokenizer) -> dict:
+    """``to_dict()`` less the split pattern, which GPT-2's files do not store."""
+    return {k: v for k, v in tokenizer.to_dict().items() if k != "pattern"}
+
+
+def load_hf_gpt2(directory: str | Path) -> tuple[GPT, Tokenizer | None]:
     """Our ``GPT`` (eval mode, float32) and tokenizer from a Hugging Face GPT-2 directory.
 
     Args:
         directory: holds ``config.json``, ``model.safetensors`` or ``pytorch_model.bin``,
-            and optionally ``vocab.json`` + ``merges.txt``.
+            and optionally the tokenizer: ``lm_tokenizer.json`` (preferred) or
+            ``vocab.json`` + ``merges.txt`` (``load_hf_tokenizer``).
 
     Returns:
-        (model, tokenizer); tokenizer is None without the tokenizer files.
+        (model, tokenizer); tokenizer is None without tokenizer files.
 
     Raises:
         ValueError: one line: a missing directory or file, a config our model does not
-            implement, or weights that do not fit the config.
+            implement, weights that do not fit the config, a tokenizer file that cannot
+            be read, or a tokenizer with more ids than the model's vocab_size.
     """
     directory = Path(directory)
     config = gpt_config_from_hf(read_hf_config(directory))
     state = state_dict_from_hf(read_hf_weights(directory), config.tie_weights)
     model = GPT(config)
     load_state(model, {k: v.float() for k, v in state.items()}, directory)
-    return model.eval(), load_hf_tokenizer(directory)
+    tokenizer = load_hf_tokenizer(directory)
+    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"{directory}: its tokenizer has {tokenizer.vocab_size} tokens but "
+                         f"config.json vocab_size={config.vocab_size}")
+    return model.eval(), tokenizer
 
 
 def init_from_hf(module_or_model: nn.Module, directory: str | Path) -> GPT:
@@ -298,12 +354,20 @@ def save_hf_tokenizer(tokenizer: BPETokenizer, directory: Path) -> None:
     (directory / "vocab.bpe").replace(directory / "merges.txt")
 
 
+def save_lm_tokenizer(tokenizer: Tokenizer, directory: Path) -> Path:
+    """Write ``tokenizer.to_dict()`` as ``directory/lm_tokenizer.json``; return that path."""
+    path = directory / LM_TOKENIZER_FILE
+    path.write_text(json.dumps(tokenizer.to_dict(), ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
 def export_hf_gpt2(model: GPT, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:
     """Write ``model`` as a Hugging Face GPT-2 directory (``config.json`` +
-    ``model.safetensors``, float32), plus ``vocab.json`` + ``merges.txt`` when
-    ``tokenizer`` is a ``BPETokenizer`` (other tokenizers have no GPT-2 file format
-    and are not written). ``GPT2LMHeadModel.from_pretrained(directory)`` computes
-    the same logits. Returns the directory.
+    ``model.safetensors``, float32). With a ``tokenizer``, also ``lm_tokenizer.json``
+    (its ``to_dict()``, which ``load_hf_gpt2`` reads back: any of our tokenizers) and,
+    for a ``BPETokenizer``, ``vocab.json`` + ``merges.txt`` (GPT-2's files hold only a
+    byte-level BPE). ``GPT2LMHeadModel.from_pretrained(directory)`` computes the same
+    logits. Returns the directory.
 
     Raises:
         ValueError: one line, before anything is written, for options GPT-2 cannot hold
@@ -316,6 +380,8 @@ def export_hf_gpt2(model: GPT, directory: str | Path, tokenizer: Tokenizer | Non
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file(hf_state_dict(model), directory / "model.safetensors", metadata={"format": "pt"})
+    if tokenizer is not None:
+        save_lm_tokenizer(tokenizer, directory)
     if isinstance(tokenizer, BPETokenizer):
         save_hf_tokenizer(tokenizer, directory)
     return directory
@@ -325,19 +391,37 @@ def export_hf_gpt2(model: GPT, directory: str | Path, tokenizer: Tokenizer | Non
 
 
 def import_command(hf_dir: str, out: str) -> str:
+    """Write the checkpoint ``out`` from the GPT-2 directory ``hf_dir``; return the line to print.
+
+    Raises:
+        ValueError: one line: as ``load_hf_gpt2``, or ``hf_dir`` has no tokenizer files.
+    """
     model, tokenizer = load_hf_gpt2(hf_dir)
     if tokenizer is None:
-        raise ValueError(f"{hf_dir} has no vocab.json + merges.txt (a checkpoint needs its tokenizer)")
+        raise ValueError(f"{hf_dir} has no tokenizer: a checkpoint needs {LM_TOKENIZER_FILE} "
+                         f"(written by lm convert direction=export) or GPT-2's "
+                         f"{' + '.join(HF_TOKENIZER_FILES)}")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint_dict(model, tokenizer, {"init_from": str(hf_dir)}), out)
-    return f"wrote {out} ({model.num_params():,} parameters, vocab {model.config.vocab_size})"
+    kind = tokenizer.to_dict()["type"]
+    return (f"wrote {out} ({model.num_params():,} parameters, vocab {model.config.vocab_size}, "
+            f"{kind} tokenizer from {tokenizer_source(Path(hf_dir))})")
 
 
 def export_command(ckpt: str, hf_dir: str) -> str:
+    """Write the GPT-2 directory ``hf_dir`` from the checkpoint ``ckpt``; return the line to print.
+
+    Raises:
+        ValueError: one line: as ``load_checkpoint`` and ``export_hf_gpt2``.
+    """
     model, tokenizer, _ = load_checkpoint(ckpt, nonfinite="warn")  # exported as they are
     export_hf_gpt2(model, hf_dir, tokenizer)
-    note = "" if isinstance(tokenizer, BPETokenizer) else " (no tokenizer files: not a BPE tokenizer)"
-    return f"wrote {hf_dir}{note}"
+    files = ["config.json", "model.safetensors", LM_TOKENIZER_FILE]
+    kind = tokenizer.to_dict()["type"]
+    if isinstance(tokenizer, BPETokenizer):
+        return f"wrote {hf_dir} ({', '.join(files + list(HF_TOKENIZER_FILES))})"
+    return (f"wrote {hf_dir} ({', '.join(files)}; no {' + '.join(HF_TOKENIZER_FILES)}: "
+            f"GPT-2's tokenizer files hold only BPE, this is a {kind} tokenizer)")
 
 
 @dataclass
@@ -355,7 +439,8 @@ def convert_command(cfg: ConvertConfig) -> int:
 
     Raises:
         ValueError: one line: an unknown direction, a directory or checkpoint that
-            cannot be read, or a destination that cannot be written.
+            cannot be read (an import also needs a tokenizer: lm_tokenizer.json or
+            vocab.json + merges.txt), or a destination that cannot be written.
     """
     if cfg.direction not in ("import", "export"):
         raise ValueError(f"direction={cfg.direction} is invalid: must be import (hf_dir -> "
