@@ -19,9 +19,12 @@ Every option beyond GPT-2 is one ``GPTConfig`` field whose default keeps GPT-2:
 rotary positions (``pos_encoding="rope"``), RMSNorm (``norm``), QK-norm (``qk_norm``),
 ReLU² and SwiGLU MLPs (``activation``), zero-initialised residual projections
 (``zero_init_proj``), an untied head (``tie_weights``) and logit soft-capping
-(``logit_softcap``), the changes of the modded-nanogpt speedrun.
+(``logit_softcap``), the changes of the modded-nanogpt speedrun; and, going back,
+GPT-1's post-norm blocks (``norm_position="post"``).
 
 Sources:
+    Radford et al. 2018, "Improving Language Understanding by Generative Pre-Training"
+    (GPT-1, post-norm blocks).
     Radford et al. 2019, "Language Models are Unsupervised Multitask Learners" (GPT-2).
     Vaswani et al. 2017, "Attention Is All You Need" (sinusoidal positions).
     Su et al. 2021, "RoFormer: Enhanced Transformer with Rotary Position Embedding".
@@ -51,6 +54,7 @@ from lm.hook_points import HookFn, HookPoint, hooks_attached, match_names
 POS_ENCODINGS = ("learned", "sinusoidal", "rope")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu2", "swiglu")
 NORMS = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("pre", "post")
 
 
 @dataclass
@@ -75,11 +79,14 @@ class GPTConfig:
             2020; hidden width 2/3 of 4C so the MLP keeps its parameter count).
         norm: ``"layernorm"`` (GPT-2) or ``"rmsnorm"`` (Zhang & Sennrich 2019), for
             ``ln_1``, ``ln_2`` and ``ln_f``.
+        norm_position: ``"pre"`` (GPT-2: x + attn(ln_1(x)), then a final ``ln_f``) or
+            ``"post"`` (GPT-1, Radford et al. 2018, and Vaswani et al. 2017:
+            ln_1(x + attn(x)); no ``ln_f``, since every block's output is normalised).
         qk_norm: RMS-normalise q and k over each head's Dh channels before attention
             (no gain; Henry et al. 2020, as modded-nanogpt).
         zero_init_proj: initialise both residual projections (``attn.c_proj``,
             ``mlp.c_proj``) to zero instead of N(0, 0.02 / sqrt(2 n_layer)), so each
-            block starts as the identity.
+            block starts as the identity (post-norm: as ln_2(ln_1(x))).
         logit_softcap: ``None``, or a cap c > 0: logits become c * tanh(logits / c)
             (Gemma 2, modded-nanogpt).
         layer_norm_epsilon: epsilon of every LayerNorm or RMSNorm (GPT-2: 1e-5).
@@ -101,6 +108,7 @@ class GPTConfig:
     activation: str = "gelu"
     layer_norm_epsilon: float = 1e-5
     norm: str = "layernorm"
+    norm_position: str = "pre"
     qk_norm: bool = False
     rope_base: float = 10000.0
     zero_init_proj: bool = False
@@ -134,6 +142,9 @@ class GPTConfig:
             )
         if self.norm not in NORMS:
             raise ValueError(f"model.norm={self.norm!r} must be one of {list(NORMS)}")
+        if self.norm_position not in NORM_POSITIONS:
+            raise ValueError(f"model.norm_position={self.norm_position!r} must be one of "
+                             f"{list(NORM_POSITIONS)}")
         if self.rope_base <= 0:
             raise ValueError(f"model.rope_base={self.rope_base} must be > 0")
         if self.pos_encoding == "rope" and self.head_dim % 2:
@@ -399,7 +410,19 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block (GPT-2): x + attn(ln_1(x)), then x + mlp(ln_2(x)).
+    """Transformer block, pre-norm (GPT-2, Radford et al. 2019) or post-norm (GPT-1,
+    Radford et al. 2018; Vaswani et al. 2017), as ``config.norm_position`` says.
+
+    Pre-norm: x + attn(ln_1(x)), then x + mlp(ln_2(x)); the norms see each sublayer's
+    input and the residual stream itself is never normalised.
+    Post-norm: ln_1(x + attn(x)), then ln_2(x + mlp(x)); each sum is normalised, so
+    the stream between and after the sublayers is.
+
+    The hook points mean the same in both: ``hook_resid_pre`` the block's input,
+    ``hook_attn_out`` and ``hook_mlp_out`` the sublayers' outputs, ``hook_resid_mid``
+    the stream the MLP and its skip connection read, ``hook_resid_post`` the block's
+    output (the next block's ``hook_resid_pre``). In post-norm ``hook_resid_mid`` and
+    ``hook_resid_post`` are therefore after ``ln_1`` and ``ln_2``.
 
     Attributes:
         layer: its index i from 0, so it is ``blocks.{i}`` in ``GPT.named_layers()``;
@@ -409,7 +432,9 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig, layer: int) -> None:
         super().__init__()
         self.layer = layer
-        # registered in the order data meets them, so hook_dict lists them that way
+        self.post_norm = config.norm_position == "post"
+        # registered in the order data meets them, so hook_dict lists them that way (the
+        # hook points; post-norm meets ln_1 and ln_2 after the sublayers, listed as in pre-norm)
         self.hook_resid_pre = HookPoint()  # (B, T, C)
         self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
@@ -428,6 +453,11 @@ class Block(nn.Module):
         """x (B, T, C) -> (B, T, C); ``kv``: this layer's KV cache slot, if any;
         ``rope``: the rotary cos, sin (T, Dh/2) of these positions, if used."""
         x = self.hook_resid_pre(x)  # (B, T, C)
+        if self.post_norm:
+            attn_out = self.hook_attn_out(self.attn(x, kv, rope))  # (B, T, C)
+            x = self.hook_resid_mid(self.ln_1(x + attn_out))  # (B, T, C)
+            mlp_out = self.hook_mlp_out(self.mlp(x))  # (B, T, C)
+            return self.hook_resid_post(self.ln_2(x + mlp_out))  # (B, T, C)
         attn_out = self.hook_attn_out(self.attn(self.ln_1(x), kv, rope))  # (B, T, C)
         x = self.hook_resid_mid(x + attn_out)  # (B, T, C)
         mlp_out = self.hook_mlp_out(self.mlp(self.ln_2(x)))  # (B, T, C)
@@ -436,6 +466,9 @@ class Block(nn.Module):
 
 class GPT(nn.Module):
     """Decoder-only transformer language model (GPT-2 architecture, nanoGPT layout).
+
+    With ``norm_position="post"`` (GPT-1) there is no ``ln_f`` and no ``hook_final_norm``:
+    the last block's ``hook_resid_post``, already normalised, goes to ``lm_head``.
 
     Attributes:
         config: the ``GPTConfig`` it was built from.
@@ -469,7 +502,8 @@ class GPT(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         layers["drop"] = nn.Dropout(config.dropout)
         layers["h"] = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
-        layers["ln_f"] = make_norm(config)
+        if config.norm_position == "pre":  # post-norm blocks end normalised: GPT-1 has no ln_f
+            layers["ln_f"] = make_norm(config)
         self.transformer = nn.ModuleDict(layers)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:  # Press & Wolf 2017: input and output embeddings share one matrix
@@ -477,7 +511,8 @@ class GPT(nn.Module):
         self.hook_embed = HookPoint()  # (B, T, C)
         if config.pos_encoding != "rope":  # rope adds no position embedding
             self.hook_pos_embed = HookPoint()  # (B, T, C)
-        self.hook_final_norm = HookPoint()  # (B, T, C)
+        if "ln_f" in self.transformer:
+            self.hook_final_norm = HookPoint()  # (B, T, C)
         self.hook_logits = HookPoint()  # (B, T, V)
         self._init_weights()
         self.hook_dict = self._build_hook_dict()
@@ -509,7 +544,8 @@ class GPT(nn.Module):
         The model's own parts, in the order data meets them: ``wte``, ``hook_embed``,
         ``wpe`` (learned positions only), ``hook_pos_embed`` (not with rope, which adds
         no position embedding), ``drop``, ``blocks.{i}``
-        (a ``Block``), ``ln_f``, ``hook_final_norm``, ``lm_head``, ``hook_logits``. With
+        (a ``Block``), ``ln_f`` and ``hook_final_norm`` (pre-norm only; post-norm has no
+        final norm), ``lm_head``, ``hook_logits``. With
         ``recurse`` each part is followed by its submodules, in registration order, under
         their paths inside it (``blocks.0.attn``, ``blocks.0.attn.c_attn``, ...).
 
@@ -527,7 +563,8 @@ class GPT(nn.Module):
             parts["hook_pos_embed"] = self.hook_pos_embed
         parts["drop"] = t.drop
         parts.update({f"blocks.{block.layer}": block for block in t.h})
-        parts.update(ln_f=t.ln_f, hook_final_norm=self.hook_final_norm)
+        if "ln_f" in t:
+            parts.update(ln_f=t.ln_f, hook_final_norm=self.hook_final_norm)
         parts.update(lm_head=self.lm_head, hook_logits=self.hook_logits)
         if not recurse:
             return parts
@@ -647,7 +684,8 @@ class GPT(nn.Module):
         kvs = [None] * len(self.transformer.h) if kv_cache is None else kv_cache.layers
         for block, kv in zip(self.transformer.h, kvs):
             x = block(x, kv, rope)  # (B, T, C)
-        x = self.hook_final_norm(self.transformer.ln_f(x))  # (B, T, C)
+        if "ln_f" in self.transformer:  # post-norm: the blocks' output is normalised already
+            x = self.hook_final_norm(self.transformer.ln_f(x))  # (B, T, C)
         logits = self.lm_head(x)  # (B, T, V)
         if self.config.logit_softcap is not None:
             cap = self.config.logit_softcap

@@ -1,7 +1,7 @@
-"""The GPTConfig options beyond GPT-2 (rope, rmsnorm, qk_norm, relu2, swiglu, zero_init_proj,
-logit_softcap, untied head), each against a hand computation or a reference implementation
-(Hugging Face Llama's rotary embedding, ``torch.nn.RMSNorm``), through the KV cache and the
-hook points; and the default config's network, unchanged."""
+"""The GPTConfig options beyond GPT-2 (rope, rmsnorm, post-norm, qk_norm, relu2, swiglu,
+zero_init_proj, logit_softcap, untied head), each against a hand computation or a reference
+implementation (Hugging Face Llama's rotary embedding and GPT-1, ``torch.nn.RMSNorm``),
+through the KV cache and the hook points; and the default config's network, unchanged."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lm.hook_points import HookPoint
 from lm.model import GPT, GPTConfig, ReLU2, RMSNorm, SwiGLU, apply_rope, mlp_hidden, rope_tables
@@ -269,6 +270,87 @@ def test_zero_init_proj_blocks_start_as_the_identity():
                                    cache[f"blocks.{i}.hook_resid_pre"], atol=0, rtol=0)
 
 
+# ---------------------------------------------------------------- post-norm blocks (GPT-1)
+
+
+def hand_norm(x: torch.Tensor, norm: torch.nn.Module, kind: str, eps: float) -> torch.Tensor:
+    """``norm``'s LayerNorm or RMSNorm of x (..., C), with ``F.layer_norm`` / ``F.rms_norm``."""
+    if kind == "rmsnorm":
+        return F.rms_norm(x, x.shape[-1:], norm.weight, eps)
+    return F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, eps)
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_post_norm_block_equals_hand_computation(norm):
+    """GPT-1's block (Radford et al. 2018) written out on a 1-layer model's fixed weights:
+    x = ln_1(x + attn(x)); x = ln_2(x + mlp(x)); no final norm, so logits = x wte^T."""
+    model = build(n_layer=1, norm=norm, norm_position="post")
+    blk, wte, eps = model.transformer.h[0], model.transformer.wte.weight, 1e-5
+    idx = ids(2, 12)
+    B, T, C, H = 2, 12, 16, 2
+    logits, cache = model.run_with_cache(idx, "blocks.0.hook_resid_*")
+    with torch.no_grad():
+        x = wte[idx] + model.transformer.wpe.weight[:T]  # (B, T, C)
+        qkv = x @ blk.attn.c_attn.weight.T + blk.attn.c_attn.bias  # (B, T, 3C), no norm first
+        q, k, v = (a.view(B, T, H, C // H).transpose(1, 2) for a in qkv.split(C, -1))  # (B, H, T, Dh)
+        z = hand_attention(q, k, v).transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        attn_out = z @ blk.attn.c_proj.weight.T + blk.attn.c_proj.bias  # (B, T, C)
+        mid = hand_norm(x + attn_out, blk.ln_1, norm, eps)  # (B, T, C)
+        hidden = F.gelu(mid @ blk.mlp.c_fc.weight.T + blk.mlp.c_fc.bias)  # (B, T, 4C)
+        mlp_out = hidden @ blk.mlp.c_proj.weight.T + blk.mlp.c_proj.bias  # (B, T, C)
+        out = hand_norm(mid + mlp_out, blk.ln_2, norm, eps)  # (B, T, C)
+    torch.testing.assert_close(cache["blocks.0.hook_resid_pre"], x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(cache["blocks.0.hook_resid_mid"], mid, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cache["blocks.0.hook_resid_post"], out, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits, out @ wte.T, atol=1e-4, rtol=0)
+
+
+def test_post_norm_equals_hugging_face_gpt1():
+    """Post-norm with learned positions, LayerNorm, tanh GELU, biases and a tied head is
+    GPT-1: Hugging Face's ``OpenAIGPTLMHeadModel`` (afn="gelu" is the tanh form) with our
+    weights, renamed and with Conv1D's (in, out) layout, gives our logits."""
+    openai = pytest.importorskip("transformers.models.openai.modeling_openai")
+    from transformers import OpenAIGPTConfig
+
+    model = build(norm_position="post", activation="gelu_tanh")
+    hf_config = OpenAIGPTConfig(vocab_size=V, n_positions=12, n_embd=16, n_layer=2, n_head=2,
+                                afn="gelu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                layer_norm_epsilon=1e-5)
+    hf = openai.OpenAIGPTLMHeadModel(hf_config).eval()
+    state = {}
+    for key, value in model.state_dict().items():
+        key = key.replace(".wte.", ".tokens_embed.").replace(".wpe.", ".positions_embed.")
+        conv1d = key.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))
+        state[key] = value.t() if conv1d else value
+    hf.load_state_dict(state)  # strict: every GPT-1 weight and nothing else (no ln_f)
+    idx = ids(2, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], hf(idx).logits, atol=1e-4, rtol=1e-5)
+
+
+def test_post_norm_has_no_final_norm_and_its_hook_points_are_after_the_norms():
+    """No ``ln_f``/``hook_final_norm``; in every block ``hook_resid_mid`` is ln_1 of
+    resid_pre + attn_out and ``hook_resid_post`` ln_2 of resid_mid + mlp_out (the stream
+    the next sublayer reads), and each block's ``hook_resid_post`` is the next block's
+    ``hook_resid_pre`` and, for the last, what the head reads."""
+    model = build(norm_position="post")
+    assert "ln_f" not in model.named_layers() and "hook_final_norm" not in model.hook_dict
+    assert list(model.state_dict()) == [k for k in GPT2_KEYS if ".ln_f." not in k]
+    logits, cache = model.run_with_cache(ids(2, 12))
+    eps = model.config.layer_norm_epsilon
+    for i, blk in enumerate(model.transformer.h):
+        hook = {name: cache[f"blocks.{i}.hook_{name}"]
+                for name in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")}
+        with torch.no_grad():
+            mid = hand_norm(hook["resid_pre"] + hook["attn_out"], blk.ln_1, "layernorm", eps)
+            post = hand_norm(hook["resid_mid"] + hook["mlp_out"], blk.ln_2, "layernorm", eps)
+            torch.testing.assert_close(hook["resid_mid"], mid, atol=1e-5, rtol=0)
+            torch.testing.assert_close(hook["resid_post"], post, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cache["blocks.0.hook_resid_post"], cache["blocks.1.hook_resid_pre"])
+    last = cache["blocks.1.hook_resid_post"]  # (B, T, C), straight into the head
+    torch.testing.assert_close(logits, last @ model.lm_head.weight.T, atol=1e-4, rtol=0)
+
+
 # ---------------------------------------------------------------- KV cache, every option
 
 
@@ -318,8 +400,11 @@ def test_hook_points_on_every_option(options):
     torch.testing.assert_close(logits, fused, atol=1e-5, rtol=0)
     block = model.transformer.h[0]
     C = model.config.n_embd
+    attn_in = cache["blocks.0.hook_resid_pre"]  # (B, T, C); post-norm attends to it unnormalised
+    if model.config.norm_position == "pre":
+        attn_in = block.ln_1(attn_in)  # (B, T, C)
     with torch.no_grad():  # hook_q, hook_k: the projections, before QK-norm and rope
-        qkv = block.attn.c_attn(block.ln_1(cache["blocks.0.hook_resid_pre"]))  # (B, T, 3C)
+        qkv = block.attn.c_attn(attn_in)  # (B, T, 3C)
     q = qkv[..., :C].view(2, 12, 2, C // 2).transpose(1, 2)  # (B, H, T, Dh)
     k = qkv[..., C : 2 * C].view(2, 12, 2, C // 2).transpose(1, 2)
     torch.testing.assert_close(cache["blocks.0.attn.hook_q"], q, atol=1e-6, rtol=0)
@@ -360,7 +445,7 @@ PRE_OPTIONS_ABS_SUM = 188.25377672132345
 
 def test_default_config_builds_the_gpt2_network_it_did_before():
     explicit = {"pos_encoding": "learned", "rope_base": 10000.0, "norm": "layernorm",
-                "qk_norm": False, "activation": "gelu", "zero_init_proj": False,
+                "norm_position": "pre", "qk_norm": False, "activation": "gelu", "zero_init_proj": False,
                 "logit_softcap": None, "tie_weights": True, "bias": True}
     sizes = {"vocab_size": 50, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16}
     assert GPTConfig(**sizes) == GPTConfig(**sizes, **explicit)
@@ -381,6 +466,7 @@ def test_default_config_builds_the_gpt2_network_it_did_before():
 @pytest.mark.parametrize("overrides, fragment", [
     ({"pos_encoding": "rope", "n_embd": 18, "n_head": 2}, "needs an even head dim"),
     ({"norm": "batchnorm"}, "model.norm='batchnorm' must be one of ['layernorm', 'rmsnorm']"),
+    ({"norm_position": "sandwich"}, "model.norm_position='sandwich' must be one of ['pre', 'post']"),
     ({"rope_base": 0.0}, "model.rope_base=0.0 must be > 0"),
     ({"logit_softcap": 0.0}, "model.logit_softcap=0.0 must be > 0 or null"),
     ({"logit_softcap": -1.0}, "model.logit_softcap=-1.0 must be > 0 or null"),

@@ -304,8 +304,8 @@ def test_init_from_a_mismatched_model_is_one_config_error(make_cfg, tmp_path):
 
 # --- options GPT-2 cannot hold ---------------------------------------------------------
 
-HOLDS = ("(GPT-2 holds learned or sinusoidal positions, layernorm, gelu/gelu_tanh, no qk_norm, "
-         "no logit_softcap)")
+HOLDS = ("(GPT-2 holds learned or sinusoidal positions, layernorm, pre-norm blocks, "
+         "gelu/gelu_tanh, no qk_norm, no logit_softcap)")
 
 
 def tiny_gpt(**options) -> GPT:
@@ -317,15 +317,16 @@ def tiny_gpt(**options) -> GPT:
 @pytest.mark.parametrize("options, named", [
     ({"pos_encoding": "rope"}, "model.pos_encoding=rope"),
     ({"norm": "rmsnorm"}, "model.norm=rmsnorm"),
+    ({"norm_position": "post"}, "model.norm_position=post"),
     ({"qk_norm": True}, "model.qk_norm=true"),
     ({"activation": "relu2"}, "model.activation=relu2"),
     ({"activation": "swiglu"}, "model.activation=swiglu"),
     ({"logit_softcap": 15.0}, "model.logit_softcap=15.0"),
-    ({"pos_encoding": "rope", "norm": "rmsnorm", "qk_norm": True, "activation": "swiglu",
-      "logit_softcap": 30.0, "zero_init_proj": True, "tie_weights": False},
-     ("model.pos_encoding=rope, model.norm=rmsnorm, model.qk_norm=true, "
-      "model.activation=swiglu, model.logit_softcap=30.0")),
-], ids=["rope", "rmsnorm", "qk_norm", "relu2", "swiglu", "logit_softcap", "all"])
+    ({"pos_encoding": "rope", "norm": "rmsnorm", "norm_position": "post", "qk_norm": True,
+      "activation": "swiglu", "logit_softcap": 30.0, "zero_init_proj": True, "tie_weights": False},
+     ("model.pos_encoding=rope, model.norm=rmsnorm, model.norm_position=post, "
+      "model.qk_norm=true, model.activation=swiglu, model.logit_softcap=30.0")),
+], ids=["rope", "rmsnorm", "post_norm", "qk_norm", "relu2", "swiglu", "logit_softcap", "all"])
 def test_export_refuses_what_gpt2_cannot_hold(tmp_path, options, named):
     model = tiny_gpt(**options)
     with pytest.raises(ValueError) as err:
@@ -346,20 +347,23 @@ def test_export_allows_zero_init_proj_and_hf_computes_our_logits(tmp_path, idx):
     torch.testing.assert_close(hf_logits(hf, idx), our_logits(model, idx), atol=1e-5, rtol=0)
 
 
-def test_cli_export_of_a_rope_model_is_one_line_and_exit_2(tmp_path, capsys):
+@pytest.mark.parametrize("options, named", [
+    ({"pos_encoding": "rope", "norm": "rmsnorm"}, "model.pos_encoding=rope, model.norm=rmsnorm"),
+    ({"norm_position": "post"}, "model.norm_position=post"),  # GPT-1's blocks, no ln_f
+], ids=["rope_rmsnorm", "post_norm"])
+def test_cli_export_of_a_non_gpt2_model_is_one_line_and_exit_2(tmp_path, capsys, options, named):
     from lm.interop.hf import checkpoint_dict
     from lm.tokenizers.byte import ByteTokenizer
 
     tokenizer = ByteTokenizer()
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2,
-                          n_embd=16, pos_encoding="rope", norm="rmsnorm"))
+                          n_embd=16, **options))
     torch.save(checkpoint_dict(model, tokenizer), tmp_path / "m.ckpt")
     assert lm(["convert", "direction=export", f"ckpt={tmp_path / 'm.ckpt'}",
                f"hf_dir={tmp_path / 'out'}"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1
-    assert captured.err == (f"error: cannot export to GPT-2: model.pos_encoding=rope, "
-                            f"model.norm=rmsnorm {HOLDS}\n")
+    assert captured.err == f"error: cannot export to GPT-2: {named} {HOLDS}\n"
     assert not (tmp_path / "out").exists()
 
 

@@ -15,8 +15,8 @@ Command line (``conf/convert.yaml``):
     lm convert direction=export ckpt=<in.ckpt> hf_dir=<dir>    # a directory from_pretrained reads
 
 Export refuses, in one line, a model GPT-2 cannot compute (rotary positions, RMSNorm,
-QK-norm, ReLU²/SwiGLU, logit soft-capping); an import is a GPT-2: every option beyond
-GPT-2 at its default. So export then import gives back the same weights, config and
+post-norm blocks, QK-norm, ReLU²/SwiGLU, logit soft-capping); an import is a GPT-2:
+every option beyond GPT-2 at its default. So export then import gives back the same weights, config and
 tokenizer for a model at GPT-2's options (an lm default model); a bias-free,
 sinusoidal or zero_init_proj model comes back as the GPT-2 that computes the same
 logits (zero biases, a learned ``wpe`` holding the table).
@@ -55,8 +55,8 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 LM_TOKENIZER_FILE = "lm_tokenizer.json"  # our tokenizer's to_dict(), beside GPT-2's files
 HF_TOKENIZER_FILES = ("vocab.json", "merges.txt")
 # what GPT-2 holds, for the export error line; zero_init_proj is an init, rope_base unused
-GPT2_HOLDS = ("learned or sinusoidal positions, layernorm, gelu/gelu_tanh, no qk_norm, "
-              "no logit_softcap")
+GPT2_HOLDS = ("learned or sinusoidal positions, layernorm, pre-norm blocks, gelu/gelu_tanh, "
+              "no qk_norm, no logit_softcap")
 
 
 # --- reading a Hugging Face directory -------------------------------------------------
@@ -251,7 +251,7 @@ def init_from_hf(module_or_model: nn.Module, directory: str | Path) -> GPT:
 
     Raises:
         ValueError: the directory cannot be read, an option of the two configs differs
-            (activation, epsilon, tying, positions, biases, norm, QK-norm, soft-capping),
+            (activation, epsilon, tying, positions, biases, norm, norm position, QK-norm, soft-capping),
             or a weight's shape differs (named, with both shapes).
     """
     model = getattr(module_or_model, "model", module_or_model)
@@ -260,7 +260,7 @@ def init_from_hf(module_or_model: nn.Module, directory: str | Path) -> GPT:
     directory = Path(directory)
     hf_config = gpt_config_from_hf(read_hf_config(directory))
     for key in ("activation", "layer_norm_epsilon", "tie_weights", "pos_encoding", "bias",
-                "norm", "qk_norm", "logit_softcap"):
+                "norm", "norm_position", "qk_norm", "logit_softcap"):
         ours, theirs = getattr(model.config, key), getattr(hf_config, key)
         if ours != theirs:
             raise ValueError(f"init_from={directory}: model.{key}={ours} but the checkpoint has {theirs}")
@@ -279,8 +279,9 @@ def check_gpt2_exportable(config: GPTConfig) -> None:
     """Raise if GPT-2 cannot compute what ``config``'s model computes.
 
     GPT-2 has learned positions (a sinusoidal table is exported as ``wpe``), LayerNorm,
-    GELU (exact or tanh), no QK-norm and no logit soft-capping. ``zero_init_proj`` is
-    an init only, so it is allowed; ``rope_base`` is unused without rope.
+    pre-norm blocks and a final ``ln_f`` (a post-norm model has none), GELU (exact or
+    tanh), no QK-norm and no logit soft-capping. ``zero_init_proj`` is an init only, so
+    it is allowed; ``rope_base`` is unused without rope.
 
     Raises:
         ValueError: one line naming every key and value GPT-2 cannot hold, e.g.
@@ -289,6 +290,7 @@ def check_gpt2_exportable(config: GPTConfig) -> None:
     blocked = {
         "pos_encoding": config.pos_encoding not in ("learned", "sinusoidal"),
         "norm": config.norm != "layernorm",
+        "norm_position": config.norm_position != "pre",
         "qk_norm": config.qk_norm,
         "activation": config.activation not in EXPORT_ACTIVATIONS,
         "logit_softcap": config.logit_softcap is not None,

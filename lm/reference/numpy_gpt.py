@@ -3,9 +3,10 @@
 A reference to read and to test ``lm/model.py`` against: no autograd, no fused
 kernels, no hooks, float64 throughout. It takes our model's state dict (as NumPy
 arrays, ``numpy_state_dict``) and its ``GPTConfig``; it supports every option:
-learned, sinusoidal and rotary positions, LayerNorm and RMSNorm, QK-norm, the four
-MLP activations (exact GELU, GPT-2's tanh GELU, ReLU², SwiGLU), logit soft-capping,
-tied and untied output heads, biases on and off (``zero_init_proj`` is an init only).
+learned, sinusoidal and rotary positions, LayerNorm and RMSNorm, pre-norm (GPT-2) and
+post-norm (GPT-1) blocks, QK-norm, the four MLP activations (exact GELU, GPT-2's tanh
+GELU, ReLU², SwiGLU), logit soft-capping, tied and untied output heads, biases on and
+off (``zero_init_proj`` is an init only).
 
 Shape letters: B batch, T time, C channels (n_embd), H heads, Dh head dim (C // H),
 V vocab.
@@ -15,10 +16,11 @@ pass, from any checkpoint ``lm generate`` reads; ``backend=torch`` (the default)
 ``strategy=greedy`` should print the same text:
     lm generate ckpt=<path> prompt="ROMEO:" max_new_tokens=50 strategy=greedy backend=numpy
 
-Sources: Radford et al. 2019 (GPT-2); Vaswani et al. 2017 (attention, sinusoidal
-positions); Hendrycks & Gimpel 2016 (GELU); Ba et al. 2016 (layer norm);
-Su et al. 2021 (RoFormer, rotary positions); Zhang & Sennrich 2019 (RMSNorm);
-Henry et al. 2020 (QK-norm); So et al. 2021 (Primer, ReLU²); Shazeer 2020 (SwiGLU);
+Sources: Radford et al. 2018 (GPT-1, post-norm); Radford et al. 2019 (GPT-2);
+Vaswani et al. 2017 (attention, sinusoidal positions); Hendrycks & Gimpel 2016 (GELU);
+Ba et al. 2016 (layer norm); Su et al. 2021 (RoFormer, rotary positions);
+Zhang & Sennrich 2019 (RMSNorm); Henry et al. 2020 (QK-norm); So et al. 2021 (Primer,
+ReLU²); Shazeer 2020 (SwiGLU);
 Team Gemma 2024 (Gemma 2, logit soft-capping);
 Jay Mody, "GPT in 60 Lines of NumPy" (picoGPT).
 """
@@ -158,11 +160,23 @@ def mlp(x: np.ndarray, p: Params, prefix: str, config: GPTConfig) -> np.ndarray:
 
 
 def block(x: np.ndarray, p: Params, prefix: str, config: GPTConfig) -> np.ndarray:
-    """Pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); (B, T, C) -> (B, T, C)."""
+    """Pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); (B, T, C) -> (B, T, C).
+    With ``norm_position="post"`` the post-norm block, ``post_norm_block``."""
+    if config.norm_position == "post":
+        return post_norm_block(x, p, prefix, config)
     h = norm(x, p, f"{prefix}.ln_1", config)  # (B, T, C)
     x = x + multi_head_attention(h, p, f"{prefix}.attn", config)  # (B, T, C)
     h = norm(x, p, f"{prefix}.ln_2", config)  # (B, T, C)
     return x + mlp(h, p, f"{prefix}.mlp", config)  # (B, T, C)
+
+
+def post_norm_block(x: np.ndarray, p: Params, prefix: str, config: GPTConfig) -> np.ndarray:
+    """Post-norm block (GPT-1, Radford et al. 2018; Vaswani et al. 2017): ln_1(x + attn(x)),
+    then ln_2(x + mlp(x)); (B, T, C) -> (B, T, C)."""
+    h = x + multi_head_attention(x, p, f"{prefix}.attn", config)  # (B, T, C)
+    x = norm(h, p, f"{prefix}.ln_1", config)  # (B, T, C)
+    h = x + mlp(x, p, f"{prefix}.mlp", config)  # (B, T, C)
+    return norm(h, p, f"{prefix}.ln_2", config)  # (B, T, C)
 
 
 def sinusoidal_positions(block_size: int, n_embd: int) -> np.ndarray:
@@ -190,6 +204,7 @@ def gpt(idx: np.ndarray, p: Params, config: GPTConfig) -> np.ndarray:
 
     ``p`` is ``numpy_state_dict(model)``: our parameter names, nn.Linear layouts.
     An untied model reads its own ``lm_head.weight``; a tied one's equals ``wte``.
+    Post-norm (GPT-1) has no final norm ``ln_f``: its blocks' output is normalised.
     With ``logit_softcap`` c the logits are c * tanh(logits / c).
     """
     assert idx.ndim == 2 and idx.shape[1] <= config.block_size, idx.shape
@@ -197,7 +212,8 @@ def gpt(idx: np.ndarray, p: Params, config: GPTConfig) -> np.ndarray:
     x = p["transformer.wte.weight"][idx] + positions(p, config, T)  # (B, T, C)
     for i in range(config.n_layer):
         x = block(x, p, f"transformer.h.{i}", config)  # (B, T, C)
-    x = norm(x, p, "transformer.ln_f", config)  # (B, T, C)
+    if config.norm_position == "pre":
+        x = norm(x, p, "transformer.ln_f", config)  # (B, T, C)
     head = p["lm_head.weight"] if "lm_head.weight" in p else p["transformer.wte.weight"]  # (V, C)
     logits = linear(x, head, None)  # (B, T, V)
     if config.logit_softcap is not None:
