@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# TensorBoard's Time Series page with val/loss pinned above the other scalars
+TB_URL := http://localhost:6006/?pinnedCards=%5B%7B%22plugin%22%3A%22scalars%22%2C%22tag%22%3A%22val%2Floss%22%7D%5D\#timeseries
 
 .PHONY: install train test test-all sweep tensorboard bench bench-gpu lint clean
 
@@ -28,8 +30,9 @@ test-all: $(STAMP)
 sweep: $(STAMP)  ## a learning-rate sweep on the tiny model
 	$(PY) lm/train.py -m model=tiny trainer.max_steps=500 optimizer.lr=1e-4,3e-4,1e-3 $(ARGS)
 
-tensorboard: $(STAMP)
-	$(VENV)/bin/tensorboard --logdir outputs
+tensorboard: $(STAMP)  ## TensorBoard on outputs/ (ARGS="--logdir outputs/multirun/<date>/<time>" for one sweep)
+	@echo "open $(TB_URL)  (val/loss pinned first)"
+	$(VENV)/bin/tensorboard --logdir outputs $(ARGS)
 
 bench: $(STAMP)  ## harness vs plain loop tokens/s; BPE encode MB/s; generate tokens/s; speedrun time to target (ARGS="steps=100" for lm bench train)
 	$(VENV)/bin/lm bench train $(ARGS)

@@ -7,9 +7,11 @@ composed config. The overrides are checked before Hydra starts
 (``lm.training.config.check_overrides``); a bad one, like any ``ValueError`` a command
 raises, is one ``error:`` line and exit code 2. Commands other than ``train`` make no
 run dir and write no log (``conf/command.yaml``). ``lm compare`` keeps its flags
-(``PATHS... --baseline SPEC``): paths are not settings.
+(``PATHS... --baseline SPEC``): paths are not settings. However it starts (``lm``,
+``python -m lm``, ``python lm/train.py``), the user's own modules (a hook's
+``_target_``) import from the working directory (``import_from_working_dir``).
 
-The table below is the whole interface: each command's function, and for a Hydra
+The tables below are the whole interface: each command's function, and for a Hydra
 command its config and the dataclass that types it (its defaults live in the YAML).
 A command's module is imported only when it runs, so ``lm --help`` is instant.
 """
@@ -54,6 +56,22 @@ class Command:
     positional: tuple[str, ...] = ()
 
 
+BENCHMARKS: dict[str, Command] = {  # lm bench <name> [settings]
+    "train": Command("tokens/s: the harness against a plain PyTorch loop",
+                     "lm.bench.train:bench_train", "bench_train", "lm.bench:BenchTrainConfig"),
+    "tokenizer": Command("BPE training time and encode MB/s against tiktoken",
+                         "lm.bench.tokenizer:bench_tokenizer", "bench_tokenizer",
+                         "lm.bench:BenchTokenizerConfig"),
+    "generate": Command("greedy tokens/s with and without the KV cache",
+                        "lm.bench.generate:bench_generate", "bench_generate",
+                        "lm.bench:BenchGenerateConfig"),
+    "gpu": Command("training tokens/s and MFU on a GPU: model=medium and model=gpt2, bf16 + compile",
+                   "lm.bench.gpu:bench_gpu", "bench_gpu", "lm.bench:BenchGpuConfig"),
+    "speedrun": Command("time to a target val/loss: speedrun recipe against the baseline",
+                        "lm.bench.speedrun:bench_speedrun", "bench_speedrun",
+                        "lm.bench:BenchSpeedrunConfig"),
+}
+
 COMMANDS: dict[str, Command] = {
     "train": Command("train a GPT from conf/train.yaml + overrides", "lm.training.run:command"),
     "generate": Command("sample text from a checkpoint", "lm.commands.generate:generate_command",
@@ -71,27 +89,10 @@ COMMANDS: dict[str, Command] = {
                        "lm.analysis.compare:main"),
     "convert": Command("import / export Hugging Face GPT-2 checkpoints",
                        "lm.interop.hf:convert_command", "convert", "lm.interop.hf:ConvertConfig"),
-    "bench": Command("benchmarks: lm bench train | tokenizer | generate | speedrun",
-                     "lm.cli:bench"),
+    "bench": Command(f"benchmarks: lm bench {' | '.join(BENCHMARKS)}", "lm.cli:bench"),
     "classify": Command("two-moons classification with the scalar autograd engine",
                         "lm.reference.classify:classify_command", "classify",
                         "lm.reference.classify:ClassifyConfig"),
-}
-
-BENCHMARKS: dict[str, Command] = {  # lm bench <name> [settings]
-    "train": Command("tokens/s: the harness against a plain PyTorch loop",
-                     "lm.bench.train:bench_train", "bench_train", "lm.bench:BenchTrainConfig"),
-    "tokenizer": Command("BPE training time and encode MB/s against tiktoken",
-                         "lm.bench.tokenizer:bench_tokenizer", "bench_tokenizer",
-                         "lm.bench:BenchTokenizerConfig"),
-    "generate": Command("greedy tokens/s with and without the KV cache",
-                        "lm.bench.generate:bench_generate", "bench_generate",
-                        "lm.bench:BenchGenerateConfig"),
-    "gpu": Command("training tokens/s and MFU on a GPU: model=medium and model=gpt2, bf16 + compile",
-                   "lm.bench.gpu:bench_gpu", "bench_gpu", "lm.bench:BenchGpuConfig"),
-    "speedrun": Command("time to a target val/loss: speedrun recipe against the baseline",
-                        "lm.bench.speedrun:bench_speedrun", "bench_speedrun",
-                        "lm.bench:BenchSpeedrunConfig"),
 }
 
 
@@ -118,14 +119,33 @@ def dispatch(prog: str, commands: dict[str, Command], argv: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch ``argv`` (default ``sys.argv[1:]``) to its command; return the exit code
-    (also when the command calls ``sys.exit``, as ``@hydra.main`` apps do)."""
+    """Dispatch ``argv`` to its command; return the exit code (also when the command calls
+    ``sys.exit``, as ``@hydra.main`` apps do). Default: this process's command line,
+    ``sys.argv[1:]``, as the console script ``lm`` and ``python -m lm`` run it, whose
+    modules import from the working directory (``import_from_working_dir``)."""
+    if argv is None:
+        import_from_working_dir()
     try:
         return dispatch("lm", COMMANDS, list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exit:
         return exit.code if isinstance(exit.code, int) else int(exit.code is not None)
     except BrokenPipeError:
         return closed_stdout()
+
+
+def import_from_working_dir() -> None:
+    """Make the working directory the first place Python imports from, as ``python -m``
+    does, so that a ``_target_`` naming the user's own module (``my_hooks.ResidScale``
+    from ``./my_hooks.py``, README "Writing a hook") imports however ``lm`` was started.
+
+    The rule of every entry point: ``lm`` and ``python -m lm`` (``main``) and
+    ``python lm/train.py``. Python puts the directory of the script it runs at
+    ``sys.path[0]``: the virtualenv's ``bin/`` for the console script ``lm``; ``lm/``
+    itself for ``python lm/train.py``, where ``lm/tokenizers/`` would shadow Hugging
+    Face's ``tokenizers``; the working directory already for ``python -m lm``. That entry
+    is replaced.
+    """
+    sys.path[0] = os.getcwd()
 
 
 def closed_stdout() -> int:

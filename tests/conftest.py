@@ -28,6 +28,7 @@ def tiny_overrides(tmp, corpus, out: str = "run") -> list[str]:
         "model=tiny", "data=text_file", f"data.path={corpus}", "data.batch_size=4",
         "data.eval_iters=2", "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false", f"tracking.registry_dir={tmp}",
+        "tracking.min_val_points=null",  # validate at trainer.val_check_interval exactly
         f"paths.data_dir={tmp / 'data'}", f"paths.output_dir={tmp / out}",
     ]
 

@@ -10,6 +10,8 @@ command other than train makes no run dir and writes no log.
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,11 +22,14 @@ from hydra.core.hydra_config import HydraConfig
 from lm.cli import BENCHMARKS, COMMANDS, hydra_quote, main, quote_verbatim, settings
 from tests.conftest import tiny_overrides, write_corpus
 
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(sys.executable).with_name("lm")  # the console script pyproject installs
 
-def lm(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``python -m lm argv...`` in ``cwd``."""
+
+def lm(*argv: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m lm argv...`` in ``cwd`` (with ``env`` added to the environment)."""
     return subprocess.run([sys.executable, "-m", "lm", *argv], cwd=cwd, capture_output=True,
-                          text=True, timeout=120, check=False)
+                          text=True, timeout=120, check=False, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +81,10 @@ def test_lm_help_lists_every_command(tmp_path):
     assert result.returncode == 0
     for name, command in COMMANDS.items():
         assert f"  {name}" in result.stdout and command.summary in result.stdout
-    script = Path(sys.executable).with_name("lm")  # the console script pyproject installs
-    if script.exists():
-        again = subprocess.run([script, "--help"], capture_output=True, text=True, check=False)
+    if SCRIPT.exists():
+        again = subprocess.run([SCRIPT, "--help"], capture_output=True, text=True, check=False)
         assert again.stdout == result.stdout
+    assert "bench     benchmarks: lm bench train | tokenizer | generate | gpu | speedrun\n" in result.stdout
 
 
 def test_train_help_lists_its_keys_with_defaults(tmp_path):
@@ -88,6 +93,48 @@ def test_train_help_lists_its_keys_with_defaults(tmp_path):
     assert "seed: 1337" in result.stdout and "max_steps: 2000" in result.stdout
     assert "model: gpt2, medium, small, tiny" in result.stdout  # the groups and their options
     assert list(tmp_path.iterdir()) == []
+
+
+def test_train_on_a_missing_gpu_is_one_line_and_leaves_no_run_dir(tmp_path):
+    result = lm("train", "trainer=gpu", cwd=tmp_path, env={"CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 2 and result.stdout == ""
+    assert one_error_line(result.stderr) == ("error: trainer=gpu needs a CUDA GPU "
+                                             "(torch.cuda.is_available() is False here); use trainer=cpu")
+    assert list(tmp_path.iterdir()) == []  # checked before Hydra: no outputs/, no train.log
+
+
+# A user's hook, as README "Writing a hook" has it: my_hooks.py and conf/hooks/resid_scale.yaml
+# in the working directory (the conf found through hydra.searchpath). Its constructor stops
+# the run once the hook is built, so the test trains nothing: the line names the file the
+# module was imported from.
+USER_HOOK = """\
+from lm.hooks import ForwardHook
+
+
+class ResidScale(ForwardHook):
+    def __init__(self, scale: float, pattern: str = "blocks.*.hook_resid_post"):
+        raise ValueError(f"built from {__file__}")
+"""
+ENTRY_POINTS = {  # how a user starts lm train
+    "lm train": [str(SCRIPT), "train"],
+    "python -m lm train": [sys.executable, "-m", "lm", "train"],
+    "python lm/train.py": [sys.executable, str(ROOT / "lm" / "train.py")],
+}
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_every_entry_point_imports_user_modules_from_the_working_directory(tmp_path, entry):
+    (tmp_path / "my_hooks.py").write_text(USER_HOOK)
+    (tmp_path / "conf" / "hooks").mkdir(parents=True)
+    (tmp_path / "conf" / "hooks" / "resid_scale.yaml").write_text(
+        "# @package hooks.resid_scale\n_target_: my_hooks.ResidScale\nscale: 0.5\n")
+    argv = ["model=tiny", "hooks=[resid_scale,z_loss]", "trainer.max_steps=50",
+            "hydra.searchpath=[file://conf]", "hydra.run.dir=run"]
+    result = subprocess.run([*ENTRY_POINTS[entry], *argv], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert one_error_line(result.stderr) == (
+        f"error: hooks.resid_scale: built from {tmp_path / 'my_hooks.py'}"), result.stderr
+    assert result.returncode == 2 and not (tmp_path / "run").exists()
 
 
 def test_generate_as_a_process_prints_text_and_leaves_nothing(tiny, tmp_path):
@@ -126,6 +173,7 @@ def test_each_command_help_lists_its_keys_with_defaults(cwd, capsys, argv, shown
     assert code == 0
     for text in shown:
         assert text in out, (text, out)
+    assert "_schema" not in out  # a schema is no option a user can choose
     if argv[0] != "compare":  # a Hydra command: usage first, then the config's keys
         assert out.startswith(f"lm {' '.join(argv)}: ") and "--cfg job" in out
         assert not HydraConfig.initialized()  # no job's config left behind for a later run
@@ -134,6 +182,38 @@ def test_each_command_help_lists_its_keys_with_defaults(cwd, capsys, argv, shown
 def test_bench_help_lists_the_benchmarks(cwd, capsys):
     code, out, _ = run_main(capsys, "bench", "--help")
     assert code == 0 and all(f"  {name}" in out for name in BENCHMARKS)
+    _, out, _ = run_main(capsys, "--help")
+    (bench,) = [line for line in out.splitlines() if line.startswith("  bench ")]
+    assert bench.split("lm bench ")[1].split(" | ") == list(BENCHMARKS)  # lm --help: all of them
+
+
+def help_groups(out: str) -> dict[str, list[str]]:
+    """The ``group: option, ...`` lines under a --help's "== Configuration groups ==" (up to
+    the blank line after them), as {group: options}."""
+    groups: dict[str, list[str]] = {}
+    for line in out.split("== Configuration groups ==\n", 1)[1].splitlines():
+        group, sep, options = line.partition(": ")
+        if sep and re.fullmatch(r"[\w/]+", group):
+            groups[group] = options.split(", ")
+        elif groups and not line:
+            break
+    return groups
+
+
+def test_help_lists_only_the_options_a_user_can_choose(cwd, capsys):
+    from lm.training.config import compose_config
+
+    _, out, _ = run_main(capsys, "train", "--help")
+    groups = help_groups(out)
+    assert groups["model"] == ["gpt2", "medium", "small", "tiny"]
+    assert groups["optimizer"] == ["adamw", "muon", "sgd"]  # not adamw_schema, ...
+    assert groups["hparams_search"] == ["optuna_lr"]  # null by default: a choice
+    assert "model/base" not in groups and "callbacks" not in groups  # nothing to choose
+    for group, options in groups.items():  # each one composes: a user can choose it
+        for option in options:
+            compose_config([f"{group}={option}", "paths.output_dir=x"])
+    _, out, _ = run_main(capsys, "inspect", "--help")  # the overrides lm train takes
+    assert help_groups(out) == groups
 
 
 def test_cfg_job_prints_the_composed_config(cwd, capsys):
@@ -198,7 +278,7 @@ def test_convert_round_trip(tiny, cwd, tmp_path, capsys):
 def test_compare_a_run_dir(tiny, cwd, tmp_path, capsys):
     out_dir = tmp_path / "report"
     code, out, _ = run_main(capsys, "compare", str(tiny["run"]), "--out", str(out_dir))
-    assert code == 0 and "G1" in out and f"wrote {out_dir}/report.md" in out
+    assert code == 0 and "| baseline |" in out and f"wrote {out_dir}/report.md" in out
     assert "lm compare" in (out_dir / "report.md").read_text()
 
 

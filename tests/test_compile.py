@@ -37,7 +37,7 @@ def compile_with(monkeypatch, backend: str) -> None:
 
 def scalars(record: dict) -> dict[str, list[float]]:
     """TensorBoard scalars of a run: tag -> values in step order."""
-    df = SummaryReader(f"{record['run_dir']}/tb").scalars.sort_values("step")
+    df = SummaryReader(record['run_dir']).scalars.sort_values("step")
     return {tag: list(group.value) for tag, group in df.groupby("tag")}
 
 

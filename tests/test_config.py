@@ -122,6 +122,17 @@ def test_known_options_and_plain_keys_pass():
                            "optimizer.lr=1e-3,3e-3", "seed=0,1", "data/tokenizer=bpe"]) is None
 
 
+def test_options_in_a_searchpath_dir_and_hydras_own_groups_pass(tmp_path, monkeypatch):
+    (tmp_path / "conf" / "hooks").mkdir(parents=True)
+    (tmp_path / "conf" / "hooks" / "mine.yaml").write_text("# @package hooks.mine\n")
+    monkeypatch.chdir(tmp_path)  # file://conf is read from the working directory
+    assert unknown_choice(["hooks=[mine,z_loss]", "hydra.searchpath=[file://conf]"]) is None
+    assert unknown_choice(["hooks=[mine,z_loss]"]).startswith("hooks=mine is not an option")
+    assert unknown_choice(["hooks=[mine,nosuch]", "hydra.searchpath=[file://conf]"]).startswith(
+        "hooks=nosuch is not an option; available: act_l2, ")
+    assert unknown_choice(["hydra/help=default", "hydra/launcher=basic"]) is None  # Hydra's
+
+
 def test_null_is_not_an_option_of_a_group():
     # Hydra cannot compose `group=null` (a 25-line ValueError); `~group` removes a group
     assert unknown_choice(["experiment=null"]).startswith("experiment=null is not an option")
@@ -170,8 +181,10 @@ def test_the_callbacks_group_keeps_the_hash_of_configs_without_it():
     assert "callbacks" not in hashable_config(cfg)
     # these are the numbers of the issue: the default config and the tiny run
     assert _hash() == "67511eeaa6ec317b6845eca9c44277bec51c7954af419a9cf3ad50222a19e8d9"
+    # 50 steps validate every 10 (tracking.min_val_points=5), and the hash holds the
+    # interval used: 124ffc63... when they validated once, at step 50
     assert _hash("model=tiny", "trainer.max_steps=50", "seed=3") == (
-        "124ffc63ca90ac8c90d2a696f2e8e1bff91ff88294138a26297b79b2517a8c64")
+        "a0682353aa9969ed63624d3ddf54b43a776209563243eb56a3acd19e56463a04")
 
 
 def test_a_callback_that_can_change_the_numbers_is_in_the_hash():

@@ -1,5 +1,5 @@
 """MFU: FLOPs per token against hand arithmetic (PaLM appendix B, nanoGPT estimate_mfu),
-device peaks, the train/mfu scalar of a run, and ``lm bench gpu`` (checked on the CPU)."""
+device peaks, the wallclock/mfu scalar of a run, and ``lm bench gpu`` (checked on the CPU)."""
 
 import pytest
 import torch
@@ -69,10 +69,10 @@ def test_a_run_logs_mfu_against_the_configured_peak(make_cfg, tmp_path):
     ckpt = torch.load(record["checkpoints"]["last"], weights_only=False)
     config = GPTConfig(**ckpt["model_config"])
     per_token = flops_per_token(config, matmul_params(GPT(config)))
-    logged = curves(tmp_path / "run", tags=("train/mfu", "train/tokens_per_sec"))
-    assert sorted(logged["train/mfu"]) == sorted(logged["train/tokens_per_sec"]) == [1, 2, 3, 4, 5]
-    for step, value in logged["train/mfu"].items():
-        expected = logged["train/tokens_per_sec"][step] * per_token / 0.5e12
+    logged = curves(tmp_path / "run", tags=("wallclock/mfu", "wallclock/tokens_per_sec"))
+    assert sorted(logged["wallclock/mfu"]) == sorted(logged["wallclock/tokens_per_sec"]) == [1, 2, 3, 4, 5]
+    for step, value in logged["wallclock/mfu"].items():
+        expected = logged["wallclock/tokens_per_sec"][step] * per_token / 0.5e12
         assert value == pytest.approx(expected, rel=1e-5)
 
 

@@ -37,7 +37,7 @@ def record(run_dir: Path) -> dict:
 def curves(run_dir: Path, tags=("val/loss", "train/lr", "train/loss")) -> dict:
     """{tag: {step: value}}, the last event written per step winning (what TensorBoard
     shows after a resume purges the steps it trains again)."""
-    df = SummaryReader(str(run_dir / "tb"), extra_columns={"wall_time"}).scalars
+    df = SummaryReader(str(run_dir), extra_columns={"wall_time"}).scalars
     df = df.sort_values("wall_time", kind="stable")
     return {tag: dict(zip(df[df.tag == tag].step, df[df.tag == tag].value)) for tag in tags}
 

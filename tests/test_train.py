@@ -48,9 +48,9 @@ def test_run_dir_holds_config_record_events_checkpoints(tiny_run):
 
 def test_tensorboard_has_the_curves(tiny_run):
     _, metrics, run_dir = tiny_run
-    scalars = SummaryReader(str(run_dir / "tb")).scalars
+    scalars = SummaryReader(str(run_dir)).scalars
     tags = set(scalars.tag)
-    for tag in ("train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec",
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "wallclock/tokens_per_sec",
                 "val/loss", "val/ppl", "val/bpb"):
         assert tag in tags, tag
     val = scalars[scalars.tag == "val/loss"]
@@ -62,28 +62,32 @@ def test_tensorboard_has_the_curves(tiny_run):
     bpb = scalars[scalars.tag == "val/bpb"].value.iloc[-1]
     assert bpb == pytest.approx(val.value.iloc[-1] / math.log(2), rel=1e-5)
     assert val.value.iloc[-1] == pytest.approx(metrics["metrics"]["final"]["val/loss"])
-    text = SummaryReader(str(run_dir / "tb")).text
+    text = SummaryReader(str(run_dir)).text
     assert "samples" in set(text.tag)
 
 
-def test_hparams_tab_has_the_hashed_config_and_val_loss(tiny_run):
+def test_hparams_tab_has_the_resolved_config_named_by_the_run(tiny_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     cfg, metrics, run_dir = tiny_run
-    hparams = SummaryReader(str(run_dir / "tb")).hparams
+    hparams = SummaryReader(str(run_dir)).hparams
     values = dict(zip(hparams.tag, hparams.value))
-    assert values["hash8"] == metrics["hash8"]
     assert values["model.n_layer"] == 2 and values["optimizer.lr"] == pytest.approx(cfg.optimizer.lr)
+    assert values["model.norm"] == "layernorm"  # a default the hash leaves out still has a column
+    assert not any(k.endswith(("_target_", "_partial_")) for k in values)
     assert "paths.output_dir" not in values and "tracking.registry_dir" not in values  # not hashed
-    events = EventAccumulator(str(run_dir / "tb"))
+    events = EventAccumulator(str(run_dir))
     events.Reload()
     plugin = [plugin_data_pb2.HParamsPluginData.FromString(raw)
               for raw in events.PluginTagToContent("hparams").values()]
-    declared = {m.name.tag for p in plugin if p.HasField("experiment") for m in p.experiment.metric_infos}
-    assert "val/loss" in declared  # the tab's metric column is the val/loss curve
-    # the metric is written with the first validation, not as an extra point
-    assert list(SummaryReader(str(run_dir / "tb")).scalars.query("tag == 'val/loss'").step) == [3, 6, 7]
+    # one session named by the run (its Trial ID); no experiment summary of its own, so
+    # TensorBoard puts the keys that differ across the runs under --logdir first
+    assert [p.session_start_info.group_name for p in plugin] == [metrics["hash8"]]
+    assert not any(p.HasField("experiment") for p in plugin)
+    # no extra val/loss point: the curve is the validations' alone
+    assert list(SummaryReader(str(run_dir)).scalars.query("tag == 'val/loss'").step) == [3, 6, 7]
+    assert not (run_dir / "hparams.yaml").exists()  # config.yaml says it all
 
 
 def test_checkpoint_alone_generates_text(tiny_run):

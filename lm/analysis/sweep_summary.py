@@ -11,9 +11,11 @@ A multirun (``lm train -m ...``) writes one dir per job,
         sweep_summary:
           _target_: lm.analysis.sweep_summary.SweepSummary
 
-Each job's TensorBoard events already carry an hparams summary (written by the run), so
-``tensorboard --logdir <sweep dir>`` shows the swept values beside ``val/loss`` in its
-HParams tab. For means over seeds and confidence intervals, use ``lm compare``.
+Each job's TensorBoard events carry its HParams session (its whole config, written by the
+run); the sweep dir gets the HParams experiment summary (the keys the jobs differ in
+first, ``val/loss`` beside them), so ``tensorboard --logdir <sweep dir>`` shows the
+swept values beside ``val/loss``. For means over seeds and confidence intervals, use
+``lm compare``.
 
 This module is imported by Hydra at start-up, so it imports nothing heavy; that is why
 the table helpers ``lm compare`` shares (``fmt``, ``markdown_table``, ``write_csv``,
@@ -29,13 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lm.training.record import read_record
 
 log = logging.getLogger(__name__)
 
-JOB_DIR = re.compile(r"^(\d+)-[0-9a-f]{8}$")  # <job>-<hash8>, as hydra.sweep.subdir names it
+# <job>-<swept overrides>-<hash8> (or <job>-<hash8>), as hydra.sweep.subdir names it
+EXPERIMENT_SUFFIX = ".hparams"  # = lm.training.hparams.EXPERIMENT_SUFFIX (imports nothing heavy)
+JOB_DIR = re.compile(r"^(\d+)-(?:(.*)-)?[0-9a-f]{8}$")
 
 SUMMARY_COLUMNS = (
     "job", "hash8", "status", "overrides", "final_val_loss", "best_val_loss", "steps",
@@ -69,10 +73,14 @@ def metric(record: dict, kind: str, key: str) -> float | None:
 
 
 def summary_row(sweep_dir: Path, run_dir: Path) -> dict[str, Any]:
-    """One summary row (keys ``SUMMARY_COLUMNS``) for the job in ``run_dir``; a
-    ``run.json`` that cannot be read gives a row with status ``unreadable``."""
+    """One summary row (keys ``SUMMARY_COLUMNS``, and ``events``: the dir that holds the
+    run's TensorBoard events, another run's for a skipped job) for the job in
+    ``run_dir``; a ``run.json`` that cannot be read gives a row with status
+    ``unreadable``."""
     record = read_record(run_dir) or {"status": "unreadable"}
+    pointer = record.get("same_as")
     return {
+        "events": Path(pointer) if isinstance(pointer, str) and pointer else run_dir,
         "job": job_number(run_dir),
         "hash8": record.get("hash8"),
         "status": record.get("status"),
@@ -131,26 +139,70 @@ def summary_markdown(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
         f"# Sweep {sweep_dir}\n\n{len(rows)} jobs, one row each (from their run.json). "
         f"Overrides all jobs share: {shared}.\n\n"
         f"{markdown_table(header, cells)}\n\n"
-        f"Curves and the HParams tab: `tensorboard --logdir {sweep_dir}`.\n"
+        f"Curves and the HParams tab: `{tensorboard_command(sweep_dir, rows)}`.\n"
         f"Means over seeds with confidence intervals: `lm compare {sweep_dir}`.\n"
     )
 
 
-def write_summary(sweep_dir: str | Path) -> tuple[Path, Path]:
+def tensorboard_command(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
+    """The command that shows the sweep's curves: ``tensorboard --logdir <sweep dir>``
+    when every job trained there; when some were trained before (a re-run skips them,
+    pointing at their run dirs), ``--logdir_spec`` naming each job's events dir by its
+    swept overrides, and the sweep dir itself (its HParams experiment summary)."""
+    outside = [r for r in rows if not Path(r["events"]).resolve().is_relative_to(sweep_dir.resolve())]
+    if not outside:
+        return f"tensorboard --logdir {sweep_dir}"
+    specs = [f"sweep:{sweep_dir}"]
+    for row, varied in zip(rows, split_overrides(rows)[1]):
+        name = re.sub(r"[^A-Za-z0-9._=-]+", "_", varied or str(row["job"]))
+        specs.append(f"{row['job']}-{name}:{row['events']}")
+    return f"tensorboard --logdir_spec {','.join(specs)}"
+
+
+def write_summary(sweep_dir: str | Path, registry_dir: str | Path | None = None) -> tuple[Path, Path]:
     """Write ``summary.csv`` and ``summary.md`` into ``sweep_dir``: one row per job dir
     (any dir below it with a ``run.json``) in job order, with its overrides, hash8,
-    status, final and best ``val/loss``, steps and wall time (seconds).
+    status, final and best ``val/loss``, steps and wall time (seconds); and the
+    TensorBoard HParams experiment of its jobs in ``sweep_dir`` and ``registry_dir``
+    (``lm/training/hparams.py``), so ``tensorboard --logdir`` either shows the swept
+    keys first. TensorBoard reads one experiment under its logdir, so the experiments
+    of earlier sweeps under ``registry_dir`` are removed: the latest sweep leads (an
+    earlier sweep's own dir then lists the keys its jobs differ in first all the same:
+    TensorBoard's rule without an experiment, but its metric columns by name).
 
     Returns:
         The paths of the CSV and the Markdown file.
     """
     sweep_dir = Path(sweep_dir)
     rows = [summary_row(sweep_dir, d) for d in find_run_dirs(sweep_dir)]
+    if registry_dir is not None:  # the latest sweep's experiment is the only one under it
+        for old in Path(registry_dir).rglob(f"events.out.tfevents.*{EXPERIMENT_SUFFIX}"):
+            old.unlink(missing_ok=True)
+    for log_dir in {sweep_dir, *([Path(registry_dir)] if registry_dir else [])}:
+        write_hparams_experiment(log_dir, rows)
     csv_path, md_path = sweep_dir / "summary.csv", sweep_dir / "summary.md"
     write_csv(csv_path, [{**r, "overrides": shlex.join(r["overrides"])} for r in rows],
               SUMMARY_COLUMNS)
     md_path.write_text(summary_markdown(sweep_dir, rows))
     return csv_path, md_path
+
+
+def write_hparams_experiment(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
+    """TensorBoard's HParams experiment summary in ``sweep_dir`` (``lm/training/hparams.py``:
+    the keys the jobs' configs differ in first), from each job's resolved config; jobs
+    whose config cannot be read are left out. Returns the differing keys."""
+    from omegaconf import OmegaConf
+
+    from lm.training.hparams import hparam_values, write_experiment
+
+    runs = []
+    for row in rows:
+        path = Path(row["events"]) / "config.yaml"
+        try:
+            runs.append(hparam_values(OmegaConf.load(path)))
+        except Exception as err:  # noqa: BLE001 - a summary row says what is wrong
+            log.warning("%s left out of the HParams experiment: %s", path, err)
+    return write_experiment(sweep_dir, runs) if runs else []
 
 
 class SweepSummary(Callback):
@@ -159,5 +211,8 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         # hydra.sweep.dir holds ${now:...}; Hydra caches that resolver per config, so
         # this is the dir the sweeper created, not a new timestamp.
-        _, md_path = write_summary(config.hydra.sweep.dir)
+        registry = OmegaConf.select(config, "tracking.registry_dir")
+        inside = registry is not None and Path(config.hydra.sweep.dir).resolve().is_relative_to(
+            Path(registry).resolve())
+        _, md_path = write_summary(config.hydra.sweep.dir, registry if inside else None)
         log.info("sweep summary: %s", md_path)

@@ -10,6 +10,7 @@ value and the rule. ``lm/train.py`` turns that into exit code 2.
 import argparse
 import dataclasses
 import difflib
+import functools
 import inspect
 import os
 import pydoc
@@ -157,7 +158,7 @@ class TrainerConfig:
     compile: bool  # not a Trainer argument: LMModule's (torch.compile)
     strategy: str = "auto"  # auto | ddp | fsdp (lm/training/strategies.py)
     num_nodes: int = 1
-    peak_tflops: float | None = None  # not a Trainer argument: LMModule's (train/mfu)
+    peak_tflops: float | None = None  # not a Trainer argument: LMModule's (wallclock/mfu)
 
 
 @dataclass
@@ -192,6 +193,7 @@ class TrackingConfig:
     divergence_guard: bool
     retry_diverged: bool
     target_loss: float | None
+    min_val_points: int | None = 5  # validations per run at least (registry.val_check_interval)
 
 
 @dataclass(kw_only=True)  # so fields without defaults may follow those with, in key order
@@ -223,8 +225,9 @@ class TrainConfig:
 
 def register_configs() -> None:
     """Register what ``conf/train.yaml`` needs: the schemas with Hydra's ConfigStore and
-    the ``${hook_order:}`` and ``${config_hash:}`` resolvers (idempotent;
-    ``compose_config`` and the ``lm`` commands call it, importing does not).
+    the ``${hook_order:}``, ``${config_hash:}`` and ``${config_groups:}`` (``--help``)
+    resolvers (idempotent; ``compose_config`` and the ``lm`` commands call it, importing
+    does not).
 
     An option file opts in to its schema through its defaults list
     (``conf/optimizer/adamw.yaml``: ``defaults: [adamw_schema, _self_]``); a new option
@@ -232,6 +235,8 @@ def register_configs() -> None:
     """
     if not OmegaConf.has_resolver("hook_order"):
         OmegaConf.register_new_resolver("hook_order", hook_order)
+    if not OmegaConf.has_resolver("config_groups"):
+        OmegaConf.register_new_resolver("config_groups", config_groups)
     register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
@@ -268,19 +273,66 @@ def unknown_choice(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> str |
     and the options there are; None if every choice exists.
 
     Hydra would say the same over a dozen lines; this is checked before it composes.
-    Overrides with sweep functions (``range(...)``, ``glob(...)``) are left to Hydra.
+    Option files are looked for in ``conf_dir`` and the ``file://`` dirs of a
+    ``hydra.searchpath=[...]`` override (a user's own ``conf/hooks/``). Overrides with
+    sweep functions (``range(...)``, ``glob(...)``) and Hydra's own groups
+    (``hydra/launcher=...``) are left to Hydra.
     """
+    dirs = [conf_dir, *searchpath_dirs(overrides)]
     for override in overrides:
         key, sep, value = override.lstrip("+~").partition("=")
-        group = conf_dir / key
-        if not sep or not group.is_dir() or "(" in value:
+        if not sep or key.startswith("hydra/") or "(" in value or not any((d / key).is_dir() for d in dirs):
             continue
+        available = group_options(key, dirs)
         for option in value.strip("[]").split(","):
             option = option.strip()
-            if option and not (group / f"{option}.yaml").is_file():
-                available = sorted(p.stem for p in group.glob("*.yaml"))
+            if option and option not in available:
                 return f"{key}={option} is not an option; available: {', '.join(available)}"
     return None
+
+
+def group_options(group: str, dirs: Sequence[Path]) -> list[str]:
+    """The options of config group ``group`` a user can choose, sorted: its YAML files in
+    ``dirs``. The schemas registered in the ConfigStore (``optimizer/adamw_schema``) are
+    not options: an option file opts in to one (``register_configs``)."""
+    return sorted({p.stem for d in dirs for p in (d / group).glob("*.yaml")})
+
+
+def searchpath_dirs(overrides: Sequence[str]) -> list[Path]:
+    """The directories of the ``file://`` entries of a ``hydra.searchpath=[...]``
+    override (relative ones from the working directory, as Hydra reads them); [] if there
+    is none or it does not parse (``check_overrides`` says why)."""
+    for override in overrides:
+        if override.lstrip("+~").partition("=")[0] != "hydra.searchpath":
+            continue
+        try:
+            value = OverridesParser.create().parse_override(override).value()
+        except HydraException:
+            return []
+        return _file_dirs(value if isinstance(value, list) else [value])
+    return []
+
+
+def _file_dirs(searchpath: Sequence[Any]) -> list[Path]:
+    return [Path(str(e).removeprefix("file://")) for e in searchpath if str(e).startswith("file://")]
+
+
+def config_groups(*, _root_: DictConfig) -> str:
+    """Resolver ``${config_groups:}`` of the ``--help`` templates: a line
+    ``group: option, ...`` for each config group a user can choose, as Hydra's
+    ``$APP_CONFIG_GROUPS`` would list them less what no override can pick: the schemas
+    (``group_options``), groups only other options pick (``model/base``, not in the
+    composed config's choices) and a group whose one option is already its choice
+    (``callbacks: default``; ``hparams_search``, null by default, stays). "" for a
+    config without groups."""
+    hydra_node = _root_.hydra
+    dirs = [CONF_DIR, *_file_dirs(hydra_node.get("searchpath") or [])]
+    lines = []
+    for group, choice in sorted(hydra_node.runtime.choices.items()):
+        options = [] if group.startswith("hydra/") else group_options(group, dirs)
+        if options and options != [choice]:
+            lines.append(f"{group}: {', '.join(options)}")
+    return "\n".join(lines)
 
 
 # The typed nodes of the config and the keys each may hold. Hydra's ``+key=value``
@@ -385,8 +437,9 @@ def check_overrides(argv: Sequence[str], config_name: str = "train",
     Checked before Hydra starts (which would print a dozen lines and make a run dir):
     unknown flags, unknown group options, overrides that do not parse, keys that do not
     exist (with the closest), values of the wrong type, then ``check(cfg, multirun)`` on
-    each composed config (default: train's, keys no schema has and output dirs that
-    cannot be written). A sweep (``-m a=1,2``) is composed with each of its values.
+    each composed config (default: train's, keys no schema has, output dirs that
+    cannot be written and, unless the command only prints, a trainer this machine cannot
+    run: ``device_problem``). A sweep (``-m a=1,2``) is composed with each of its values.
     Sweeps by function (``range``, ``interval``) are left to Hydra.
     """
     try:
@@ -399,7 +452,7 @@ def check_overrides(argv: Sequence[str], config_name: str = "train",
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as err:
         return first_line(err)
-    check = check or _train_checks
+    check = check or functools.partial(_train_checks, runs=not only_prints(argv))
     for variant in _variants(parsed, multirun):
         if isinstance(variant, str):
             return variant
@@ -412,8 +465,35 @@ def check_overrides(argv: Sequence[str], config_name: str = "train",
     return None
 
 
-def _train_checks(cfg: DictConfig, multirun: bool) -> str | None:
-    return unknown_key(cfg) or unwritable_output(cfg, multirun)
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"  # jobs in this process
+
+
+def _train_checks(cfg: DictConfig, multirun: bool, runs: bool = True) -> str | None:
+    # A launcher other than Hydra's basic one may run the jobs on other machines (SLURM
+    # GPU nodes): there each job's validate checks the devices.
+    here = runs and (not multirun or cfg.hydra.launcher.get("_target_") == BASIC_LAUNCHER)
+    return (unknown_key(cfg) or unwritable_output(cfg, multirun)
+            or (device_problem(cfg.trainer, _trainer_choice(cfg)) if here else None))
+
+
+def _trainer_choice(cfg: DictConfig) -> str | None:
+    """``trainer=<option>`` if that option set the accelerator of ``cfg`` (composed with
+    its ``hydra`` node); None where an override or an experiment may have set it."""
+    choices, task = cfg.hydra.runtime.choices, cfg.hydra.overrides.task
+    if choices.get("experiment") is not None or any(
+            o.lstrip("+~").startswith("trainer.accelerator=") for o in task):
+        return None
+    return f"trainer={choices.get('trainer')}"
+
+
+def only_prints(argv: Sequence[str]) -> bool:
+    """Whether a command line only prints (``--help``, ``--hydra-help``, ``--cfg``,
+    ``--info``), so that nothing it names needs to run here (``lm train trainer=gpu
+    --cfg job`` on a laptop)."""
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_intermixed_args(list(argv))
+    return bool(args.help or args.hydra_help or args.cfg or args.info)
 
 
 def split_argv(argv: Sequence[str]) -> tuple[list[str], bool]:
@@ -524,13 +604,43 @@ def _validate_devices(trainer: DictConfig) -> None:
         _check(isinstance(value, int) and value >= 1, f"trainer.{key}", value, "must be an integer >= 1")
     peak = trainer.get("peak_tflops")
     _check(peak is None or peak > 0, "trainer.peak_tflops", peak, "must be null or > 0 (TFLOP/s of one device)")
-    accelerator = trainer.accelerator
-    _check(strategy != "fsdp" or accelerator in ("gpu", "cuda"), "trainer.accelerator", accelerator,
-           "must be gpu with trainer.strategy=fsdp (FSDP shards over GPUs; on CPUs use trainer=ddp)")
-    _check(accelerator != "mps" or (trainer.devices == 1 and trainer.get("num_nodes", 1) == 1
-                                    and strategy == "auto"),
-           "trainer.accelerator", accelerator,
-           "mps runs on one device: trainer.devices=1, num_nodes=1, strategy=auto")
+    if problem := device_problem(trainer):
+        raise ConfigError(problem)
+
+
+GPU_ACCELERATORS = ("gpu", "cuda")  # Lightning's names for CUDA GPUs
+
+
+def missing_device(accelerator: str) -> str | None:
+    """What ``trainer.accelerator=accelerator`` needs that this machine lacks, or None.
+    ``cpu`` needs nothing, nor does ``auto``: Lightning picks what there is."""
+    if accelerator in GPU_ACCELERATORS and not torch.cuda.is_available():
+        return "a CUDA GPU (torch.cuda.is_available() is False here)"
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        return "an Apple GPU (torch.backends.mps.is_available() is False here)"
+    return None
+
+
+def device_problem(trainer: DictConfig, chosen_as: str | None = None) -> str | None:
+    """One line if ``trainer`` (``conf/trainer/``) cannot run on this machine, else None:
+    FSDP on anything but GPUs, MPS on more than one device, or an accelerator whose device
+    is not here (``missing_device``). ``chosen_as`` names how the user chose it
+    (``trainer=gpu``); default ``trainer.accelerator=<value>``. The one rule both
+    ``check_overrides`` (before Hydra makes a run dir) and ``validate`` apply."""
+    accelerator, strategy = trainer.accelerator, trainer.get("strategy", "auto")
+    if strategy == "fsdp" and accelerator not in GPU_ACCELERATORS:
+        return (f"trainer.accelerator={accelerator} is invalid: must be gpu with "
+                "trainer.strategy=fsdp (FSDP shards over GPUs; on CPUs use trainer=ddp)")
+    if accelerator == "mps" and (trainer.devices, trainer.get("num_nodes", 1), strategy) != (1, 1, "auto"):
+        return ("trainer.accelerator=mps is invalid: mps runs on one device: trainer.devices=1, "
+                "num_nodes=1, strategy=auto")
+    if (missing := missing_device(accelerator)) is None:
+        return None
+    if strategy == "fsdp":
+        instead = "trainer=ddp (DDP runs on CPUs too)"
+    else:
+        instead = "trainer=cpu" if chosen_as else "trainer.accelerator=cpu or auto"
+    return f"{chosen_as or f'trainer.accelerator={accelerator}'} needs {missing}; use {instead}"
 
 
 def _check(ok: bool, key: str, value: Any, rule: str) -> None:
@@ -574,6 +684,8 @@ def validate(cfg: DictConfig) -> Validated:
     hooks = build_hooks(cfg, model)  # an unknown _target_, bad argument or pattern fails now
     every = cfg.tracking.checkpoint_every_n_steps
     _check(every >= 1, "tracking.checkpoint_every_n_steps", every, "must be >= 1")
+    points = cfg.tracking.get("min_val_points")
+    _check(points is None or points >= 1, "tracking.min_val_points", points, "must be null or >= 1")
     _check(cfg.resume in ("auto", "never") or Path(cfg.resume).is_file(), "resume", cfg.resume,
            "must be auto, never or the path of an existing .ckpt file")
     init, model = _validate_init_from(cfg, model)

@@ -1,15 +1,16 @@
 """The LightningModule: a GPT, its optimizer and schedule, and what a run logs.
 
-Logged (TensorBoard, ``split/name``): ``train/loss``, ``train/lr``, ``train/grad_norm``
-(global L2 norm before clipping), ``train/tokens_per_sec`` (all ranks together),
-``train/mfu`` (model FLOPs utilisation, where the device's peak is known:
-lm/training/mfu.py), ``val/loss``, ``val/ppl``, ``time/elapsed_s`` (seconds since
-training began, at each validation, so curves can be drawn against wall time),
-a text sample at each validation, each experiment hook's scalars under
-``hooks/<name>/`` (``lm/hooks/``), and the HParams summary (the hashed config, with the
-validation metrics as its metrics) at the first validation of a fit. Checkpoints carry
-the resolved run config, the model config and the tokenizer, so ``lm generate``
-needs nothing else.
+Logged (TensorBoard, ``group/name``; TensorBoard orders groups by name, so the metrics
+come before the bookkeeping): ``train/loss``, ``train/lr``, ``train/grad_norm`` (global
+L2 norm before clipping), ``val/loss``, ``val/ppl``, ``val/bpb``; then
+``wallclock/elapsed_s`` (seconds since training began, at each validation, so curves can
+be drawn against wall time), ``wallclock/tokens_per_sec`` (all ranks together) and
+``wallclock/mfu`` (model FLOPs utilisation, where the device's peak is known:
+lm/training/mfu.py); a text sample at each validation, each experiment hook's scalars
+under ``hooks/<name>/`` (``lm/hooks/``), and the HParams session (the resolved config;
+``lm/training/hparams.py``) at the first validation of a fit. Checkpoints carry the
+resolved run config, the model config and the tokenizer, so ``lm generate`` needs
+nothing else.
 """
 
 import math
@@ -31,6 +32,7 @@ from lm.hooks import AuxLossHook, Hook, UpdateHook
 from lm.model import GPT, GPTConfig
 from lm.sampling import generate, prompt_ids
 from lm.tokenizers import Tokenizer
+from lm.training.hparams import write_session
 from lm.training.mfu import device_peak_tflops, flops_per_token, matmul_params, mfu
 
 
@@ -128,20 +130,21 @@ class LMModule(L.LightningModule):
             at or below it prints one line (step, seconds since training began) and is
             kept in ``target_reached`` (and in checkpoints); None: no target.
         hyperparameters: flat ``{name: bool | int | float | str}`` for TensorBoard's
-            HParams tab, written with the metrics of the first validation of a fit
-            (``logger.log_hyperparams(hyperparameters, metrics, step)``), so the tab's
+            HParams tab (``lm/training/hparams.py``), written at the first validation of
+            a fit as a session named ``trial_name`` (the tab's Trial ID); the tab's
             metric columns are points of the run's own curves, not extra ones.
+        trial_name: the run's name in the HParams tab (``lr=1e-3 1efc3874``).
         compile: ``torch.compile`` the model (``trainer.compile``) at the first training
             batch, in place (``nn.Module.compile``: the state_dict keys stay the eager
             model's, no ``_orig_mod.``, so checkpoints load either way). Compilation is
             lazy, so a forward and backward of that batch tries it at once; if it
             raises (no C++ compiler, an unsupported platform), one ``warning:`` line
             on stderr and the model stays eager. The compile time counts in
-            ``time/elapsed_s``, not in ``train/tokens_per_sec``. Text samples and the
+            ``wallclock/elapsed_s``, not in ``wallclock/tokens_per_sec``. Text samples and the
             hooks' validation-end forwards run eagerly (KV-cache shapes change every
             token: compiled, each would recompile).
         peak_tflops: the peak of one device in TFLOP/s (``trainer.peak_tflops``) for
-            ``train/mfu``; None: the known bf16 peak of the GPU in use, else no MFU.
+            ``wallclock/mfu``; None: the known bf16 peak of the GPU in use, else no MFU.
 
     Under data parallelism (``trainer.strategy=ddp``) every rank runs this module on its
     own batches: ``train/loss`` is the mean over ranks of their losses at a logging step,
@@ -163,6 +166,7 @@ class LMModule(L.LightningModule):
         val_tokens_per_byte: float | None = None,
         divergence_guard: bool = False,
         hyperparameters: dict[str, Any] | None = None,
+        trial_name: str = "",
         target_loss: float | None = None,
         compile: bool = False,
         peak_tflops: float | None = None,
@@ -182,6 +186,7 @@ class LMModule(L.LightningModule):
         self.val_tokens_per_byte = val_tokens_per_byte
         self.divergence_guard = divergence_guard
         self._pending_hparams = hyperparameters  # written at the first validation
+        self.trial_name = trial_name
         self._step_loss: torch.Tensor | None = None
         self.hooks = list(hooks)
         for hook in self.hooks:
@@ -244,7 +249,7 @@ class LMModule(L.LightningModule):
     # --- training -------------------------------------------------------------
     def on_train_start(self) -> None:
         # Start the logger's writer first (TensorBoard's import takes seconds in a fresh
-        # process): time/elapsed_s counts training and validation, not logger set-up.
+        # process): wallclock/elapsed_s counts training and validation, not logger set-up.
         _ = getattr(self.logger, "experiment", None)
         self._flops_per_token = flops_per_token(self.model_config, matmul_params(self.model))
         self._device_peak = device_peak_tflops(self.device, self.peak_tflops)
@@ -349,9 +354,9 @@ class LMModule(L.LightningModule):
             scalars["train/loss"] = self._latest_train_loss
             if self._window_seconds > 0:  # over the steps since the last logging step
                 tokens_per_sec = self._window_tokens / self._window_seconds
-                scalars["train/tokens_per_sec"] = tokens_per_sec
+                scalars["wallclock/tokens_per_sec"] = tokens_per_sec
                 if self._device_peak is not None and self._flops_per_token is not None:
-                    scalars["train/mfu"] = mfu(tokens_per_sec, self._flops_per_token,
+                    scalars["wallclock/mfu"] = mfu(tokens_per_sec, self._flops_per_token,
                                                self._device_peak, self._world_size)
                 self._window_tokens, self._window_seconds = 0, 0.0
         if self.hooks:
@@ -445,17 +450,15 @@ class LMModule(L.LightningModule):
 
     def _write_validation(self, metrics: dict[str, float]) -> None:
         """Write the validation metrics to the logger at this step; the first time in a
-        fit, through ``log_hyperparams`` with the pending hyperparameters (which writes
-        the same scalars, and the HParams summary naming them as its metrics)."""
+        fit, the HParams session of the run before them (``hparams.write_session``)."""
         if self.logger is None:
             return
         if self._pending_hparams is not None:
-            self.logger.log_hyperparams(self._pending_hparams, metrics=metrics, step=self.global_step)
+            write_session(self.logger, self._pending_hparams, self.trial_name)
             self._pending_hparams = None
-        else:
-            self.logger.log_metrics(metrics, step=self.global_step)
+        self.logger.log_metrics(metrics, step=self.global_step)
         if self._fit_started is not None:  # in a fit, not a stand-alone trainer.validate()
-            self.logger.log_metrics({"time/elapsed_s": self.elapsed_s()}, step=self.global_step)
+            self.logger.log_metrics({"wallclock/elapsed_s": self.elapsed_s()}, step=self.global_step)
 
     def _check_target(self, loss: float) -> None:
         """At the first validation with val/loss <= ``target_loss``: keep the step and

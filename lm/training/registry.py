@@ -47,7 +47,7 @@ HASH_EXCLUDED_KEYS: tuple[str, ...] = (
     "trainer.log_every_n_steps",
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
-    "trainer.peak_tflops",  # the device's peak, for train/mfu: a measure, not the numbers
+    "trainer.peak_tflops",  # the device's peak, for wallclock/mfu: a measure, not the numbers
     # The default callbacks (conf/callbacks/default.yaml) write checkpoints, keep the RNG
     # state for an exact resume and draw the progress bar: an uninterrupted run computes
     # the same numbers with or without them. Listed by name, not the whole node, so a
@@ -66,6 +66,7 @@ HASH_EXCLUDED_KEYS: tuple[str, ...] = (
 # it. Any other value is hashed like every other key.
 HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "model.norm": "layernorm",
+    "model.norm_position": "pre",
     "model.qk_norm": False,
     "model.rope_base": 10000.0,
     "model.zero_init_proj": False,
@@ -162,9 +163,13 @@ def hashable_config(cfg: DictConfig | dict, digests: dict | None = None) -> dict
     """
     raw = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
     raw = copy.deepcopy(raw)
+    min_val_points = (raw.get("tracking") or {}).get("min_val_points")
     for dotted in HASH_EXCLUDED_KEYS:
         _drop(raw, dotted)
     plain = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
+    if isinstance(plain.get("trainer"), dict) and "val_check_interval" in plain["trainer"]:
+        # The cadence the run validates at (best.ckpt and the curve follow it).
+        plain["trainer"]["val_check_interval"] = val_check_interval(plain["trainer"], min_val_points)
     for dotted, neutral in HASH_NEUTRAL_DEFAULTS.items():
         if _get(plain, dotted) == neutral:
             _drop(plain, dotted)
@@ -221,10 +226,26 @@ def _hash8_resolver(*, _root_: DictConfig) -> str:
 
 
 def register_resolvers() -> None:
-    """Register ``${config_hash:}`` (first 8 hex digits), used in the run dir names
-    (idempotent; ``compose_config`` and ``lm train`` call it, importing does not)."""
+    """Register ``${config_hash:}`` (first 8 hex digits) and ``${run_label:}`` (the
+    overrides, ``lm/training/naming.py``), used in the run dir names (idempotent;
+    ``compose_config`` and ``lm train`` call it, importing does not)."""
+    from lm.training.naming import _label_resolver
+
     if not OmegaConf.has_resolver("config_hash"):
         OmegaConf.register_new_resolver("config_hash", _hash8_resolver)
+    if not OmegaConf.has_resolver("run_label"):
+        OmegaConf.register_new_resolver("run_label", _label_resolver)
+
+
+def val_check_interval(trainer: dict, min_val_points: int | None) -> int:
+    """The steps between validations a run uses: ``trainer.val_check_interval``, or
+    fewer, so that a run of ``trainer.max_steps`` validates at least ``min_val_points``
+    times (``tracking.min_val_points``; None: no floor, as runs recorded before it).
+    ``make train`` (2000 steps, every 250) is unchanged; 300 steps validate every 60."""
+    interval, max_steps = int(trainer["val_check_interval"]), int(trainer["max_steps"])
+    if not min_val_points:
+        return interval
+    return min(interval, max(1, max_steps // int(min_val_points)))
 
 
 def code_version(repo: str | Path | None = None) -> dict[str, Any]:

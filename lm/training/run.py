@@ -19,6 +19,7 @@ import contextlib
 import copy
 import dataclasses
 import logging
+import re
 import resource
 import sys
 import warnings
@@ -58,7 +59,9 @@ from lm.training.distributed import (
     world_size,
 )
 from lm.training.finetune import load_init_weights
+from lm.training.hparams import hparam_values
 from lm.training.module import Diverged, LMModule
+from lm.training.naming import mark_swept_keys
 from lm.training.record import RunRecord
 from lm.training.registry import (
     Plan,
@@ -68,6 +71,7 @@ from lm.training.registry import (
     hashable_config,
     hydra_job_info,
     remove_unstarted_run_dir,
+    val_check_interval,
 )
 from lm.training.signals import Interrupted, SigintFlag, stopping_signal
 from lm.training.strategies import build_strategy
@@ -89,15 +93,12 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     """
     checked = validate(cfg)
     digests = content_digests(cfg)
-    hashable = hashable_config(cfg, digests)
-    full_hash = canonical_sha256(hashable)  # = registry.config_hash(cfg, digests)
+    full_hash = canonical_sha256(hashable_config(cfg, digests))  # = registry.config_hash
     check_world_size(cfg)
     with rank_zero_decides(cfg, full_hash) as plan:  # claim(cfg, full_hash) on rank 0
         if plan.skipped is not None:
             return plan.skipped
-        hparams = {"hash8": full_hash[:8], **flatten(hashable)}
-        record = train(at_run_dir(cfg, plan.run_dir), plan, checked, digests, hparams,
-                       extra_callbacks)
+        record = train(at_run_dir(cfg, plan.run_dir), plan, checked, digests, extra_callbacks)
         if plan.leader:
             plan.done(record)
         return record
@@ -123,11 +124,11 @@ def check_world_size(cfg: DictConfig) -> None:
                           "ranks by running it again; in Python, train on one process")
 
 
-def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict, hparams: dict,
+def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict,
           extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     """Instantiate data, model, callbacks, logger and Trainer from ``cfg`` (validated, its
     ``paths.output_dir`` the run dir), fit (from ``plan.ckpt_path`` if set), and record
-    the run in ``plan.run_dir``. ``hparams``: the HParams tab's hyperparameters. On
+    the run in ``plan.run_dir``. On
     a rank > 0 (``plan.leader`` False) the same, but nothing of the run's is written
     (run.json, config.yaml, events, the adapter file: rank 0 writes them).
 
@@ -139,6 +140,8 @@ def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict, hparam
             run dir cannot be written. Interrupted: SIGINT or SIGTERM.
     """
     dm = build_datamodule(cfg, fixed_tokenizer=checked.init.tokenizer if checked.init else None)
+    cfg.trainer.val_check_interval = val_check_interval(  # as hashed: see registry
+        cfg.trainer, cfg.tracking.get("min_val_points"))
     run_config = OmegaConf.to_container(cfg, resolve=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = LMModule(
@@ -148,7 +151,8 @@ def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict, hparam
         sample=OmegaConf.to_container(cfg.sample), run_config=run_config, seed=cfg.seed,
         val_tokens_per_byte=dm.meta["n_val"] / dm.meta["val_text_bytes"],
         hooks=checked.hooks, divergence_guard=cfg.tracking.divergence_guard,
-        hyperparameters=hparams, target_loss=cfg.tracking.target_loss,
+        hyperparameters=hparam_values(cfg), trial_name=trial_name(plan.run_dir, plan.full_hash),
+        target_loss=cfg.tracking.target_loss,
         compile=cfg.trainer.compile, peak_tflops=cfg.trainer.get("peak_tflops"),
     )
     adapter = run_config.get("adapter")
@@ -179,8 +183,8 @@ def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict, hparam
         return {}
     record = RunRecord(plan.run_dir, **{
         **plan.history(), "hash": plan.full_hash, "hash8": plan.full_hash[:8],
-        "code": code_version(), "content": digests, "n_params": module.model.num_params(),
-        "n_params_trainable": count_params(module.model)[0], "world_size": world_size(cfg),
+        "code": code_version(), "content": digests, **param_counts(module),
+        "world_size": world_size(cfg),
         **hydra_job_info(),
     })
     for callback in callbacks:  # each last.ckpt updates run.json: steps so far
@@ -221,6 +225,16 @@ def start_from(module: LMModule, path: str, checked: Validated, adapter: dict | 
                             "weights_sha256": digests.get("init_from")})
     if verbose:
         print(describe_params(*count_params(module.model)))
+
+
+def param_counts(module: LMModule) -> dict[str, int]:
+    """``run.json``'s parameter counts: ``n_params_total`` (every weight, a 4-bit one by
+    its logical size), ``n_params_trainable`` (what the optimizer updates) and
+    ``n_params_non_embedding`` (without the position embedding, nor the token embedding
+    unless tied to the head: Kaplan et al. 2020, the N of scaling laws and of MFU)."""
+    trainable, total = count_params(module.model)
+    return {"n_params_total": total, "n_params_trainable": trainable,
+            "n_params_non_embedding": module.model.num_params(non_embedding=True)}
 
 
 def adapter_checkpoint(module: LMModule) -> dict:
@@ -274,21 +288,17 @@ def build_logger(cfg: DictConfig, purge_step: int | None) -> Any:
     if not cfg.logger.get("_target_"):
         return False
     extra = {}
-    if purge_step is not None and cfg.logger._target_.endswith("TensorBoardLogger"):
+    if purge_step is not None and cfg.logger._target_.endswith(("TensorBoardLogger", "RunDirLogger")):
         extra["purge_step"] = purge_step
     return hydra.utils.instantiate(cfg.logger, **extra)
 
 
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and None become strings (TensorBoard hparams)."""
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
-    return flat
+def trial_name(run_dir: Path, full_hash: str) -> str:
+    """A run's name in TensorBoard's HParams tab: its overrides as its dir names them
+    (``0-lr=1e-3-1efc3874`` -> ``lr=1e-3 1efc3874``), or its hash alone."""
+    h8 = full_hash[:8]
+    label = re.sub(rf"^(\d\d-\d\d-\d\d-|\d+-)?(.*?)-?{h8}$", r"\2", run_dir.name)
+    return f"{label} {h8}" if label and label != run_dir.name else h8
 
 
 def write_config(run_dir: Path, run_config: dict) -> None:
@@ -466,6 +476,7 @@ def command(argv: Sequence[str]) -> int:
         return 2
     overrides, _ = split_argv(argv)
     flags = [a for a in argv if a not in overrides]  # Hydra's parser wants flags first
+    mark_swept_keys(overrides)  # the jobs' dir names say what the sweep varies
     sys.argv = [sys.argv[0], *flags, *overrides]  # @hydra.main reads sys.argv
     main()
     return 0
