@@ -93,3 +93,19 @@ def test_bench_gpu_runs_on_the_cpu_as_a_check_and_needs_cuda_otherwise(capsys):
         assert capsys.readouterr().err.strip() == (
             "error: lm bench gpu needs a CUDA GPU (torch.cuda.is_available() is False); "
             "device=cpu runs it on the CPU for a check")
+
+
+def test_size_report_warns_when_attention_would_not_fit(monkeypatch):
+    from lm.training import mfu as mfu_module
+
+    config = GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=64, vocab_size=65)
+    model = GPT(config)
+    # by hand: 2 (scores, softmax) * 2 layers * 3 sequences * 4 heads * 64^2 * 4 bytes
+    assert mfu_module.attention_bytes(config, 3) == 2 * 2 * 3 * 4 * 64 * 64 * 4
+    monkeypatch.setattr(mfu_module, "available_bytes", lambda device="cpu": 10**12)
+    line, warning = mfu_module.size_report(config, model, 3)
+    assert line.startswith(f"model: {model.num_params(non_embedding=False):,} parameters; a step of 3 x 64")
+    assert warning is None
+    monkeypatch.setattr(mfu_module, "available_bytes", lambda device="cpu": 1000)
+    _, warning = mfu_module.size_report(config, model, 3)
+    assert warning.startswith("warning: one batch's attention weights") and "model.block_size" in warning

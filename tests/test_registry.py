@@ -284,6 +284,47 @@ def test_a_signal_is_recorded_as_interrupted_and_resumed(tmp_path, corpus, signu
     assert "interrupted:" in err.splitlines()[-1]
 
 
+SLOW_HOOK = """
+import time
+from pathlib import Path
+
+from lm.hooks import ForwardHook
+
+
+class Stall(ForwardHook):
+    \"\"\"Once the file ``stall`` exists, every forward waits 600 s: a step that never ends.\"\"\"
+
+    def __init__(self):
+        super().__init__("blocks.0.hook_resid_post")
+
+    def forward(self, x, hook):
+        if Path("stall").exists():
+            Path("stalled").touch()
+            time.sleep(600)
+"""
+
+
+def test_sigterm_stops_a_run_inside_a_step(tmp_path, corpus):
+    """Lightning checks for SIGTERM between steps; a step that takes minutes (a model too
+    big for the machine) must still stop at once, recorded as interrupted."""
+    (tmp_path / "corpus.txt").write_text(corpus.read_text())
+    (tmp_path / "stall_hook.py").write_text(SLOW_HOOK)
+    proc = cli(tmp_path, "trainer.max_steps=100000", "+hooks.stall={_target_: stall_hook.Stall}")
+    run_json = tmp_path / "out" / "run" / "run.json"
+    deadline = time.monotonic() + 120
+    while not (run_json.is_file() and record(run_json.parent).get("status") == "running"):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    (tmp_path / "stall").touch()
+    while not (tmp_path / "stalled").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)  # the stalled step alone would take 600 s
+    assert proc.returncode == 143, err
+    assert record(run_json.parent)["status"] == "interrupted"
+
+
 @pytest.mark.slow  # a sweep process
 def test_a_sweep_goes_on_past_a_diverged_job(tmp_path, corpus):
     (tmp_path / "corpus.txt").write_text(corpus.read_text())

@@ -74,6 +74,7 @@ def train_overrides(cfg: BenchSpeedrunConfig, recipe: str, tmp: Path) -> list[st
     return [
         f"experiment={recipe}", *steps,
         f"trainer.val_check_interval={cfg.val_check_interval}",
+        "tracking.min_val_points=null",  # exactly that interval, both recipes
         f"tracking.target_loss={cfg.target}", f"paths.data_dir={cfg.data_dir}",
         f"tracking.registry_dir={tmp}", f"hydra.run.dir={tmp / 'run'}",
         "tracking.skip_completed=false", "trainer.enable_progress_bar=false",

@@ -73,3 +73,46 @@ def mfu(tokens_per_sec: float, flops_per_token: float, peak_tflops: float, n_dev
     """The fraction of ``n_devices`` devices' peak that training at ``tokens_per_sec``
     (all devices together) uses: tokens/s * FLOPs/token / (peak * 1e12 * n_devices)."""
     return tokens_per_sec * flops_per_token / (peak_tflops * 1e12 * n_devices)
+
+
+def attention_bytes(config: GPTConfig, batch_size: int) -> int:
+    """Bytes of the attention weights of one batch if materialised (float32 scores and
+    softmax for every layer, kept for the backward): 2 * n_layer * B * n_head * T^2 * 4.
+    The fused kernels avoid most of it; a hook on ``hook_scores`` / ``hook_pattern``,
+    or a kernel that falls back to the plain path, does not."""
+    t = config.block_size
+    return 2 * config.n_layer * batch_size * config.n_head * t * t * 4
+
+
+def available_bytes(device: torch.device | str = "cpu") -> int | None:
+    """Memory free for a run on ``device``: the CUDA device's free memory, or on the CPU
+    Linux's ``MemAvailable``; None where it cannot be read."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def size_report(config: GPTConfig, model: GPT, batch_size: int,
+                device: torch.device | str = "cpu") -> tuple[str, str | None]:
+    """(one line saying how big a step is: parameters, FLOPs per step, attention memory
+    per batch; a warning line when that attention would not fit in ``available_bytes``,
+    else None). ``batch_size``: sequences per step on one device."""
+    n, n_matmul = model.num_params(non_embedding=False), matmul_params(model)
+    tokens = batch_size * config.block_size
+    gflop = flops_per_token(config, n_matmul) * tokens / 1e9
+    attention = attention_bytes(config, batch_size)
+    line = (f"model: {n:,} parameters; a step of {batch_size} x {config.block_size} tokens: "
+            f"~{gflop:,.1f} GFLOP, attention weights ~{attention / 2**20:,.0f} MiB if materialised")
+    free = available_bytes(device)
+    if free is None or attention <= free:
+        return line, None
+    return line, (f"warning: one batch's attention weights would take ~{attention / 2**30:,.1f} GiB "
+                  f"but {free / 2**30:,.1f} GiB is free: a step may take very long or run out of "
+                  "memory; lower model.block_size or data.batch_size")

@@ -19,6 +19,7 @@ import contextlib
 import copy
 import dataclasses
 import logging
+import os
 import re
 import resource
 import sys
@@ -60,6 +61,8 @@ from lm.training.distributed import (
 )
 from lm.training.finetune import load_init_weights
 from lm.training.hparams import hparam_values
+from lm.training.logfile import tee_output
+from lm.training.mfu import size_report
 from lm.training.module import Diverged, LMModule
 from lm.training.naming import mark_swept_keys
 from lm.training.record import RunRecord
@@ -191,6 +194,7 @@ def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict,
         if isinstance(callback, LastCheckpoint):
             callback.on_save = lambda trainer: record.update(**progress(trainer, cfg))
     write_config(plan.run_dir, run_config)
+    say_size(module, cfg)
     record.start()
     reset_peak_memory()
     with children_follow(cfg, plan, hydra_job_info()["overrides"]):
@@ -225,6 +229,16 @@ def start_from(module: LMModule, path: str, checked: Validated, adapter: dict | 
                             "weights_sha256": digests.get("init_from")})
     if verbose:
         print(describe_params(*count_params(module.model)))
+
+
+def say_size(module: LMModule, cfg: DictConfig) -> None:
+    """Print how big a step is (parameters, FLOPs, attention memory) before training,
+    and a warning on stderr when one batch's attention would not fit in memory."""
+    device = "cuda" if cfg.trainer.accelerator in ("gpu", "cuda") else "cpu"
+    line, warning = size_report(module.model_config, module.model, cfg.data.batch_size, device)
+    print(line)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def param_counts(module: LMModule) -> dict[str, int]:
@@ -449,15 +463,20 @@ def main(cfg: DictConfig) -> float | None:
     130 / 143 stopped by SIGINT / SIGTERM (resumable: run the same command again).
     """
     prepare_process()  # again: a launcher may run this job in a fresh process
+    job_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        record = run(cfg)
+        with tee_output(job_dir / "train.log") if is_rank_zero() else contextlib.nullcontext():
+            record = run(cfg)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
-        remove_unstarted_run_dir(Path(HydraConfig.get().runtime.output_dir))
+        remove_unstarted_run_dir(job_dir)
         sys.exit(2)
     except Interrupted as err:
         print(f"interrupted: {err}; run the same command again to resume", file=sys.stderr)
         sys.exit(128 + err.signum)
+    keep_log(job_dir, record)
+    if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep's pointers give its summary rows
+        remove_unstarted_run_dir(job_dir)
     if record.get("status") == "diverged":
         print(f"diverged {record['hash8']}: {record.get('error')} (run.json: {record['run_dir']}); "
               "lower optimizer.lr or clip harder, then retry with tracking.retry_diverged=true",
@@ -466,6 +485,22 @@ def main(cfg: DictConfig) -> float | None:
             sys.exit(3)
         return float("nan")
     return record.get("metrics", {}).get("final", {}).get("val/loss")
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is rank 0 (or the only one): the other ranks of a run that
+    Lightning, torchrun or srun started write no log."""
+    return all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
+
+
+def keep_log(job_dir: Path, record: dict) -> None:
+    """A job that resumed a run in that run's earlier dir: its ``train.log`` (the resumed
+    segment's lines) is appended to that dir's, where the rest of the run's log is."""
+    run_dir = Path(record.get("run_dir") or job_dir)
+    log = job_dir / "train.log"
+    if record.get("status") != "skipped" and run_dir.resolve() != job_dir.resolve() and log.is_file():
+        with contextlib.suppress(OSError), (run_dir / "train.log").open("a") as f:
+            f.write(log.read_text(errors="replace"))
 
 
 def command(argv: Sequence[str]) -> int:

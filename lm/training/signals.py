@@ -25,17 +25,22 @@ class Interrupted(Exception):
 
 
 class SigintFlag:
-    """Notes a SIGINT while a fit runs (Lightning turns the KeyboardInterrupt into
-    ``SystemExit(1)``, which alone cannot tell Ctrl-C from other exits). A context
-    manager; outside the main thread it installs nothing."""
+    """While a fit runs: notes a SIGINT (Lightning turns the KeyboardInterrupt into
+    ``SystemExit(1)``, which alone cannot tell Ctrl-C from other exits), and makes a
+    SIGTERM stop the fit at once, inside a step or a validation, not at the next step
+    boundary where Lightning checks for it (a step of a model too big for the machine
+    can take minutes). Either is raised at the next Python instruction; one long
+    native operation still finishes first. The last checkpoint is the resume point.
+    A context manager; outside the main thread it installs nothing."""
 
     def __init__(self) -> None:
         self.received = False
-        self._previous = None
+        self._previous: dict[int, object] = {}
 
     def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._previous = {signal.SIGINT: signal.signal(signal.SIGINT, self._handler),
+                              signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_sigterm)}
         return self
 
     def _handler(self, signum, frame) -> None:
@@ -43,8 +48,14 @@ class SigintFlag:
         raise KeyboardInterrupt
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+
+def _raise_sigterm(signum, frame) -> None:
+    """SIGTERM: Lightning's own exception for it (Lightning calls this handler after
+    its own, which only notes the signal)."""
+    raise SIGTERMException
 
 
 def stopping_signal(err: BaseException, sigint: SigintFlag) -> signal.Signals | None:
