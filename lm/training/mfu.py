@@ -9,6 +9,8 @@ checkpointing) and frozen weights (LoRA) are not counted apart: MFU is a model's
 measure, not the hardware's (that would be HFU).
 """
 
+from pathlib import Path
+
 import torch
 
 from lm.model import GPT, GPTConfig
@@ -91,12 +93,11 @@ def available_bytes(device: torch.device | str = "cpu") -> int | None:
     if device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.mem_get_info(device)[0]
     try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+        lines = Path("/proc/meminfo").read_text().splitlines()
     except OSError:
         return None
-    return None
+    found = [int(x.split()[1]) * 1024 for x in lines if x.startswith("MemAvailable:")]
+    return found[0] if found else None
 
 
 def size_report(config: GPTConfig, model: GPT, batch_size: int,
