@@ -284,6 +284,36 @@ def test_no_readable_run_is_one_line_and_exit_2(tmp_path, capsys):
     assert err.count("\n") == 1 and "is empty (0 bytes)" in err
 
 
+def test_a_run_json_that_is_not_a_run_record_is_excluded_with_a_warning_line(tmp_path, capsys):
+    base = make_run(tmp_path / "sweep", "base", val_loss=2.25)
+    seed1 = make_run(tmp_path / "sweep", "base1", {"seed": 1}, val_loss=2.5)
+    empty = make_run(tmp_path / "sweep", "empty", {"seed": 2})
+    (empty / "run.json").write_text("{}")
+    no_hash = make_run(tmp_path / "sweep", "nohash", {"seed": 3})
+    (no_hash / "run.json").write_text('{"status": "completed"}')
+    # a pointer (same_as) needs no status or hash of its own: its target is read
+    target = make_run(tmp_path / "registry", "lr", {"optimizer.lr": 3e-4}, val_loss=2.0)
+    pointer = make_run(tmp_path / "sweep", "pointer", {"optimizer.lr": 3e-4})
+    (pointer / "run.json").write_text(json.dumps({"same_as": str(target)}))
+    out = tmp_path / "report"
+    code, stdout, err = run_main(capsys, tmp_path / "sweep", "--out", out)
+    assert code == 0
+    warning, rule = "warning: excluded from the comparison:", "(lm train writes both)"
+    assert err.splitlines() == [
+        f"{warning} {empty / 'run.json'} is not a run record: it has no status and no hash {rule}",
+        f"{warning} {no_hash / 'run.json'} is not a run record: it has no hash {rule}"]
+    assert "(, seed" not in stdout and "None" not in stdout
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert [(r["group"], r["seeds"], r["run_dirs"]) for r in rows] == [
+        ("baseline", "0 1", f"{base} {seed1}"), ("optimizer.lr=3e-4", "0", str(target))]
+    assert float(rows[0]["val_loss_mean"]) == 2.375  # the good runs are still compared
+
+    code, _, err = run_main(capsys, empty, "--out", out)  # no run left: refused
+    assert code == 2 and err == (f"error: no run could be read (1 unreadable; first: "
+                                 f"{empty / 'run.json'} is not a run record: it has no status "
+                                 "and no hash (lm train writes both))\n")
+
+
 # --- written files -------------------------------------------------------------------
 
 

@@ -390,3 +390,102 @@ def test_init_from_hf_refuses_options_gpt2_has_not(tmp_path, options, named):
     hf_model().save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=named):
         init_from_hf(tiny_gpt(activation="gelu_tanh", **options), tmp_path)
+
+
+# --- damaged files in a GPT-2 directory: one line, exit 2, nothing written ---------------
+
+CONFIG = "a GPT-2 config object (config.json of GPT2LMHeadModel)"
+LM_TOKENIZER = "an lm tokenizer object (written by lm convert direction=export)"
+VOCAB = "GPT-2's vocab object (token string -> integer id)"
+MERGES = "GPT-2's merges (a #version line, then one 'left right' token pair per line)"
+
+
+@pytest.fixture
+def exported(tmp_path):
+    """A GPT-2 directory as lm convert direction=export writes it, BPE tokenizer: config.json,
+    model.safetensors, lm_tokenizer.json, vocab.json, merges.txt."""
+    tokenizer = BPETokenizer.train(TEXT, vocab_size=270)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2,
+                          n_embd=32))
+    export_hf_gpt2(model, tmp_path / "hf", tokenizer)
+    return tmp_path / "hf"
+
+
+@pytest.mark.parametrize("name, content, problem", [
+    ("config.json", b"[1, 2]", f"holds a JSON array, not {CONFIG}"),
+    ("config.json", b'"gpt2"', f"holds a JSON string, not {CONFIG}"),
+    ("config.json", b"3", f"holds a JSON number, not {CONFIG}"),
+    ("config.json", b"null", f"holds JSON null, not {CONFIG}"),
+    ("config.json", b"", f"is empty (0 bytes): expected {CONFIG}"),
+    ("config.json", b'{"n_embd": 32\xff}', (f"is not UTF-8 text (byte 0xff at offset 13): "
+                                            f"expected {CONFIG}")),
+    ("lm_tokenizer.json", b"[1]", f"holds a JSON array, not {LM_TOKENIZER}"),
+    ("lm_tokenizer.json", b"\n", f"holds only whitespace: expected {LM_TOKENIZER}"),
+    ("vocab.json", b'["a"]', f"holds a JSON array, not {VOCAB}"),
+    ("vocab.json", b'{"a": "b"}', f"maps 'a' to \"b\": expected {VOCAB}"),
+    ("vocab.json", b"\xfe\xff", f"is not UTF-8 text (byte 0xfe at offset 0): expected {VOCAB}"),
+    ("merges.txt", b"", f"is empty (0 bytes): expected {MERGES}"),
+    ("merges.txt", b"#version: 0.2\n\xe9 t\n", (f"is not UTF-8 text (byte 0xe9 at offset 14): "
+                                                f"expected {MERGES}")),
+    ("merges.txt", b"#version: 0.2\nabc\n", ("line 2 'abc' is not two tokens separated by one "
+                                             f"space: expected {MERGES}")),
+], ids=["config-array", "config-string", "config-number", "config-null", "config-empty",
+        "config-not-utf8", "lm_tokenizer-array", "lm_tokenizer-blank", "vocab-array",
+        "vocab-string-id", "vocab-not-utf8", "merges-empty", "merges-not-utf8", "merges-one-token"])
+def test_cli_import_of_a_damaged_file_is_one_line_and_writes_nothing(exported, capsys, name,
+                                                                    content, problem):
+    (exported / name).write_bytes(content)
+    ckpt = exported.parent / "x.ckpt"
+    ckpt.write_bytes(b"an earlier checkpoint")  # lose nothing already written
+    assert lm(["convert", "direction=import", f"hf_dir={exported}", f"ckpt={ckpt}"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == f"error: {exported / name} {problem}\n"
+    assert ckpt.read_bytes() == b"an earlier checkpoint"
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ({"n_layer": "two"}, 'config.json n_layer="two" is invalid: must be an integer'),
+    ({"n_head": True}, "config.json n_head=true is invalid: must be an integer"),
+    ({"n_positions": None}, "config.json n_positions=null is invalid: must be an integer"),
+    ({"n_inner": "x"}, 'config.json n_inner="x" is invalid: must be an integer or null'),
+    ({"activation_function": []}, "config.json activation_function=[] is invalid: must be a string"),
+    ({"resid_pdrop": [0.1]}, "config.json resid_pdrop=[0.1] is invalid: must be a number"),
+    ({"tie_word_embeddings": "yes"},
+     'config.json tie_word_embeddings="yes" is invalid: must be a boolean'),
+    ({"n_head": 3}, ("config.json is not a model lm can build: model.n_embd=32 is not divisible "
+                     "by model.n_head=3 (n_embd % n_head must be 0)")),
+], ids=["string", "bool", "null", "n_inner", "activation", "dropout", "tie", "n_head"])
+def test_a_config_value_lm_cannot_use_is_one_line(exported, changes, problem):
+    config = json.loads((exported / "config.json").read_text())
+    (exported / "config.json").write_text(json.dumps({**config, **changes}))
+    with pytest.raises(ValueError) as err:
+        load_hf_gpt2(exported)
+    assert str(err.value) == problem
+
+
+def test_weights_that_are_not_a_state_dict_are_one_line(exported):
+    (exported / "model.safetensors").unlink()
+    torch.save([1, 2], exported / "pytorch_model.bin")
+    with pytest.raises(ValueError) as err:
+        load_hf_gpt2(exported)
+    assert str(err.value) == (f"{exported / 'pytorch_model.bin'} holds a list, not a state dict "
+                              "(parameter name -> tensor)")
+    torch.save({"transformer.wte.weight": 1}, exported / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"entry 'transformer.wte.weight' is not a tensor \(it is int"):
+        load_hf_gpt2(exported)
+    torch.save({"wpe.weight": torch.zeros(32, 32)}, exported / "pytorch_model.bin")  # no wte
+    with pytest.raises(ValueError, match=r"does not fit the model: missing: lm_head.weight"):
+        load_hf_gpt2(exported)
+
+
+def test_a_merge_of_a_token_vocab_json_lacks_is_one_line(exported):
+    vocab = json.loads((exported / "vocab.json").read_text())
+    merges = (exported / "merges.txt").read_text().splitlines()  # a #version line first
+    new_id = 256 + len(merges) - 1  # the id GPT-2's layout gives one more merge
+    vocab = {token: i + (i >= new_id) for token, i in vocab.items()}  # specials move up
+    (exported / "vocab.json").write_text(json.dumps({**vocab, "qqr": new_id}))
+    (exported / "merges.txt").write_text("\n".join([*merges, "qq r"]) + "\n")  # no "qq"
+    with pytest.raises(ValueError) as err:
+        load_hf_gpt2(exported)
+    assert str(err.value) == (f"{exported / 'vocab.json'} + merges.txt are not GPT-2's "
+                              "tokenizer: a merge names the token 'qq', which vocab.json lacks")

@@ -5,7 +5,12 @@ import csv
 import pytest
 from omegaconf import OmegaConf
 
-from lm.analysis.sweep_summary import SweepSummary, split_overrides, write_summary
+from lm.analysis.sweep_summary import (
+    SweepSummary,
+    record_problem,
+    split_overrides,
+    write_summary,
+)
 from lm.training.registry import config_hash
 from tests.test_compare import make_config, make_run
 
@@ -55,3 +60,41 @@ def test_an_unreadable_run_json_is_a_row_not_a_crash(sweep):
     csv_path, _ = write_summary(sweep)
     rows = list(csv.DictReader(csv_path.open()))
     assert [r["status"] for r in rows] == ["completed", "unreadable", "completed"]
+
+
+def test_a_run_json_that_is_not_a_run_record_is_an_unreadable_row(sweep):
+    jobs = sorted(sweep.iterdir(), key=lambda p: int(p.name.split("-")[0]))
+    (jobs[1] / "run.json").write_text('{"foo": 1}')
+    (jobs[2] / "run.json").write_text('{"status": "completed", "hash": "ab", "overrides": [1]}')
+    csv_path, md_path = write_summary(sweep)
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [r["status"] for r in rows] == ["completed", "unreadable", "unreadable"]
+    assert rows[1]["overrides"] == "" and rows[1]["final_val_loss"] == ""
+    assert "| 2 | - | unreadable | - | - | - | - | - |" in md_path.read_text()
+
+
+GOOD = {"status": "completed", "hash": "ab" * 32, "overrides": ["seed=1"], "code": {"commit": None},
+        "metrics": {"final": {"val/loss": 2.0, "val/ppl": None}, "initial": None}}
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ({}, None),
+    ({"status": None}, "it has no status (lm train writes both)"),
+    ({"status": "", "hash": None}, "it has no status and no hash (lm train writes both)"),
+    ({"status": 5}, "status is a JSON number, expected a string"),
+    ({"hash": ["ab"]}, "hash is a JSON array, expected a string"),
+    ({"overrides": "seed=1"}, "overrides is a JSON string, expected an array"),
+    ({"overrides": ["seed=1", 2]}, "overrides[1] is a JSON number, expected a string"),
+    ({"code": {"commit": 5}}, "code.commit is a JSON number, expected a string"),
+    ({"metrics": [2.0]}, "metrics is a JSON array, expected an object"),
+    ({"metrics": {"final": 2.0}}, "metrics.final is a JSON number, expected an object"),
+    ({"metrics": {"final": {"val/loss": "2.0"}}},
+     "metrics.final.val/loss is a JSON string, expected a number"),
+    ({"metrics": {"best": {"val/loss": True}}},
+     "metrics.best.val/loss is a JSON boolean, expected a number"),
+    ({"same_as": 3}, "same_as is a JSON number, expected a string"),
+], ids=["good", "no-status", "neither", "status", "hash", "overrides", "override", "commit",
+        "metrics", "metrics-kind", "metric-string", "metric-bool", "same_as"])
+def test_record_problem_names_the_field_and_the_type_lm_train_writes(changes, problem):
+    record = {k: v for k, v in {**GOOD, **changes}.items() if v is not None}
+    assert record_problem(record) == (problem and f"not a run record: {problem}")

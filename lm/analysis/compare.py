@@ -27,9 +27,10 @@ Flags: a group that changes more than one key from the baseline (a warning; exit
 with ``--strict``); one config hash run on different code (commit or dirty flag);
 failed, running or diverged (non-finite ``val/loss``) runs, and repeats of one config
 hash (same config, same seed: not a new sample), listed and never averaged. A run dir
-whose ``run.json`` or ``config.yaml`` cannot be read (empty, not JSON or YAML) is excluded
-too: listed with the reason, and a ``warning:`` line on stderr; one bad file does not stop
-the comparison of the others.
+whose ``run.json`` or ``config.yaml`` cannot be read (empty, not JSON or YAML), or whose
+``run.json`` is not a run record (no ``status`` and ``hash``, as ``lm train`` writes; a
+field of the wrong type), is excluded too: listed with the reason, and a ``warning:`` line
+on stderr; one bad file does not stop the comparison of the others.
 
 With ``--target LOSS``, the report also gives the time to a target: for each run the
 step and the seconds since training began at its first validation with ``val/loss <=
@@ -75,6 +76,7 @@ from lm.analysis.sweep_summary import (
     job_number,
     markdown_table,
     metric,
+    record_problem,
     write_csv,
 )
 from lm.errors import first_line
@@ -124,7 +126,8 @@ class CompareError(Exception):
 
 
 class UnreadableRun(Exception):
-    """A run dir whose ``run.json`` or ``config.yaml`` cannot be read: it is excluded."""
+    """A run dir whose ``run.json`` or ``config.yaml`` cannot be read, or whose ``run.json``
+    is not a run record: it is excluded."""
 
 
 # --- runs and groups ---------------------------------------------------------------
@@ -199,7 +202,8 @@ def load_run(run_dir: Path) -> Run:
     Raises:
         CompareError: a run.json without a config.yaml beside it.
         UnreadableRun: a run.json or config.yaml that is empty, not UTF-8, not JSON
-            (YAML) or not a mapping (one line: the file and what is wrong).
+            (YAML) or not a mapping, or a run.json that is not a run record
+            (``record_problem``; one line: the file and what is wrong).
     """
     pointer = safe_record(run_dir).get("same_as")
     if isinstance(pointer, str) and pointer and (Path(pointer) / "run.json").exists():
@@ -209,6 +213,8 @@ def load_run(run_dir: Path) -> Run:
         raise CompareError(f"{run_dir} has a run.json but no config.yaml")
     cfg = safe_config(config_path)
     record = safe_record(run_dir)
+    if problem := record_problem(record):  # the record read, a pointer's target
+        raise UnreadableRun(f"{run_dir / 'run.json'} is {problem}")
     resolved = OmegaConf.to_container(cfg, resolve=True)
     config = hashable_config(cfg, digests=record.get("content"))  # as hashed when it ran
     return Run(run_dir, record, resolved, config, comparable_config(config, resolved),

@@ -19,7 +19,8 @@ swept values beside ``val/loss``. For means over seeds and confidence intervals,
 
 This module is imported by Hydra at start-up, so it imports nothing heavy; that is why
 the table helpers ``lm compare`` shares (``fmt``, ``markdown_table``, ``write_csv``,
-``find_run_dirs``) live here and ``compare.py`` imports them, not the other way round.
+``find_run_dirs``) and the rule of what a run record is (``record_problem``) live here
+and ``compare.py`` imports them, not the other way round.
 """
 
 import csv
@@ -27,6 +28,7 @@ import logging
 import math
 import re
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,17 @@ log = logging.getLogger(__name__)
 # <job>-<swept overrides>-<hash8> (or <job>-<hash8>), as hydra.sweep.subdir names it
 EXPERIMENT_SUFFIX = ".hparams"  # = lm.training.hparams.EXPERIMENT_SUFFIX (imports nothing heavy)
 JOB_DIR = re.compile(r"^(\d+)-(?:(.*)-)?[0-9a-f]{8}$")
+
+# The run.json fields lm compare and this summary read, with the JSON type lm train writes
+# them as (lm/training/run.py; a pointer record, registry.write_pointer, too); a field may
+# be absent or null, but not status and hash: every record lm train writes has both.
+RECORD_FIELDS = {"status": str, "hash": str, "hash8": str, "same_as": str, "overrides": list,
+                 "metrics": dict, "code": dict, "content": dict}
+REQUIRED_FIELDS = ("status", "hash")
+NUMBER = (int, float)
+TYPE_NAMES = {str: "a string", list: "an array", dict: "an object", NUMBER: "a number"}
+JSON_NAMES = {str: "string", list: "array", dict: "object", bool: "boolean", int: "number",
+              float: "number"}  # the JSON name of a parsed value's type
 
 SUMMARY_COLUMNS = (
     "job", "hash8", "status", "overrides", "final_val_loss", "best_val_loss", "steps",
@@ -72,12 +85,47 @@ def metric(record: dict, kind: str, key: str) -> float | None:
     return None if value is None else float(value)
 
 
+def record_fields(record: dict) -> Iterator[tuple[str, Any, type | tuple]]:
+    """(dotted name, value, allowed type) of each field of ``record`` that lm compare
+    or the summary reads: ``RECORD_FIELDS``, ``code.commit``, each override and each
+    ``metrics.<kind>.<name>`` (a number)."""
+    for key, kind in RECORD_FIELDS.items():
+        yield key, record.get(key), kind
+    code, overrides, metrics = (record.get(k) for k in ("code", "overrides", "metrics"))
+    if isinstance(code, dict):
+        yield "code.commit", code.get("commit"), str
+    for i, override in enumerate(overrides if isinstance(overrides, list) else []):
+        yield f"overrides[{i}]", override, str
+    for kind, values in (metrics.items() if isinstance(metrics, dict) else []):
+        yield f"metrics.{kind}", values, dict
+        for name, value in (values.items() if isinstance(values, dict) else []):
+            yield f"metrics.{kind}.{name}", value, NUMBER
+
+
+def record_problem(record: dict) -> str | None:
+    """Why a parsed ``run.json`` object is not a run record, or None if it is: it lacks
+    ``status`` or ``hash``, or a field lm compare or the summary reads is of another JSON
+    type (``record_fields``), e.g. ``not a run record: it has no status and no hash (lm
+    train writes both)``. ``lm compare`` asks it of the record it reads: a pointer's
+    (``same_as``) target when there is one."""
+    missing = [key for key in REQUIRED_FIELDS if record.get(key) in (None, "")]
+    if missing:
+        return f"not a run record: it has no {' and no '.join(missing)} (lm train writes both)"
+    for name, value, kind in record_fields(record):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            return (f"not a run record: {name} is a JSON {JSON_NAMES[type(value)]}, "
+                    f"expected {TYPE_NAMES[kind]}")
+    return None
+
+
 def summary_row(sweep_dir: Path, run_dir: Path) -> dict[str, Any]:
     """One summary row (keys ``SUMMARY_COLUMNS``, and ``events``: the dir that holds the
     run's TensorBoard events, another run's for a skipped job) for the job in
-    ``run_dir``; a ``run.json`` that cannot be read gives a row with status
-    ``unreadable``."""
-    record = read_record(run_dir) or {"status": "unreadable"}
+    ``run_dir``; a ``run.json`` that cannot be read or is not a run record
+    (``record_problem``) gives a row with status ``unreadable``."""
+    record = read_record(run_dir)
+    if record is None or record_problem(record):
+        record = {"status": "unreadable"}
     pointer = record.get("same_as")
     return {
         "events": Path(pointer) if isinstance(pointer, str) and pointer else run_dir,

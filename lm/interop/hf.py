@@ -51,6 +51,22 @@ UNSUPPORTED = {
     "reorder_and_upcast_attn": False,
     "add_cross_attention": False,
 }
+# config.json keys we read: GPT2Config's default, the JSON type a value must have
+HF_KEYS = {
+    "model_type": ("gpt2", str), "activation_function": ("gelu_new", str),
+    "vocab_size": (50257, int), "n_positions": (1024, int), "n_layer": (12, int),
+    "n_head": (12, int), "n_embd": (768, int), "n_inner": (None, int),  # null: 4 * n_embd
+    "embd_pdrop": (0.1, float), "attn_pdrop": (0.1, float), "resid_pdrop": (0.1, float),
+    "layer_norm_epsilon": (1e-5, float), "tie_word_embeddings": (True, bool),
+}
+JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
+              float: "number", type(None): "null"}  # the JSON name of a parsed value's type
+ALLOWED_TYPES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
+# what each file of a GPT-2 directory holds, for the error lines
+CONFIG_HOLDS = "a GPT-2 config object (config.json of GPT2LMHeadModel)"
+LM_TOKENIZER_HOLDS = "an lm tokenizer object (written by lm convert direction=export)"
+VOCAB_HOLDS = "GPT-2's vocab object (token string -> integer id)"
+MERGES_HOLDS = "GPT-2's merges (a #version line, then one 'left right' token pair per line)"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 LM_TOKENIZER_FILE = "lm_tokenizer.json"  # our tokenizer's to_dict(), beside GPT-2's files
 HF_TOKENIZER_FILES = ("vocab.json", "merges.txt")
@@ -62,26 +78,94 @@ GPT2_HOLDS = ("learned or sinusoidal positions, layernorm, pre-norm blocks, gelu
 # --- reading a Hugging Face directory -------------------------------------------------
 
 
+class HFFileError(ValueError):
+    """A file of a Hugging Face GPT-2 directory that is empty, not UTF-8, or not of the
+    form GPT-2's file has; the message is one line naming the file and what it should hold."""
+
+
+def json_type(value: object) -> str:
+    """What JSON value ``value`` was parsed from: ``a JSON array``, ``JSON null``."""
+    return "JSON null" if value is None else f"a JSON {JSON_TYPES[type(value)]}"
+
+
+def is_json_type(value: object, kind: type) -> bool:
+    """Whether ``value`` is JSON's ``kind``: a bool is no integer, an integer is a number."""
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+
+
+def read_text(path: Path, holds: str) -> str:
+    """The UTF-8 text of ``path``, a file that should hold ``holds`` (for the error line).
+
+    Raises:
+        HFFileError: one line naming ``path``: empty (or only whitespace), or not UTF-8.
+        OSError: it cannot be read.
+    """
+    data = path.read_bytes()
+    if not data.strip():
+        what = "holds only whitespace" if data else "is empty (0 bytes)"
+        raise HFFileError(f"{path} {what}: expected {holds}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise HFFileError(f"{path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+                          f"{err.start}): expected {holds}") from None
+
+
+def read_json_object(path: Path, holds: str) -> dict:
+    """The JSON object in ``path``, a file that should hold ``holds`` (for the error line).
+
+    Raises:
+        HFFileError: one line naming ``path``: empty, not UTF-8, not JSON, or JSON of
+            another type (``config.json holds a JSON array, not a GPT-2 config object``).
+        OSError: it cannot be read.
+    """
+    try:
+        value = json.loads(read_text(path, holds))
+    except json.JSONDecodeError as err:
+        raise HFFileError(f"{path} is not valid JSON ({err}): expected {holds}") from None
+    if not isinstance(value, dict):
+        raise HFFileError(f"{path} holds {json_type(value)}, not {holds}")
+    return value
+
+
 def read_hf_config(directory: Path) -> dict:
     """``config.json`` of ``directory`` as a dict.
 
     Raises:
-        ValueError: the directory or its config.json is missing or not JSON.
+        ValueError: one line: the directory or its config.json is missing, or
+            config.json is empty, not UTF-8, not JSON or not a JSON object.
     """
     if not directory.is_dir():
         raise ValueError(f"{directory} is not a directory (expected a Hugging Face GPT-2 dir)")
     path = directory / "config.json"
     if not path.is_file():
         raise ValueError(f"{path} does not exist (a Hugging Face GPT-2 dir needs config.json)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    return read_json_object(path, CONFIG_HOLDS)
 
 
-def _dropout(hf: dict) -> float:
+def hf_values(hf: dict) -> dict:
+    """The ``HF_KEYS`` values of a ``config.json`` dict, GPT2Config's default for a
+    missing key.
+
+    Raises:
+        ValueError: one line naming a key whose value is of the wrong JSON type, e.g.
+            ``config.json n_layer="two" is invalid: must be an integer``.
+    """
+    values = {}
+    for key, (default, kind) in HF_KEYS.items():
+        value = hf.get(key, default)
+        if not (is_json_type(value, kind) or (value is None and default is None)):
+            allowed = ALLOWED_TYPES[kind] + (" or null" if default is None else "")
+            raise ValueError(f"config.json {key}={json.dumps(value)} is invalid: must be {allowed}")
+        values[key] = value
+    return values
+
+
+def _dropout(values: dict) -> float:
     """Our single dropout from GPT-2's three (embd, attn, resid), which must agree."""
-    rates = {key: hf.get(key, 0.1) for key in ("embd_pdrop", "attn_pdrop", "resid_pdrop")}
+    rates = {key: values[key] for key in ("embd_pdrop", "attn_pdrop", "resid_pdrop")}
     if len(set(rates.values())) > 1:
         raise ValueError(f"config.json dropouts {rates} must be equal (our model has one dropout)")
     return float(rates["resid_pdrop"])
@@ -91,36 +175,44 @@ def gpt_config_from_hf(hf: dict) -> GPTConfig:
     """Our ``GPTConfig`` for a GPT-2 ``config.json`` dict.
 
     Raises:
-        ValueError: one line naming a key whose value our model does not implement
-            (model_type, activation_function, n_inner, the attention-scaling switches).
+        ValueError: one line naming a key whose value is of the wrong type
+            (``hf_values``), one our model does not implement (model_type,
+            activation_function, n_inner, the attention-scaling switches), or a
+            config ``GPTConfig`` refuses (``n_embd`` not divisible by ``n_head``).
     """
-    if hf.get("model_type", "gpt2") != "gpt2":
+    values = hf_values(hf)
+    if values["model_type"] != "gpt2":
         raise ValueError(f"config.json model_type={hf['model_type']!r} is not supported (gpt2 only)")
     for key, needed in UNSUPPORTED.items():
         if hf.get(key, needed) != needed:
             raise ValueError(f"config.json {key}={hf[key]} is not supported (must be {needed})")
-    activation = hf.get("activation_function", "gelu_new")
+    activation = values["activation_function"]
     if activation not in HF_ACTIVATIONS:
         raise ValueError(f"config.json activation_function={activation!r} is not supported "
                          f"(one of {list(HF_ACTIVATIONS)})")
-    n_embd = hf.get("n_embd", 768)
-    if hf.get("n_inner") not in (None, 4 * n_embd):
+    n_embd = values["n_embd"]
+    if values["n_inner"] not in (None, 4 * n_embd):
         raise ValueError(f"config.json n_inner={hf['n_inner']} is not supported "
                          f"(must be null or 4 * n_embd = {4 * n_embd})")
-    return GPTConfig(
-        vocab_size=hf.get("vocab_size", 50257), block_size=hf.get("n_positions", 1024),
-        n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12), n_embd=n_embd,
-        dropout=_dropout(hf), bias=True, pos_encoding="learned",
-        tie_weights=hf.get("tie_word_embeddings", True), activation=HF_ACTIVATIONS[activation],
-        layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
-    )
+    dropout = _dropout(values)
+    try:
+        return GPTConfig(
+            vocab_size=values["vocab_size"], block_size=values["n_positions"],
+            n_layer=values["n_layer"], n_head=values["n_head"], n_embd=n_embd,
+            dropout=dropout, bias=True, pos_encoding="learned",
+            tie_weights=values["tie_word_embeddings"], activation=HF_ACTIVATIONS[activation],
+            layer_norm_epsilon=float(values["layer_norm_epsilon"]),
+        )
+    except ValueError as err:  # GPTConfig names our keys: say where they came from
+        raise ValueError(f"config.json is not a model lm can build: {err}") from None
 
 
 def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
     """The raw tensors of ``model.safetensors`` (preferred) or ``pytorch_model.bin``.
 
     Raises:
-        ValueError: neither file is there, or it cannot be read.
+        ValueError: neither file is there, or it cannot be read, or it holds something
+            other than parameter name -> tensor.
     """
     for name in WEIGHT_FILES:
         path = directory / name
@@ -130,11 +222,29 @@ def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
             if name.endswith(".safetensors"):
                 from safetensors.torch import load_file
 
-                return load_file(path)
-            return torch.load(path, map_location="cpu", weights_only=True)
+                weights = load_file(path)
+            else:
+                weights = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any read failure means the same to a user
             raise ValueError(f"{path} could not be read: {first_line(err)}") from None
+        check_state_dict(weights, path)
+        return weights
     raise ValueError(f"{directory} has no weights (expected one of {', '.join(WEIGHT_FILES)})")
+
+
+def check_state_dict(weights: object, path: Path) -> None:
+    """Raise unless ``weights`` maps parameter names to tensors.
+
+    Raises:
+        HFFileError: one line naming ``path`` and the first entry that is not a tensor.
+    """
+    if not isinstance(weights, dict):
+        raise HFFileError(f"{path} holds a {type(weights).__name__}, not a state dict "
+                          "(parameter name -> tensor)")
+    for key, value in weights.items():
+        if not (isinstance(key, str) and isinstance(value, torch.Tensor)):
+            raise HFFileError(f"{path} entry {key!r} is not a tensor (it is "
+                              f"{type(value).__name__}; a state dict maps names to tensors)")
 
 
 def state_dict_from_hf(hf_weights: dict[str, torch.Tensor], tie_weights: bool) -> dict:
@@ -147,6 +257,8 @@ def state_dict_from_hf(hf_weights: dict[str, torch.Tensor], tie_weights: bool) -
         if key != "lm_head.weight" and not key.startswith("transformer."):
             key = f"transformer.{key}"  # a bare GPT2Model file (e.g. the hub's gpt2) has no prefix
         state[key] = tensor.t().contiguous() if key.endswith(CONV1D_WEIGHTS) else tensor
+    if "transformer.wte.weight" not in state:
+        return state  # load_state names it missing
     if tie_weights or "lm_head.weight" not in state:
         if "lm_head.weight" in state and not torch.equal(
             state["lm_head.weight"], state["transformer.wte.weight"]
@@ -170,12 +282,47 @@ def read_lm_tokenizer(path: Path) -> Tokenizer:
     """The tokenizer whose ``to_dict()`` ``path`` holds as JSON (``lm_tokenizer.json``).
 
     Raises:
-        ValueError: one line naming ``path``: not JSON, or not a tokenizer we can rebuild.
+        ValueError: one line naming ``path``: empty, not UTF-8, not a JSON object
+            (``read_json_object``), or not a tokenizer we can rebuild.
     """
+    tokenizer = read_json_object(path, LM_TOKENIZER_HOLDS)
     try:
-        return tokenizer_from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        return tokenizer_from_dict(tokenizer)
+    except KeyError as err:
+        raise ValueError(f"{path} is not an lm tokenizer: it has no key {err}") from None
+    except (ValueError, TypeError, AttributeError, IndexError) as err:
         raise ValueError(f"{path} is not an lm tokenizer: {first_line(err)}") from None
+
+
+def read_gpt2_tokenizer(directory: Path) -> BPETokenizer:
+    """GPT-2's BPE from ``vocab.json`` + ``merges.txt`` (``BPETokenizer.load_gpt2``), each
+    file's form checked first so that a damaged one is a line naming it, not a traceback.
+
+    Raises:
+        HFFileError: one line naming the file: empty, not UTF-8, a vocab.json that is not a
+            JSON object of token -> integer id, a merges line that is not two tokens, or
+            ids that do not follow GPT-2's layout (bytes, then merges, then specials).
+    """
+    vocab_path, merges_path = (directory / name for name in HF_TOKENIZER_FILES)
+    vocab = read_json_object(vocab_path, VOCAB_HOLDS)
+    for token, i in vocab.items():
+        if not is_json_type(i, int):
+            raise HFFileError(f"{vocab_path} maps {token!r} to {json.dumps(i)}: "
+                              f"expected {VOCAB_HOLDS}")
+    lines = read_text(merges_path, MERGES_HOLDS).splitlines()  # as gpt2_files reads them
+    for n, line in enumerate(lines, start=1):
+        header = n == 1 and line.startswith("#version")
+        if line and not header and len(line.split(" ")) != 2:
+            raise HFFileError(f"{merges_path} line {n} {line[:40]!r} is not two tokens "
+                              f"separated by one space: expected {MERGES_HOLDS}")
+    try:
+        return BPETokenizer.load_gpt2(directory)
+    except KeyError as err:  # a merge of a token vocab.json lacks
+        raise HFFileError(f"{vocab_path} + {merges_path.name} are not GPT-2's tokenizer: "
+                          f"a merge names the token {err}, which vocab.json lacks") from None
+    except ValueError as err:
+        raise HFFileError(f"{vocab_path} + {merges_path.name} are not GPT-2's tokenizer: "
+                          f"{first_line(err)}") from None
 
 
 def tokenizer_source(directory: Path) -> str | None:
@@ -200,7 +347,7 @@ def load_hf_tokenizer(directory: Path) -> Tokenizer | None:
     """
     source = tokenizer_source(directory)
     has_hf = all((directory / name).is_file() for name in HF_TOKENIZER_FILES)
-    hf = BPETokenizer.load_gpt2(directory) if has_hf else None
+    hf = read_gpt2_tokenizer(directory) if has_hf else None
     if source != LM_TOKENIZER_FILE:
         return hf
     ours = read_lm_tokenizer(directory / LM_TOKENIZER_FILE)
