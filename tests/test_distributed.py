@@ -215,3 +215,14 @@ def test_a_sweep_of_ddp_jobs_runs_each_on_its_own_ranks(tmp_path, corpus):
     jobs = records(tmp_path / "sweep")
     assert sorted((r["status"], r["steps"], r["world_size"]) for _, r in jobs) == [("completed", 10, 2)] * 2
     assert len({r["hash"] for _, r in jobs}) == 2
+
+
+def test_a_lost_peer_is_told_apart_from_other_errors():
+    from lm.training.run import peer_lost
+
+    gloo = RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:20881: "
+                        "Connection reset by peer. This is typically caused by a remote worker")
+    assert peer_lost(gloo) == "gloo: connection reset by peer"
+    assert peer_lost(torch.distributed.DistBackendError("NCCL communicator was aborted")) == \
+        "DistBackendError: NCCL communicator was aborted"
+    assert peer_lost(RuntimeError("shape mismatch")) is None

@@ -39,7 +39,7 @@ from lm.adapters.build import adapter_name, adapter_state, apply_adapter, descri
 from lm.adapters.lora import count_params
 from lm.data.corpus import DataError
 from lm.data.datamodule import LMDataModule, build_datamodule
-from lm.errors import ConfigError
+from lm.errors import ConfigError, first_line
 from lm.interop.hf import init_from_hf
 from lm.model import GPTConfig
 from lm.tokenizers import Tokenizer
@@ -474,6 +474,14 @@ def main(cfg: DictConfig) -> float | None:
     except Interrupted as err:
         print(f"interrupted: {err}; run the same command again to resume", file=sys.stderr)
         sys.exit(128 + err.signum)
+    except Exception as err:
+        if (world := world_size(cfg)) == 1 or not peer_lost(err):
+            raise
+        other = "rank 1" if world == 2 else f"another of the {world} ranks"
+        print(f"error: {other} of this run stopped ({peer_lost(err)}); "
+              "the run is recorded failed: run the same command again to resume it from its "
+              "last checkpoint", file=sys.stderr)
+        sys.exit(1)
     keep_log(job_dir, record)
     if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep's pointers give its summary rows
         remove_unstarted_run_dir(job_dir)
@@ -485,6 +493,19 @@ def main(cfg: DictConfig) -> float | None:
             sys.exit(3)
         return float("nan")
     return record.get("metrics", {}).get("final", {}).get("val/loss")
+
+
+def peer_lost(err: BaseException) -> str | None:
+    """How a collective failed because another rank's process is gone (gloo's
+    "Connection reset/closed by peer", NCCL's, torch's ``DistError``), in a few words;
+    None for any other error."""
+    text = str(err)
+    for phrase in ("Connection reset by peer", "Connection closed by peer"):
+        if phrase in text:
+            return f"gloo: {phrase.lower()}"
+    if isinstance(err, torch.distributed.DistError) or "NCCL" in text:
+        return f"{type(err).__name__}: {first_line(err)[:80]}"
+    return None
 
 
 def is_rank_zero() -> bool:
