@@ -183,7 +183,7 @@ def test_the_callbacks_group_keeps_the_hash_of_configs_without_it():
     assert _hash() == "67511eeaa6ec317b6845eca9c44277bec51c7954af419a9cf3ad50222a19e8d9"
     # 50 steps validate every 10 (tracking.min_val_points=5), and the hash holds the
     # interval used: 124ffc63... when they validated once, at step 50
-    assert _hash("model=tiny", "trainer.max_steps=50", "seed=3") == (
+    assert _hash("model=tiny", "trainer.max_steps=50", "seed=3", "data.eval_seed=3") == (
         "a0682353aa9969ed63624d3ddf54b43a776209563243eb56a3acd19e56463a04")
 
 

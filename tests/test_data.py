@@ -4,19 +4,26 @@ import io
 import os
 import sys
 import tarfile
+from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from lm.data import corpus
 from lm.data import datamodule as dm_module
 from lm.data import tokens as data
-from lm.data.corpus import DataError, load_text, shakespeare_text, text_file_text
+from lm.data.corpus import DataError, corpus_files, load_text, shakespeare_text, text_file_text
 from lm.data.datamodule import LMDataModule
 from lm.data.tokens import get_batch, load_tokens, prepare_tokens, split_text
+from lm.tokenizers.byte import ByteTokenizer
 from lm.tokenizers.char import CharTokenizer
+from lm.training import registry
+
+REPO = Path(__file__).resolve().parents[1]
 
 TEXT = "".join(f"line {i}: to be, or not to be, that is the question.\n" for i in range(40))
 
@@ -325,3 +332,178 @@ def test_train_batches_resume_from_global_step(tmp_path):
     dm.trainer = SimpleNamespace(global_step=5, global_rank=0, world_size=1)
     x, _ = next(iter(dm.train_dataloader()))
     assert torch.equal(x, get_batch(dm.train_ids, 8, 2, seed=1337, step=5)[0])
+
+
+# ---- <unk> tokens: characters the tokenizer lacks ---------------------------------------
+
+ASCII = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz .\n")  # a base model's tokenizer
+# 1,000 characters: the first 900 (train at val_fraction 0.1) hold 9 'é', the last 100
+# (val) 1 'é' and 2 'ü', all other characters ASCII's: by hand, 9 / 900 = 1% of the
+# train tokens and 3 / 100 = 3% of val are <unk>.
+ACCENTED = ("caf\u00e9 au lait. " * 9).ljust(900, "x") + ("caf\u00e9 " + "\u00fct " * 2).ljust(100, "x")
+
+
+def unk_datamodule(tmp_path, **kwargs):
+    args = {"block_size": 8, "batch_size": 2, "fixed_tokenizer": ASCII, **kwargs}
+    dm = datamodule(tmp_path, ACCENTED, **args)
+    dm.setup()
+    return dm
+
+
+def test_unknown_chars_against_a_plain_count():
+    train, val = split_text(ACCENTED, 0.1)
+    assert (len(train), len(val)) == (900, 100)
+    for part in (train, val):
+        reference = Counter(c for c in part if c not in ASCII.chars)
+        assert data.unknown_chars(part, ASCII.encode_array(part), ASCII) == reference
+    assert data.unknown_chars(val, ASCII.encode_array(val), ASCII) == {"\u00e9": 1, "\u00fc": 2}
+    byte = ByteTokenizer()
+    assert data.unknown_chars(val, byte.encode_array(val), byte) == {}
+
+
+def test_unk_share_is_printed_and_recorded(tmp_path, capsys):
+    dm = unk_datamodule(tmp_path, max_unk_fraction=0.05)
+    assert dm.meta["unk_fraction"] == {"train": 9 / 900, "val": 3 / 100}
+    assert capsys.readouterr().err == (
+        "warning: <unk> is 1% of the train tokens (9 of 900) and 3% of the val tokens "
+        "(3 of 100): init_from's tokenizer lacks '\u00e9' (10), '\u00fc' (2); they train as "
+        "<unk> (data.max_unk_fraction=0.05)\n"
+    )
+
+
+def test_unk_share_above_the_threshold_is_refused_in_one_line(tmp_path):
+    with pytest.raises(DataError) as err:
+        unk_datamodule(tmp_path)  # max_unk_fraction 0.01 < 3%
+    message = str(err.value)
+    assert message == (
+        "<unk> is 1% of the train tokens (9 of 900) and 3% of the val tokens (3 of 100), "
+        "above data.max_unk_fraction=0.01: init_from's tokenizer lacks '\u00e9' (10), "
+        "'\u00fc' (2); fine-tune a base model whose tokenizer covers this text, or raise "
+        "data.max_unk_fraction"
+    )
+    with pytest.raises(DataError, match="data.max_unk_fraction=0.02"):
+        unk_datamodule(tmp_path, max_unk_fraction=0.02)
+    with pytest.raises(DataError, match=r"data.max_unk_fraction=1.5 must be in \[0, 1\]"):
+        LMDataModule(max_unk_fraction=1.5)
+
+
+def test_a_trained_tokenizer_lacks_only_what_the_train_split_lacks(tmp_path):
+    """Trained on the train split, the char tokenizer knows 'é'; 'ü' is val's alone."""
+    with pytest.raises(DataError) as err:
+        unk_datamodule(tmp_path, fixed_tokenizer=None)
+    assert str(err.value).startswith(
+        "<unk> is 0% of the train tokens (0 of 900) and 2% of the val tokens (2 of 100), "
+        "above data.max_unk_fraction=0.01: the tokenizer (trained on the train split) "
+        "lacks '\u00fc' (2); use a tokenizer that covers any text (data/tokenizer=byte)")
+
+
+def test_byte_tokenizers_have_no_unknowns(tmp_path, capsys):
+    dm = unk_datamodule(tmp_path, fixed_tokenizer=None, tokenizer="byte", max_unk_fraction=0)
+    assert dm.meta["unk_fraction"] == {"train": 0, "val": 0}
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.skipif(not (REPO / "data" / "shakespeare" / "input.txt").is_file(),
+                    reason="the default corpus is not downloaded")
+def test_the_default_corpus_has_no_unknowns_and_says_nothing(capsys):
+    dm = LMDataModule(data_dir=str(REPO / "data"))
+    dm.setup()
+    assert dm.meta["unk_fraction"] == {"train": 0, "val": 0}
+    assert "<unk>" not in "".join(capsys.readouterr())
+
+
+# ---- validation batches: their own seed -----------------------------------------------
+
+
+def val_and_train_batches(dm, rank=0, world_size=1):
+    dm.trainer = SimpleNamespace(global_step=0, global_rank=rank, world_size=world_size)
+    val = [x for x, _ in dm.val_dataloader()]
+    train = next(iter(dm.train_dataloader()))[0]
+    return val, train
+
+
+def test_validation_batches_do_not_depend_on_the_training_seed(tmp_path):
+    runs = [datamodule(tmp_path, TEXT, block_size=8, batch_size=4, eval_iters=3, seed=seed)
+            for seed in (1, 2)]
+    for dm in runs:
+        dm.setup()
+    (val_1, train_1), (val_2, train_2) = (val_and_train_batches(dm) for dm in runs)
+    assert not torch.equal(train_1, train_2)
+    assert len(val_1) == 3 and all(torch.equal(a, b) for a, b in zip(val_1, val_2, strict=True))
+    # eval_seed 1337 draws what the default run (seed 1337) drew before data.eval_seed
+    before = [get_batch(runs[0].val_ids, 8, 4, 1337, i, data.VAL_STREAM)[0] for i in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(val_1, before, strict=True))
+    other = datamodule(tmp_path, TEXT, block_size=8, batch_size=4, eval_iters=3, eval_seed=7)
+    other.setup()
+    assert not torch.equal(val_and_train_batches(other)[0][0], val_1[0])
+
+
+def test_ranks_share_the_validation_batches_of_every_seed(tmp_path):
+    """Two ranks take batches 0, 2, 4 and 1, 3: the five of one process at seed 1, at
+    any seed."""
+    one = datamodule(tmp_path, TEXT, block_size=8, batch_size=4, eval_iters=5, seed=1)
+    one.setup()
+    whole = val_and_train_batches(one)[0]
+    for seed in (1, 2):
+        dm = datamodule(tmp_path, TEXT, block_size=8, batch_size=4, eval_iters=5, seed=seed)
+        dm.setup()
+        shares = [val_and_train_batches(dm, rank, 2)[0] for rank in (0, 1)]
+        merged = [shares[i % 2][i // 2] for i in range(5)]
+        assert all(torch.equal(a, b) for a, b in zip(merged, whole, strict=True))
+
+
+def test_a_config_before_eval_seed_draws_validation_from_seed(tmp_path):
+    """build_datamodule: data.eval_seed if set, else `seed`, as the code before it."""
+    (tmp_path / "corpus.txt").write_text(TEXT)
+    cfg = OmegaConf.create({
+        "seed": 5, "model": {"block_size": 8}, "paths": {"data_dir": str(tmp_path)},
+        "data": {"source": "text_file", "path": str(tmp_path / "corpus.txt"),
+                 "tokenizer": {"name": "char"}, "val_fraction": 0.1, "batch_size": 4,
+                 "eval_iters": 2},
+    })
+    assert dm_module.build_datamodule(cfg).eval_seed == 5
+    cfg.data.eval_seed = 1337
+    assert dm_module.build_datamodule(cfg).eval_seed == 1337
+    with pytest.raises(DataError, match="data.eval_seed=-1 must be an integer >= 0"):
+        LMDataModule(eval_seed=-1)
+
+
+# ---- edges of a text_file corpus -------------------------------------------------------
+
+
+def test_a_self_looping_link_is_one_line_and_hashes(tmp_path):
+    loop = tmp_path / "loop"
+    loop.symlink_to("loop")
+    with pytest.raises(DataError) as err:
+        text_file_text(loop)
+    assert str(err.value) == f"data.path={loop} is a link loop"
+    assert registry.content_sha256(corpus_files(loop)) is None  # no RuntimeError
+    assert len(registry.config_hash({"seed": 1, "data": {"path": str(loop)}})) == 64
+
+
+def test_unreadable_txt_entries_of_a_directory_are_refused_by_name(tmp_path):
+    (tmp_path / "a.txt").write_text("text")
+    (tmp_path / "dangling.txt").symlink_to("nowhere.txt")
+    (tmp_path / "loop.txt").symlink_to("loop.txt")
+    with pytest.raises(DataError) as err:
+        text_file_text(tmp_path)
+    assert str(err.value) == (
+        f"data.path={tmp_path} holds .txt entries that cannot be read: dangling.txt is a "
+        "dangling link, loop.txt is a link loop; remove or repair them")
+    (tmp_path / "dangling.txt").unlink()
+    (tmp_path / "loop.txt").unlink()
+    assert text_file_text(tmp_path) == "text"
+
+
+def test_the_hash_digests_the_files_the_corpus_reads(tmp_path):
+    """One rule lists a directory corpus's files for the reader and for the hash."""
+    assert registry.CONTENT_KEYS["data.path"] is corpus_files
+    (tmp_path / "b.txt").write_text("second ")
+    (tmp_path / "a.txt").write_text("first \u00e9 ")
+    (tmp_path / "c.md").write_text("not a .txt")
+    (tmp_path / "dir.txt").mkdir()  # a directory, not a file
+    (tmp_path / "link.txt").symlink_to(tmp_path / "b.txt")
+    text = text_file_text(tmp_path)
+    assert text == "first \u00e9 second second "
+    digest = registry.content_digests({"data": {"path": str(tmp_path)}})["data.path"]
+    assert digest == hashlib.sha256(text.encode("utf-8")).hexdigest()

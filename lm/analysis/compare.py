@@ -83,10 +83,10 @@ from lm.errors import first_line
 from lm.training.record import load_record
 from lm.training.registry import (
     CONTENT_KEYS,
-    HASH_NEUTRAL_DEFAULTS,
     canonical_sha256,
     code_version,
     hashable_config,
+    neutral_values,
 )
 
 ABSENT = "(absent)"  # a key one config has and the other lacks (and that has no default)
@@ -280,8 +280,12 @@ def mark_repeats(runs: Sequence[Run]) -> None:
 
 
 def without_seed(config: dict) -> dict:
-    """``config`` without its top-level ``seed``."""
-    return {k: v for k, v in config.items() if k != "seed"}
+    """``config`` without its top-level ``seed`` (nor ``data.eval_seed``, which the hash
+    leaves out where it equals ``seed``: a seed sweep is one group either way)."""
+    config = {k: v for k, v in config.items() if k != "seed"}
+    if isinstance(config.get("data"), dict) and "eval_seed" in config["data"]:
+        config["data"] = {k: v for k, v in config["data"].items() if k != "eval_seed"}
+    return config
 
 
 def group_key(config: dict) -> str:
@@ -417,7 +421,7 @@ def comparable_config(hashable: dict, resolved: dict) -> dict:
     ``hashable`` alone, so the runs of a group share it.
     """
     values = copy.deepcopy(hashable)
-    for dotted, default in HASH_NEUTRAL_DEFAULTS.items():
+    for dotted, default in neutral_values(values).items():
         parent, leaf = parent_node(values, dotted, create=True)
         if parent is not None:
             parent.setdefault(leaf, default)

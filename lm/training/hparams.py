@@ -21,7 +21,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from lm.training.registry import _ABSENT, HASH_EXCLUDED_KEYS, HASH_NEUTRAL_DEFAULTS, _drop, _get
+from lm.training.registry import _ABSENT, HASH_EXCLUDED_KEYS, _drop, _get, neutral_values
 
 # The HParams tab's metric columns, in this order (scalars the runs log).
 METRICS = ("val/loss", "val/ppl", "val/bpb", "train/loss")
@@ -40,7 +40,7 @@ def settings(cfg: DictConfig | dict) -> dict:
     for dotted in HASH_EXCLUDED_KEYS:
         _drop(raw, dotted)
     plain = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
-    for dotted, default in HASH_NEUTRAL_DEFAULTS.items():
+    for dotted, default in neutral_values(plain).items():
         if dotted.partition(".")[0] in plain and _get(plain, dotted) is _ABSENT:
             _set(plain, dotted, default)
     if isinstance(plain.get("adapter"), dict) and plain["adapter"].get("name") == "none":

@@ -104,6 +104,14 @@ def job_label() -> str:
     return run_label(overrides, swept or None)
 
 
+def register_resolver() -> None:
+    """Register ``${run_label:}`` (idempotent; ``register_configs`` calls it)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("run_label"):
+        OmegaConf.register_new_resolver("run_label", _label_resolver)
+
+
 def _label_resolver() -> str:
     """``${run_label:}``: ``<label>-`` for a run with a label, "" for one without, so
     a dir name reads ``<time>-<label>-<hash8>`` or ``<time>-<hash8>``."""

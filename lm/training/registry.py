@@ -30,6 +30,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from lm.data.corpus import corpus_files  # the reader's own rule: the hash describes the text read
 from lm.errors import ConfigError
 from lm.training.checkpoint import checkpoint_weights_sha256, resume_step
 from lm.training.record import RESUMABLE, read_record, write_json_atomic
@@ -58,6 +59,7 @@ HASH_EXCLUDED_KEYS: tuple[str, ...] = (
     "callbacks.last_checkpoint",
     "callbacks.rng_state",
     "callbacks.progress_bar",
+    "data.max_unk_fraction",  # whether a run starts, not what it computes once it does
 )
 
 # Keys added after runs were recorded, with the value that reproduces the code before
@@ -79,15 +81,6 @@ HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
                                           "block_size", "double_quant")},
     "adapter.name": "none",
 }
-
-
-def corpus_files(path: str | os.PathLike) -> list[Path]:
-    """The files a ``data=text_file`` corpus is read from, in reading order: the file
-    itself, or a directory's ``*.txt`` files (not recursive) sorted by name."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        return sorted((p for p in path.glob("*.txt") if p.is_file()), key=lambda p: p.name)
-    return [path]
 
 
 def dir_files(path: str | os.PathLike) -> list[Path]:
@@ -116,7 +109,7 @@ def content_sha256(files: list[Path]) -> str | None:
     read. Cached per (path, size, mtime) within the process, so a big corpus is read once."""
     try:
         key = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a link loop, from resolve() on Python < 3.13
         return None
     if key not in _digest_cache:
         digest = hashlib.sha256()
@@ -170,7 +163,7 @@ def hashable_config(cfg: DictConfig | dict, digests: dict | None = None) -> dict
     if isinstance(plain.get("trainer"), dict) and "val_check_interval" in plain["trainer"]:
         # The cadence the run validates at (best.ckpt and the curve follow it).
         plain["trainer"]["val_check_interval"] = val_check_interval(plain["trainer"], min_val_points)
-    for dotted, neutral in HASH_NEUTRAL_DEFAULTS.items():
+    for dotted, neutral in neutral_values(plain).items():
         if _get(plain, dotted) == neutral:
             _drop(plain, dotted)
     digests = content_digests(plain) if digests is None else digests
@@ -184,7 +177,19 @@ def hashable_config(cfg: DictConfig | dict, digests: dict | None = None) -> dict
     return plain
 
 
+# Keys that took their value from another key before they existed: at that key's value
+# they are left out of the hash (the validation batches came from ``seed`` before
+# ``data.eval_seed``), so a run that matches an older one keeps its hash.
+HASH_NEUTRAL_SAME_AS: dict[str, str] = {"data.eval_seed": "seed"}
+
 _ABSENT = object()
+
+
+def neutral_values(plain: dict) -> dict[str, Any]:
+    """The value of each key that reproduces the code before it (``HASH_NEUTRAL_DEFAULTS``,
+    and ``HASH_NEUTRAL_SAME_AS`` read from ``plain``, a resolved config)."""
+    same = {dotted: _get(plain, other) for dotted, other in HASH_NEUTRAL_SAME_AS.items()}
+    return {**HASH_NEUTRAL_DEFAULTS, **{k: v for k, v in same.items() if v is not _ABSENT}}
 
 
 def _get(tree: dict, dotted: str) -> Any:
@@ -226,15 +231,11 @@ def _hash8_resolver(*, _root_: DictConfig) -> str:
 
 
 def register_resolvers() -> None:
-    """Register ``${config_hash:}`` (first 8 hex digits) and ``${run_label:}`` (the
-    overrides, ``lm/training/naming.py``), used in the run dir names (idempotent;
-    ``compose_config`` and ``lm train`` call it, importing does not)."""
-    from lm.training.naming import _label_resolver
-
+    """Register ``${config_hash:}`` (first 8 hex digits), used in the run dir names with
+    ``${run_label:}`` (``lm/training/naming.py``) (idempotent; ``compose_config`` and
+    ``lm train`` call it, importing does not)."""
     if not OmegaConf.has_resolver("config_hash"):
         OmegaConf.register_new_resolver("config_hash", _hash8_resolver)
-    if not OmegaConf.has_resolver("run_label"):
-        OmegaConf.register_new_resolver("run_label", _label_resolver)
 
 
 def val_check_interval(trainer: dict, min_val_points: int | None) -> int:
@@ -531,7 +532,13 @@ def hydra_job_info() -> dict:
 
 
 def remove_unstarted_run_dir(run_dir: Path) -> None:
-    """Remove the dir Hydra made for a run that a bad value stopped before it started
-    (nothing in it but Hydra's own ``.hydra/`` and log), so the registry holds runs only."""
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    """Remove the dir Hydra made for a run that did not train there: a bad value stopped
+    it before it started, or (a single run, not a sweep job) the registry skipped it or
+    resumed it in its earlier dir. Nothing in it but Hydra's own ``.hydra/`` and log
+    and a pointer ``run.json`` (``same_as``): the registry holds runs only, and one
+    line has said where the real run is."""
+    if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", "run.json"}:
+        return
+    if (run_dir / "run.json").exists() and not (read_record(run_dir) or {}).get("same_as"):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)

@@ -187,6 +187,7 @@ def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict,
     record = RunRecord(plan.run_dir, **{
         **plan.history(), "hash": plan.full_hash, "hash8": plan.full_hash[:8],
         "code": code_version(), "content": digests, **param_counts(module),
+        "unk_fraction": dm.meta.get("unk_fraction"),
         "world_size": world_size(cfg),
         **hydra_job_info(),
     })
