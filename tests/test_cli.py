@@ -10,6 +10,7 @@ command other than train makes no run dir and writes no log.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -62,8 +63,19 @@ def cwd(tmp_path, monkeypatch) -> Path:
 
 
 def run_main(capsys, *argv: str) -> tuple[int, str, str]:
-    """``lm argv...`` in this process: (exit code, stdout, stderr)."""
-    code = main(list(argv))
+    """``lm argv...`` in this process: (exit code, stdout, stderr). What Hydra leaves
+    behind in a process it ran in (its config singleton, the root logger's handlers on
+    captured streams) is put back, as a process of its own would end with them."""
+    from hydra.core.hydra_config import HydraConfig
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        code = main(list(argv))
+    finally:
+        HydraConfig.instance().cfg = None
+        root.handlers[:] = handlers
+        root.setLevel(level)
     out, err = capsys.readouterr()
     return code, out, err
 
