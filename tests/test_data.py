@@ -373,7 +373,7 @@ def test_unk_share_is_printed_and_recorded(tmp_path, capsys):
 
 def test_unk_share_above_the_threshold_is_refused_in_one_line(tmp_path):
     with pytest.raises(DataError) as err:
-        unk_datamodule(tmp_path)  # max_unk_fraction 0.01 < 3%
+        unk_datamodule(tmp_path, max_unk_fraction=0.01)  # < 3%
     message = str(err.value)
     assert message == (
         "<unk> is 1% of the train tokens (9 of 900) and 3% of the val tokens (3 of 100), "
@@ -390,7 +390,7 @@ def test_unk_share_above_the_threshold_is_refused_in_one_line(tmp_path):
 def test_a_trained_tokenizer_lacks_only_what_the_train_split_lacks(tmp_path):
     """Trained on the train split, the char tokenizer knows 'é'; 'ü' is val's alone."""
     with pytest.raises(DataError) as err:
-        unk_datamodule(tmp_path, fixed_tokenizer=None)
+        unk_datamodule(tmp_path, fixed_tokenizer=None, max_unk_fraction=0.01)
     assert str(err.value).startswith(
         "<unk> is 0% of the train tokens (0 of 900) and 2% of the val tokens (2 of 100), "
         "above data.max_unk_fraction=0.01: the tokenizer (trained on the train split) "

@@ -110,7 +110,7 @@ class LMDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         fixed_tokenizer: Tokenizer | None = None,
         eval_seed: int = 1337,
-        max_unk_fraction: float = 0.01,
+        max_unk_fraction: float = 0.05,
     ):
         super().__init__()
         check_val_fraction(val_fraction)

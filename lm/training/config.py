@@ -76,7 +76,7 @@ class DataConfig:
     eval_iters: int
     eval_batch_size: int | None
     eval_seed: int = 1337  # the validation batches' own seed (lm/data/datamodule.py)
-    max_unk_fraction: float = 0.01  # <unk> share a split may hold (lm/data/datamodule.py)
+    max_unk_fraction: float = 0.05  # <unk> share a split may hold (lm/data/datamodule.py)
 
 
 @dataclass
