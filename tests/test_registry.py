@@ -285,22 +285,25 @@ def test_a_signal_is_recorded_as_interrupted_and_resumed(tmp_path, corpus, signu
 
 
 SLOW_HOOK = """
-import time
 from pathlib import Path
+
+import torch
 
 from lm.hooks import ForwardHook
 
 
 class Stall(ForwardHook):
-    \"\"\"Once the file ``stall`` exists, every forward waits 600 s: a step that never ends.\"\"\"
+    \"\"\"Once the file ``stall`` exists, a forward multiplies two 12,000 x 12,000
+    matrices: minutes of one native operation, where no Python signal handler runs.\"\"\"
 
     def __init__(self):
         super().__init__("blocks.0.hook_resid_post")
 
     def forward(self, x, hook):
         if Path("stall").exists():
+            a = torch.ones(12000, 12000)
             Path("stalled").touch()
-            time.sleep(600)
+            torch.mm(a, a)
 """
 
 
@@ -319,10 +322,13 @@ def test_sigterm_stops_a_run_inside_a_step(tmp_path, corpus):
     while not (tmp_path / "stalled").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.2)
+    time.sleep(2)  # well inside the product
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)  # the stalled step alone would take 600 s
+    _, err = proc.communicate(timeout=60)  # the matrix product alone takes minutes here
     assert proc.returncode == 143, err
-    assert record(run_json.parent)["status"] == "interrupted"
+    rec = record(run_json.parent)
+    assert rec["status"] == "interrupted" and rec["error"].endswith("inside a step")
+    assert err.splitlines()[-1].startswith("interrupted: SIGTERM at step")
 
 
 @pytest.mark.slow  # a sweep process

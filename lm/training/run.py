@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import resource
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -335,7 +336,13 @@ def fit(trainer: L.Trainer, module: LMModule, dm: LMDataModule, ckpt_path: Path 
     """``trainer.fit``, recording how it ended if it did not complete: ``diverged``
     (returns), ``interrupted`` (raises ``Interrupted``) or ``failed`` (re-raises).
     ``record`` None (a rank > 0): nothing recorded, every exception re-raised."""
-    sigint = SigintFlag()
+    def stuck(signum: signal.Signals) -> None:  # the watchdog thread, inside a long step
+        message = f"{signum.name} at step {trainer.global_step}, inside a step"
+        if record is not None:
+            record.finish("interrupted", error=message, **progress(trainer, cfg))
+            print(f"interrupted: {message}; run the same command again to resume", file=sys.stderr)
+
+    sigint = SigintFlag(on_stuck=stuck)
     try:
         with sigint:
             trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
