@@ -19,24 +19,33 @@ from lm.training.run import trial_name
 
 
 @pytest.mark.parametrize(("overrides", "swept", "label"), [
-    (["model=tiny", "trainer.max_steps=300", "optimizer.lr=1e-4"], ["optimizer.lr"], "lr=1e-4"),
-    (["model=tiny", "optimizer.lr=1e-4"], None, "model=tiny,lr=1e-4"),
+    (["model=tiny", "trainer.max_steps=300", "optimizer.lr=1e-4"], ["optimizer.lr"], "lr:1e-4"),
+    (["model=tiny", "optimizer.lr=1e-4"], None, "model:tiny+lr:1e-4"),
     # keys left out of the hash say nothing about the run
     (["model=tiny", "trainer.enable_progress_bar=false", "hydra.run.dir=x", "tracking.registry_dir=y",
-      "sample.prompt=ROMEO"], None, "model=tiny"),
+      "sample.prompt=ROMEO"], None, "model:tiny"),
     # a short name that two keys share keeps its full key
-    (["model.dropout=0.1", "adapter.dropout=0.2"], None, "model.dropout=0.1,adapter.dropout=0.2"),
-    (["data/tokenizer=bpe", "+model.qk_norm=true"], None, "tokenizer=bpe,qk_norm=true"),
-    (["data.path=/home/me/corpora/milton.txt"], None, "path=_home_me_corpor~"),
+    (["model.dropout=0.1", "adapter.dropout=0.2"], None, "model.dropout:0.1+adapter.dropout:0.2"),
+    (["data/tokenizer=bpe", "+model.qk_norm=true"], None, "tokenizer:bpe+qk_norm:true"),
+    (["data.path=/home/me/corpora/milton.txt"], None, "path:_home_me_corpo.."),
     ([], None, ""),
 ])
 def test_run_label(overrides, swept, label):
     assert naming.run_label(overrides, swept) == label
 
 
+def test_a_path_through_a_labelled_dir_is_one_hydra_value():
+    """ckpt=<run dir>/checkpoints/best.ckpt must parse as one string, unquoted."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    label = naming.run_label(["model=tiny", "optimizer.betas=[0.9,0.95]", "data.path=/a b/c.txt"])
+    path = f"outputs/runs/2026-12-02/17-50-02-{label}-1efc3874/checkpoints/best.ckpt"
+    assert OverridesParser.create().parse_override(f"ckpt={path}").value() == path
+
+
 def test_a_long_label_is_cut_to_max_label():
     label = naming.run_label([f"model.k{i}=value{i}" for i in range(20)])
-    assert len(label) == naming.MAX_LABEL and label.endswith("~")
+    assert len(label) == naming.MAX_LABEL and label.endswith("..")
 
 
 def test_swept_keys_are_hydra_sweep_overrides():
@@ -47,10 +56,10 @@ def test_swept_keys_are_hydra_sweep_overrides():
 
 def test_trial_name_and_job_dir_pattern():
     h = "1efc3874" + "0" * 56
-    assert trial_name(Path("0-lr=1e-4-1efc3874"), h) == "lr=1e-4 1efc3874"
-    assert trial_name(Path("17-50-02-model=tiny-1efc3874"), h) == "model=tiny 1efc3874"
+    assert trial_name(Path("0-lr:1e-4-1efc3874"), h) == "lr:1e-4 1efc3874"
+    assert trial_name(Path("17-50-02-model:tiny-1efc3874"), h) == "model:tiny 1efc3874"
     assert trial_name(Path("17-50-02-1efc3874"), h) == "1efc3874"
-    assert JOB_DIR.match("12-lr=1e-4,seed=2-1efc3874").group(1) == "12"
+    assert JOB_DIR.match("12-lr:1e-4+seed:2-1efc3874").group(1) == "12"
     assert JOB_DIR.match("3-1efc3874").group(1) == "3"
 
 
@@ -110,9 +119,9 @@ def test_experiment_summary_lists_differing_keys_first(tmp_path):
 
 
 def test_a_rerun_sweep_points_tensorboard_at_the_runs_events(tmp_path):
-    sweep, earlier = tmp_path / "sweep", tmp_path / "earlier" / "0-lr=1e-3-1efc3874"
+    sweep, earlier = tmp_path / "sweep", tmp_path / "earlier" / "0-lr:1e-3-1efc3874"
     rows = [{"job": 0, "overrides": ["optimizer.lr=1e-3"], "events": earlier},
-            {"job": 1, "overrides": ["optimizer.lr=3e-3"], "events": sweep / "1-lr=3e-3-2a2a2a2a"}]
+            {"job": 1, "overrides": ["optimizer.lr=3e-3"], "events": sweep / "1-lr:3e-3-2a2a2a2a"}]
     command = tensorboard_command(sweep, rows)
     assert command.startswith("tensorboard --logdir_spec ")
     assert f"0-optimizer.lr=1e-3:{earlier}" in command and f"sweep:{sweep}" in command

@@ -2,7 +2,7 @@
 
 Each run writes one *session* (``session_start_pb``): its whole resolved config
 (``hparam_values``: defaults included, so a swept value equal to its default still has
-a column), named by its run label (``lr=1e-3 1efc3874``: the tab's Trial ID), at its
+a column), named by its run label (``lr:1e-3 1efc3874``: the tab's Trial ID), at its
 first validation. It writes no *experiment* summary of its own: TensorBoard then
 builds the table from all the sessions under ``--logdir`` and puts the keys whose
 values differ first, which are the ones it ticks. A sweep adds one experiment summary

@@ -133,7 +133,7 @@ class LMModule(L.LightningModule):
             HParams tab (``lm/training/hparams.py``), written at the first validation of
             a fit as a session named ``trial_name`` (the tab's Trial ID); the tab's
             metric columns are points of the run's own curves, not extra ones.
-        trial_name: the run's name in the HParams tab (``lr=1e-3 1efc3874``).
+        trial_name: the run's name in the HParams tab (``lr:1e-3 1efc3874``).
         compile: ``torch.compile`` the model (``trainer.compile``) at the first training
             batch, in place (``nn.Module.compile``: the state_dict keys stay the eager
             model's, no ``_orig_mod.``, so checkpoints load either way). Compilation is

@@ -1,9 +1,9 @@
-"""Run names that say what was run: ``lr=1e-3`` in a dir name, a TensorBoard run name
+"""Run names that say what was run: ``lr:1e-3`` in a dir name, a TensorBoard run name
 and the HParams tab's Trial ID, instead of a bare hash.
 
 A run's *label* is built from its Hydra overrides: in a sweep (``-m``), only the keys
-the sweep varies (``optimizer.lr=1e-4,1e-3`` -> ``lr=1e-3``); in a single run, every
-override that can change the numbers (``model=tiny,max_steps=50``). Keys are shortened
+the sweep varies (``optimizer.lr=1e-4,1e-3`` -> ``lr:1e-3``); in a single run, every
+override that can change the numbers (``model:tiny+max_steps:50``). Keys are shortened
 to their last part where that stays unambiguous, and the label to ``MAX_LABEL``
 characters; the config hash beside it in every name keeps names unique. Hydra's own
 ``hydra.job.override_dirname`` does the same job without the shortening or the
@@ -30,7 +30,10 @@ MAX_VALUE = 16  # characters of one value in it
 # Overrides that change nothing a name should say: the keys left out of the config hash
 # (where things go, how often logs are written, the sweeper and launcher's settings).
 _UNNAMED = re.compile(rf"^({'|'.join(map(re.escape, HASH_EXCLUDED_KEYS))})([./]|$)")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+~-]")  # characters kept in a dir name
+# Characters kept in a name: those Hydra reads unquoted in an override's value, so a
+# path through the dir can be passed as it is (ckpt=<run dir>/checkpoints/best.ckpt);
+# "=" and "," are not among them, hence key:value pairs joined by "+".
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:+@-]")
 
 
 def override_key(override: str) -> str:
@@ -68,9 +71,9 @@ def run_label(overrides: Sequence[str], swept: Sequence[str] | None = None) -> s
     keys when given (a sweep job), else every override a name should show.
 
     >>> run_label(["model=tiny", "optimizer.lr=1e-3"], swept=["optimizer.lr"])
-    'lr=1e-3'
+    'lr:1e-3'
     >>> run_label(["model=tiny", "trainer.max_steps=50", "hydra.run.dir=x"])
-    'model=tiny,max_steps=50'
+    'model:tiny+max_steps:50'
     """
     chosen = [o for o in overrides if "=" in o and not _UNNAMED.match(override_key(o))]
     if swept is not None:
@@ -81,10 +84,10 @@ def run_label(overrides: Sequence[str], swept: Sequence[str] | None = None) -> s
     for override, key, name in zip(chosen, keys, short):
         value = override.split("=", 1)[1]
         if len(value) > MAX_VALUE:
-            value = value[: MAX_VALUE - 1] + "~"
-        parts.append(f"{name if short.count(name) == 1 else key}={value}")
-    label = _UNSAFE.sub("_", ",".join(parts))
-    return label if len(label) <= MAX_LABEL else label[: MAX_LABEL - 1] + "~"
+            value = value[: MAX_VALUE - 2] + ".."
+        parts.append(f"{name if short.count(name) == 1 else key}:{value}")
+    label = _UNSAFE.sub("_", "+".join(parts))
+    return label if len(label) <= MAX_LABEL else label[: MAX_LABEL - 2] + ".."
 
 
 def job_label() -> str:

@@ -311,7 +311,7 @@ def build_logger(cfg: DictConfig, purge_step: int | None) -> Any:
 
 def trial_name(run_dir: Path, full_hash: str) -> str:
     """A run's name in TensorBoard's HParams tab: its overrides as its dir names them
-    (``0-lr=1e-3-1efc3874`` -> ``lr=1e-3 1efc3874``), or its hash alone."""
+    (``0-lr:1e-3-1efc3874`` -> ``lr:1e-3 1efc3874``), or its hash alone."""
     h8 = full_hash[:8]
     label = re.sub(rf"^(\d\d-\d\d-\d\d-|\d+-)?(.*?)-?{h8}$", r"\2", run_dir.name)
     return f"{label} {h8}" if label and label != run_dir.name else h8
