@@ -122,7 +122,8 @@ def bench_train(cfg: BenchTrainConfig) -> int:
         raise ValueError(f"repeats={cfg.repeats} is invalid: must be an integer >= 1")
     overrides = [
         f"model={cfg.model}", f"trainer.max_steps={cfg.steps}",
-        f"trainer.val_check_interval={cfg.steps}", "sample.max_new_tokens=0",
+        f"trainer.val_check_interval={cfg.steps}", "tracking.min_val_points=null",  # once, at the end
+        "sample.max_new_tokens=0",
         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
     ]
     print(f"benchmark: model={cfg.model}, {cfg.steps} steps, timed after step {cfg.skip}, "

@@ -30,7 +30,8 @@ class _Tee:
 
     def write(self, text: str) -> int:
         self.stream.write(text)
-        *done, self._line = (self._line + text).split("\n")
+        *done, rest = (self._line + text).split("\n")
+        self._line = rest.rsplit("\r", 1)[-1]  # a bar redrawn in place: its last drawing
         for line in done:
             self._log(line)
         return len(text)
