@@ -1,8 +1,24 @@
-"""Shared fixtures: a small local corpus and configs composed from the real conf/."""
+"""Shared fixtures and helpers: a small local corpus, configs composed from the real conf/,
+tiny models and inputs, a simulated crash, TensorBoard curves and hand-computed losses.
 
+Test modules import the plain helpers from here (``from tests.conftest import ...``);
+pytest injects the fixtures.
+"""
+
+from pathlib import Path
+
+import lightning as L
 import pytest
+import torch
+import torch.nn.functional as F
+from tbparse import SummaryReader
 
+from lm.data.tokens import split_text
+from lm.model import GPT, GPTConfig
+from lm.training.checkpoint import load_checkpoint
 from lm.training.config import compose_config
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository
 
 # About 6,000 characters of varied text: enough for a validation split of
 # several block_size=64 windows, small enough to tokenise instantly.
@@ -51,3 +67,98 @@ def make_cfg(tmp_path, corpus):
         ])
 
     return make
+
+
+# --- tiny models and inputs --------------------------------------------------
+
+V = 37  # vocabulary size of the tiny test models
+
+
+def tiny(**overrides) -> GPT:
+    """A 2-layer, 32-wide, 4-head model in eval mode, seeded for reproducibility."""
+    kwargs = {"vocab_size": V, "block_size": 16, "n_layer": 2, "n_head": 4, "n_embd": 32}
+    kwargs.update(overrides)
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**kwargs)).eval()
+
+
+def tokens(B: int = 2, T: int = 12, seed: int = 1) -> torch.Tensor:
+    """(B, T) random token ids below V, from their own seeded generator."""
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def arch_options(logit_softcap: float) -> dict[str, dict]:
+    """GPTConfig options beyond GPT-2, each alone, then all together two ways (rope and
+    swiglu; learned positions and relu2) in pre-norm blocks and once in post-norm (GPT-1)
+    blocks, by a short name; ``logit_softcap``: the cap used."""
+    every = {"pos_encoding": "rope", "rope_base": 100.0, "norm": "rmsnorm", "qk_norm": True,
+             "activation": "swiglu", "zero_init_proj": True, "logit_softcap": logit_softcap,
+             "tie_weights": False, "bias": False}
+    return {
+        "rope": {"pos_encoding": "rope"},
+        "rope_base_100": {"pos_encoding": "rope", "rope_base": 100.0},
+        "rmsnorm": {"norm": "rmsnorm"},
+        "post_norm": {"norm_position": "post"},
+        "post_norm_rmsnorm": {"norm_position": "post", "norm": "rmsnorm"},
+        "qk_norm": {"qk_norm": True},
+        "relu2": {"activation": "relu2"},
+        "swiglu": {"activation": "swiglu"},
+        "zero_init_proj": {"zero_init_proj": True},
+        "logit_softcap": {"logit_softcap": logit_softcap},
+        "untied": {"tie_weights": False},
+        "all": every,
+        "all_relu2_learned": {**every, "pos_encoding": "learned", "activation": "relu2", "bias": True},
+        "all_post_norm": {**every, "norm_position": "post"},
+    }
+
+
+# --- runs ----------------------------------------------------------------------
+
+class Crash(L.Callback):
+    """Raises at ``hook`` of step ``step`` (as a kill there would stop the run)."""
+
+    def __init__(self, hook: str, step: int):
+        self.hook, self.step = hook, step
+
+    def _maybe(self, trainer, hook):
+        if hook == self.hook and trainer.global_step == self.step:
+            raise RuntimeError(f"simulated crash at {hook} {self.step}")
+
+    def on_train_batch_end(self, trainer, *args):
+        self._maybe(trainer, "train_batch_end")
+
+    def on_validation_batch_end(self, trainer, *args):
+        self._maybe(trainer, "validation_batch_end")
+
+    def on_validation_end(self, trainer, *args):
+        self._maybe(trainer, "validation_end")
+
+
+def curves(run_dir: Path, tags=("val/loss", "train/lr", "train/loss")) -> dict:
+    """{tag: {step: value}}, the last event written per step winning (what TensorBoard
+    shows after a resume purges the steps it trains again)."""
+    df = SummaryReader(str(run_dir), extra_columns={"wall_time"}).scalars
+    df = df.sort_values("wall_time", kind="stable")
+    return {tag: dict(zip(df[df.tag == tag].step, df[df.tag == tag].value)) for tag in tags}
+
+
+def validation_ids(ckpt, corpus) -> tuple[torch.nn.Module, torch.Tensor, str, int]:
+    """(model, validation ids (N,) int64, validation text, seed) of a run on ``corpus``,
+    by hand: the last 10% of its characters encoded with the checkpoint's tokenizer."""
+    model, tokenizer, run_config = load_checkpoint(ckpt)
+    _, val_text = split_text(corpus.read_text(), run_config["data"]["val_fraction"])
+    return model, torch.tensor(tokenizer.encode(val_text)), val_text, run_config["seed"]
+
+
+@torch.no_grad()
+def hand_whole_split_loss(model, ids: torch.Tensor) -> tuple[float, int, int]:
+    """(summed cross-entropy / count, count, windows): one window at a time, start 0, T,
+    2T, ..., each predicting the next T ids (the last one fewer)."""
+    T, total, count, windows, start = model.config.block_size, 0.0, 0, 0, 0
+    while start + 1 < len(ids):
+        x, y = ids[start : start + T], ids[start + 1 : start + T + 1]
+        x = x[: len(y)]  # the last window: as many inputs as targets remain
+        logits, _ = model(x[None])  # (1, t, V)
+        total += F.cross_entropy(logits[0], y, reduction="sum").item()
+        count, windows, start = count + len(y), windows + 1, start + T
+    return total / count, count, windows

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from lm.hook_points import HookPoint
 from lm.model import GPT, GPTConfig, ReLU2, RMSNorm, SwiGLU, apply_rope, mlp_hidden, rope_tables
 from lm.sampling import beam_search, generate
-from tests.helpers import arch_options
+from tests.conftest import arch_options
 
 V = 37
 SIZES = {"vocab_size": V, "block_size": 12, "n_layer": 2, "n_head": 2, "n_embd": 16}

@@ -21,9 +21,8 @@ import pytest
 from hydra.core.hydra_config import HydraConfig
 
 from lm.cli import BENCHMARKS, COMMANDS, hydra_quote, main, quote_verbatim, settings
-from tests.conftest import tiny_overrides, write_corpus
+from tests.conftest import ROOT, tiny_overrides, write_corpus
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("lm")  # the console script pyproject installs
 
 

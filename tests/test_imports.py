@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-LM = Path(__file__).resolve().parents[1] / "lm"
+from tests.conftest import ROOT
+
+LM = ROOT / "lm"
 
 
 def lm_modules(package: Path = LM) -> dict[str, Path]:

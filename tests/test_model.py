@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from lm.hook_points import HookPoint
 from lm.model import GPT, GPTConfig, sinusoidal_positions
-from tests.helpers import V, tiny, tokens
+from tests.conftest import V, tiny, tokens
 
 
 def reference_attention(attn, x: torch.Tensor) -> torch.Tensor:

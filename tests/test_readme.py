@@ -5,7 +5,7 @@ of ``name.py`` items in the row of its directory)."""
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
 
 
 def layout_rows() -> list[tuple[list[str], str]]:

@@ -9,7 +9,6 @@ import shlex
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
@@ -48,9 +47,9 @@ from lm.training.config import ConfigError, compose_config, validate
 from lm.training.module import LMModule
 from lm.training.registry import config_hash
 from lm.training.run import run
-from tests.helpers import V, tiny, tokens
+from tests.conftest import ROOT, V, tiny, tokens
 
-ROOT = Path(__file__).resolve().parent.parent
+
 def attached(model: GPT, hook) -> list:
     """Attach a hook as LMModule does (check, then attach); return the handles."""
     hook.check(model)

@@ -14,15 +14,13 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from tbparse import SummaryReader
 
 from lm.atomic import umask
 from lm.training.config import ConfigError, compose_config
 from lm.training.record import write_json_atomic
 from lm.training.registry import config_hash
 from lm.training.run import run
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT, Crash, curves
 
 
 def files_and_mtimes(run_dir: Path) -> dict[str, int]:
@@ -34,12 +32,6 @@ def record(run_dir: Path) -> dict:
     return json.loads((run_dir / "run.json").read_text())
 
 
-def curves(run_dir: Path, tags=("val/loss", "train/lr", "train/loss")) -> dict:
-    """{tag: {step: value}}, the last event written per step winning (what TensorBoard
-    shows after a resume purges the steps it trains again)."""
-    df = SummaryReader(str(run_dir), extra_columns={"wall_time"}).scalars
-    df = df.sort_values("wall_time", kind="stable")
-    return {tag: dict(zip(df[df.tag == tag].step, df[df.tag == tag].value)) for tag in tags}
 
 
 # --- one run per dir ---------------------------------------------------------------
@@ -107,24 +99,6 @@ RESUME = ("trainer.max_steps=10", "trainer.val_check_interval=4", "model.dropout
           "tracking.checkpoint_every_n_steps=3", "sample.max_new_tokens=0")
 
 
-class Crash(L.Callback):
-    """Raises at ``hook`` of step ``step`` (as a kill there would stop the run)."""
-
-    def __init__(self, hook: str, step: int):
-        self.hook, self.step = hook, step
-
-    def _maybe(self, trainer, hook):
-        if hook == self.hook and trainer.global_step == self.step:
-            raise RuntimeError(f"simulated crash at {hook} {self.step}")
-
-    def on_train_batch_end(self, trainer, *args):
-        self._maybe(trainer, "train_batch_end")
-
-    def on_validation_batch_end(self, trainer, *args):
-        self._maybe(trainer, "validation_batch_end")
-
-    def on_validation_end(self, trainer, *args):
-        self._maybe(trainer, "validation_end")
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +229,7 @@ def test_non_finite_numbers_are_written_as_null_with_a_flag(tmp_path):
 
 def cli(tmp_path, *args, **popen):
     flags = [a for a in args if a.startswith("-")]
-    command = [sys.executable, str(REPO / "lm" / "train.py"), *flags, "model=tiny", "data=text_file",
+    command = [sys.executable, str(ROOT / "lm" / "train.py"), *flags, "model=tiny", "data=text_file",
                f"data.path={tmp_path / 'corpus.txt'}", f"paths.data_dir={tmp_path / 'data'}",
                f"tracking.registry_dir={tmp_path / 'out'}", "trainer.enable_progress_bar=false",
                "trainer.enable_model_summary=false", "data.batch_size=4", "data.eval_iters=2",

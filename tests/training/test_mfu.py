@@ -7,7 +7,7 @@ import torch
 from lm.cli import main as lm
 from lm.model import GPT, GPTConfig
 from lm.training.mfu import device_peak_tflops, flops_per_token, matmul_params, mfu, peak_for_name
-from tests.test_registry import curves
+from tests.conftest import curves
 
 
 def test_matmul_params_leave_out_lookup_tables():

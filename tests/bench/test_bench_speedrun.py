@@ -14,7 +14,7 @@ from lm.bench import speedrun
 from lm.cli import main as lm
 from lm.training.config import compose_config
 from lm.training.run import run
-from tests.test_evaluate import hand_whole_split_loss, validation_ids
+from tests.conftest import hand_whole_split_loss, validation_ids
 
 RECIPES = ("baseline", "speedrun_cpu")
 

@@ -12,13 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_registry import curves
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT, curves
 
 
 def train(tmp_path: Path, registry: str, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, str(REPO / "lm" / "train.py"), "model=tiny", "data=text_file",
+    command = [sys.executable, str(ROOT / "lm" / "train.py"), "model=tiny", "data=text_file",
                f"data.path={tmp_path / 'corpus.txt'}", f"paths.data_dir={tmp_path / 'data'}",
                "data.batch_size=4", "data.eval_iters=2", "trainer.max_steps=1000",
                "trainer.val_check_interval=100", "model.dropout=0.1",

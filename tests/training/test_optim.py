@@ -5,7 +5,6 @@ import io
 import json
 import re
 
-import lightning as L
 import pytest
 import torch
 
@@ -13,7 +12,7 @@ from lm.errors import ConfigError
 from lm.training.optim import MuonWithAdamW, muon_param_groups
 from lm.training.run import run
 from lm.training.schedule import warmup_stable_decay, wsd_multiplier
-from tests.helpers import tiny, tokens
+from tests.conftest import Crash, tiny, tokens
 
 # The hidden matrices by their module paths (not GPT.named_layers, which the code uses).
 HIDDEN = re.compile(r"transformer\.h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight")
@@ -127,14 +126,10 @@ def test_interrupted_muon_wsd_run_resumes_to_the_same_numbers(make_cfg, tmp_path
                  "tracking.checkpoint_every_n_steps=4", "sample.max_new_tokens=0")
     straight = run(make_cfg(*overrides, out="straight"))
 
-    class Crash(L.Callback):  # killed after step 6 (resumes from 4), as in test_train.py
-        def on_train_batch_end(self, trainer, *args):
-            if trainer.global_step == 6:
-                raise RuntimeError("simulated crash")
 
     cfg = make_cfg(*overrides, "tracking.skip_completed=false", out="crashed")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run(cfg, extra_callbacks=[Crash()])
+        run(cfg, extra_callbacks=[Crash("train_batch_end", 6)])
     assert json.loads((tmp_path / "crashed" / "run.json").read_text())["status"] == "failed"
     resumed = run(make_cfg(*overrides, "tracking.skip_completed=false", out="new"))
     assert resumed["resumed_from"][0].endswith("last.ckpt") and resumed["steps"] == 8

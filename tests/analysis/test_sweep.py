@@ -12,7 +12,7 @@ from lm.analysis.sweep_summary import (
     write_summary,
 )
 from lm.training.registry import config_hash
-from tests.test_compare import make_config, make_run
+from tests.analysis.conftest import make_config, make_run
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import hashlib
 import pytest
 
 from lm.analysis import compare
-from tests.test_compare import CURVE, make_run, run_main
+from tests.analysis.conftest import CURVE, make_run, run_main
 
 
 def report_files(out):

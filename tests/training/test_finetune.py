@@ -4,7 +4,6 @@ hash, adapter checkpoints, resume, lm merge, and the one-line errors."""
 import json
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
@@ -18,7 +17,7 @@ from lm.training.checkpoint import load_checkpoint, weights_sha256
 from lm.training.config import compose_config
 from lm.training.registry import config_hash, hashable_config
 from lm.training.run import run
-from tests.conftest import LINES, tiny_overrides, write_corpus
+from tests.conftest import LINES, Crash, tiny_overrides, write_corpus
 
 STEPS = ("trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.log_every_n_steps=1",
          "sample.max_new_tokens=0")
@@ -150,14 +149,10 @@ def test_an_interrupted_lora_run_resumes_exactly(tune, tmp_path):
                      "tracking.checkpoint_every_n_steps=4", "adapter.dropout=0.1")
     straight = run(tune(*overrides, out="straight"))
 
-    class Crash(L.Callback):
-        def on_train_batch_end(self, trainer, *args):
-            if trainer.global_step == 5:
-                raise RuntimeError("simulated crash")
 
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tune(*overrides, "tracking.skip_completed=false", out="crashed"),
-            extra_callbacks=[Crash()])
+            extra_callbacks=[Crash("train_batch_end", 5)])
     resumed = run(tune(*overrides, "tracking.skip_completed=false", out="again"))
     assert resumed["run_dir"].endswith("crashed") and resumed["steps"] == 8
     assert resumed["metrics"]["final"]["val/loss"] == straight["metrics"]["final"]["val/loss"]

@@ -13,7 +13,7 @@ from lm.model import GPT, GPTConfig, apply_rope, rope_tables
 from lm.reference import numpy_gpt
 from lm.sampling import generate
 from lm.tokenizers.byte import ByteTokenizer
-from tests.helpers import arch_options
+from tests.conftest import arch_options
 
 VARIANTS = list(itertools.product(["learned", "sinusoidal"], [True, False], [True, False],
                                   ["gelu", "gelu_tanh"]))

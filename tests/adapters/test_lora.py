@@ -22,7 +22,7 @@ from lm.adapters.lora import (
     replace_layer,
 )
 from lm.model import GPT
-from tests.helpers import arch_options, tiny, tokens
+from tests.conftest import arch_options, tiny, tokens
 
 BLOCK_LINEARS = ["blocks.*.attn.c_attn", "blocks.*.attn.c_proj",
                  "blocks.*.mlp.c_fc", "blocks.*.mlp.c_proj"]

@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -24,8 +23,7 @@ from lm.training.registry import (
     register_resolvers,
 )
 from lm.training.run import run
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
 
 
 def test_defaults_are_the_nanogpt_cpu_recipe():

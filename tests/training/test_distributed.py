@@ -20,8 +20,8 @@ from lm.errors import ConfigError
 from lm.training.distributed import PLAN_ENV, checked_plan, children_follow, encode_plan
 from lm.training.registry import Plan
 from lm.training.run import check_world_size, progress
+from tests.conftest import ROOT
 
-REPO = Path(__file__).resolve().parent.parent
 IDS = np.arange(5000, dtype=np.uint16) % 97  # (N,) token ids
 
 
@@ -108,7 +108,7 @@ def test_children_get_the_plan_and_the_job_command_while_rank_0_fits(make_cfg, t
     argv = list(sys.argv)
     with children_follow(make_cfg("trainer.devices=2"), plan, ["model=tiny", "seed=3"]):
         assert json.loads(os.environ[PLAN_ENV])["run_dir"] == str(tmp_path / "job")
-        assert sys.argv == [str(REPO / "lm" / "train.py"), "model=tiny", "seed=3"]
+        assert sys.argv == [str(ROOT / "lm" / "train.py"), "model=tiny", "seed=3"]
         assert sys.modules["__main__"].__spec__ is None
         os.environ["LOCAL_RANK"] = "0"  # as Lightning's launcher sets it
     assert PLAN_ENV not in os.environ and "LOCAL_RANK" not in os.environ and sys.argv == argv
@@ -144,7 +144,7 @@ DDP = ("trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu")
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_is_one_run_of_the_global_batch(tmp_path, corpus):
-    from tests.test_registry import curves
+    from tests.conftest import curves
 
     (tmp_path / "corpus.txt").write_text(corpus.read_text())
     lm_train(tmp_path, *DDP, "hydra.run.dir=ddp")
@@ -171,7 +171,7 @@ def test_ranks_started_together_by_torchrun_follow_rank_0(tmp_path, corpus):
     (tmp_path / "corpus.txt").write_text(corpus.read_text())
     lm_train(tmp_path, *DDP, "hydra.run.dir=ddp", "tracking.registry_dir=ddp")
     command = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node", "2",
-               str(REPO / "lm" / "train.py"), "model=tiny", "data=text_file",
+               str(ROOT / "lm" / "train.py"), "model=tiny", "data=text_file",
                f"data.path={tmp_path / 'corpus.txt'}", f"paths.data_dir={tmp_path / 'data'}",
                "trainer.enable_progress_bar=false", "sample.max_new_tokens=0", "trainer.max_steps=50",
                "trainer.log_every_n_steps=1", "trainer.val_check_interval=25", *DDP,

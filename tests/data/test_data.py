@@ -5,7 +5,6 @@ import os
 import sys
 import tarfile
 from collections import Counter
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,8 +21,7 @@ from lm.data.tokens import get_batch, load_tokens, prepare_tokens, split_text
 from lm.tokenizers.byte import ByteTokenizer
 from lm.tokenizers.char import CharTokenizer
 from lm.training import registry
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
 
 TEXT = "".join(f"line {i}: to be, or not to be, that is the question.\n" for i in range(40))
 
@@ -403,10 +401,10 @@ def test_byte_tokenizers_have_no_unknowns(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.skipif(not (REPO / "data" / "shakespeare" / "input.txt").is_file(),
+@pytest.mark.skipif(not (ROOT / "data" / "shakespeare" / "input.txt").is_file(),
                     reason="the default corpus is not downloaded")
 def test_the_default_corpus_has_no_unknowns_and_says_nothing(capsys):
-    dm = LMDataModule(data_dir=str(REPO / "data"))
+    dm = LMDataModule(data_dir=str(ROOT / "data"))
     dm.setup()
     assert dm.meta["unk_fraction"] == {"train": 0, "val": 0}
     assert "<unk>" not in "".join(capsys.readouterr())

@@ -3,7 +3,6 @@
 import json
 import math
 
-import lightning as L
 import pytest
 import torch
 from tbparse import SummaryReader
@@ -15,6 +14,7 @@ from lm.training.module import param_groups
 from lm.training.registry import config_hash
 from lm.training.run import run
 from lm.training.schedule import cosine_multiplier
+from tests.conftest import Crash
 
 
 @pytest.fixture(scope="module")
@@ -153,14 +153,10 @@ def test_interrupted_run_resumes_to_the_same_numbers(make_cfg, tmp_path):
                  "tracking.checkpoint_every_n_steps=4", "model.dropout=0.1")
     straight = run(make_cfg(*overrides, out="straight"))
     # the same run, killed after step 8: stop it there and mark it as a crash would
-    class Crash(L.Callback):
-        def on_train_batch_end(self, trainer, *args):
-            if trainer.global_step == 9:
-                raise RuntimeError("simulated crash")
 
     cfg = make_cfg(*overrides, "tracking.skip_completed=false", out="crashed")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run(cfg, extra_callbacks=[Crash()])
+        run(cfg, extra_callbacks=[Crash("train_batch_end", 9)])
     record = json.loads((tmp_path / "crashed" / "run.json").read_text())
     assert record["status"] == "failed"
     resumed = run(make_cfg(*overrides, "tracking.skip_completed=false", out="new"))

@@ -5,12 +5,11 @@ import re
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from lm.cli import main as lm
-from lm.data.tokens import VAL_STREAM, get_batch, split_text
-from lm.training.checkpoint import load_checkpoint
+from lm.data.tokens import VAL_STREAM, get_batch
 from lm.training.run import run
+from tests.conftest import hand_whole_split_loss, validation_ids
 
 
 def printed_metrics(out: str) -> dict[str, float]:
@@ -77,26 +76,6 @@ def test_errors_are_one_line_with_exit_code_2(argv, message, capsys):
     assert err.startswith("error:") and message in err and err.count("\n") == 1
 
 
-def validation_ids(ckpt, corpus) -> tuple[torch.nn.Module, torch.Tensor, str, int]:
-    """(model, validation ids (N,) int64, validation text, seed) of a run on ``corpus``,
-    by hand: the last 10% of its characters encoded with the checkpoint's tokenizer."""
-    model, tokenizer, run_config = load_checkpoint(ckpt)
-    _, val_text = split_text(corpus.read_text(), run_config["data"]["val_fraction"])
-    return model, torch.tensor(tokenizer.encode(val_text)), val_text, run_config["seed"]
-
-
-@torch.no_grad()
-def hand_whole_split_loss(model, ids: torch.Tensor) -> tuple[float, int, int]:
-    """(summed cross-entropy / count, count, windows): one window at a time, start 0, T,
-    2T, ..., each predicting the next T ids (the last one fewer)."""
-    T, total, count, windows, start = model.config.block_size, 0.0, 0, 0, 0
-    while start + 1 < len(ids):
-        x, y = ids[start : start + T], ids[start + 1 : start + T + 1]
-        x = x[: len(y)]  # the last window: as many inputs as targets remain
-        logits, _ = model(x[None])  # (1, t, V)
-        total += F.cross_entropy(logits[0], y, reduction="sum").item()
-        count, windows, start = count + len(y), windows + 1, start + T
-    return total / count, count, windows
 
 
 def test_full_is_the_mean_cross_entropy_over_every_validation_token(trained, corpus, capsys):
