@@ -4,7 +4,7 @@ Every command that takes settings takes them as ``lm train`` does: Hydra compose
 ``conf/<command>.yaml`` with ``key=value`` (and ``group=option``) overrides, so
 ``lm <command> --help`` lists the keys with their defaults and ``--cfg job`` prints the
 composed config. The overrides are checked before Hydra starts
-(``lm.training.config.check_overrides``); a bad one, like any ``ValueError`` a command
+(``lm.config.check_overrides``); a bad one, like any ``ValueError`` a command
 raises, is one ``error:`` line and exit code 2. Commands other than ``train`` make no
 run dir and write no log (``conf/command.yaml``). ``lm compare`` keeps its flags
 (``PATHS... --baseline SPEC``): paths are not settings. However it starts (``lm``,
@@ -182,7 +182,7 @@ def run_hydra(prog: str, command: Command, argv: list[str]) -> int:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from lm.training.config import (
+    from lm.config import (
         CONF_DIR,
         ConfigError,
         check_overrides,
@@ -270,7 +270,7 @@ def schema_error_line(err: Exception, cfg, schema: type) -> str:
 
     from omegaconf import OmegaConf
 
-    from lm.training.config import unknown_key_line
+    from lm.config import unknown_key_line
 
     key = getattr(err, "full_key", None)
     message = first_line(err)
@@ -288,7 +288,7 @@ def schema_check(schema: type | None) -> Callable:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from lm.training.config import unknown_key
+    from lm.config import unknown_key
 
     def check(cfg, multirun: bool) -> str | None:
         if schema is None:
@@ -344,7 +344,7 @@ def settings(name: str, *overrides: str) -> Any:
     Raises:
         ValueError: one line, as the command would print it.
     """
-    from lm.training.config import compose_config
+    from lm.config import compose_config
 
     prog, _, sub = name.partition(" ")
     command = BENCHMARKS[sub] if prog == "bench" else COMMANDS[name]

@@ -1,6 +1,6 @@
 """The error a user's config raises, and the one line every tool prints for an error.
 
-Kept apart from ``lm.training.config`` so that modules ``lm.training.config`` imports (``lm.hooks``) can
+Kept apart from ``lm.config`` so that modules ``lm.config`` imports (``lm.hooks``) can
 raise ``ConfigError`` without importing it back.
 """
 

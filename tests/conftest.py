@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from tbparse import SummaryReader
 
+from lm.checkpoint import load_checkpoint
+from lm.config import compose_config
 from lm.data.tokens import split_text
 from lm.model import GPT, GPTConfig
-from lm.training.checkpoint import load_checkpoint
-from lm.training.config import compose_config
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 

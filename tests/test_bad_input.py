@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lm.checkpoint import CheckpointError, load_checkpoint
 from lm.cli import main as lm
 from lm.cli import settings
 from lm.commands import generate
@@ -17,7 +18,6 @@ from lm.interop.hf import checkpoint_dict
 from lm.model import GPT, GPTConfig
 from lm.sampling import generate as generate_ids
 from lm.tokenizers.char import CharTokenizer
-from lm.training.checkpoint import CheckpointError, load_checkpoint
 
 TEXT = "ROMEO: but soft, what light\nJULIET: ay me\n"
 NAN_KEY = "transformer.h.0.attn.c_attn.weight"

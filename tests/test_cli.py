@@ -36,7 +36,7 @@ def lm(*argv: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedPr
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """One tiny trained run shared by the tests: its run dir, checkpoint and corpus (BPE
     tokenizer, so that it converts to a Hugging Face directory with tokenizer files)."""
-    from lm.training.config import compose_config
+    from lm.config import compose_config
     from lm.training.run import run
 
     tmp = tmp_path_factory.mktemp("cli")
@@ -212,7 +212,7 @@ def help_groups(out: str) -> dict[str, list[str]]:
 
 
 def test_help_lists_only_the_options_a_user_can_choose(cwd, capsys):
-    from lm.training.config import compose_config
+    from lm.config import compose_config
 
     _, out, _ = run_main(capsys, "train", "--help")
     groups = help_groups(out)

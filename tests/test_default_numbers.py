@@ -7,7 +7,7 @@ project's CPU machine, for the same config: not by the code under test.
 
 import pytest
 
-from lm.training.config import compose_config
+from lm.config import compose_config
 from lm.training.registry import config_hash
 from lm.training.run import run
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from lm.checkpoint import load_checkpoint
 from lm.model import GPT, GPTConfig
 from lm.sampling import beam_search, cut_at_stop, generate, top_k_filter, top_p_filter
 from lm.tokenizers.char import CharTokenizer
-from lm.training.checkpoint import load_checkpoint
 
 V = 29
 

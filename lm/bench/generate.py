@@ -24,9 +24,9 @@ import torch
 from omegaconf import OmegaConf
 
 from lm.bench import BenchGenerateConfig
+from lm.config import compose_config
 from lm.model import GPT, GPTConfig
 from lm.sampling import generate
-from lm.training.config import compose_config
 
 VOCAB = 65
 

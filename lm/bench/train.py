@@ -19,9 +19,9 @@ import lightning as L
 import torch
 
 from lm.bench import BenchTrainConfig
+from lm.config import compose_config, validate
 from lm.hook_points import HookPoint
 from lm.model import GPT
-from lm.training.config import compose_config, validate
 from lm.training.module import param_groups
 
 

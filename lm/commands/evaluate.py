@@ -31,14 +31,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
+from lm.checkpoint import load_checkpoint
+from lm.config import DataConfig, compose_config
 from lm.data.corpus import DataError, load_text
 from lm.data.datamodule import build_datamodule
 from lm.data.tokens import split_text, windows_at
 from lm.errors import first_line
+from lm.metrics import bits_per_byte, mean_loss, perplexity
 from lm.tokenizers import Tokenizer
-from lm.training.checkpoint import load_checkpoint
-from lm.training.config import DataConfig, compose_config
-from lm.training.module import bits_per_byte, mean_loss, perplexity
 
 
 @dataclass

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
+from lm.checkpoint import load_checkpoint
 from lm.sampling import beam_search, check_decoding_args, cut_at_stop, generate, prompt_ids
 from lm.tokenizers import CharTokenizer, Tokenizer
-from lm.training.checkpoint import load_checkpoint
 
 STRATEGIES = ("greedy", "sample", "top_k", "top_p", "beam")
 BACKENDS = ("torch", "numpy")

@@ -18,7 +18,7 @@ import torch
 
 from lm.adapters.lora import LoRALinear, merge_lora
 from lm.atomic import atomic_file
-from lm.training.checkpoint import checkpoint_dict, load_checkpoint
+from lm.checkpoint import checkpoint_dict, load_checkpoint
 
 
 @dataclass

@@ -35,10 +35,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lm.checkpoint import checkpoint_dict, load_checkpoint, state_problems
 from lm.errors import first_line
 from lm.model import GPT, GPTConfig
 from lm.tokenizers import BPETokenizer, Tokenizer, tokenizer_from_dict
-from lm.training.checkpoint import checkpoint_dict, load_checkpoint, state_problems
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 IGNORED_BUFFERS = (".attn.bias", ".attn.masked_bias")  # GPT-2's causal-mask buffers, not weights

@@ -5,7 +5,7 @@ is checked before anything runs), its tokenizer (the new corpus is encoded with 
 so token ids keep their meaning) and nothing else: the optimizer, the schedule and
 the step count start afresh. The run's model config must describe the same network
 (``dropout`` may differ: it is a training choice); the config hash holds the SHA-256 of
-the checkpoint's weights (``lm.training.checkpoint.weights_sha256``), not its path.
+the checkpoint's weights (``lm.checkpoint.weights_sha256``), not its path.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any, NamedTuple
 import torch
 
 from lm.adapters.build import adapter_name, is_adapter_key
+from lm.checkpoint import CheckpointError, load_checkpoint
 from lm.errors import ConfigError
 from lm.model import GPT, GPTConfig
 from lm.tokenizers import Tokenizer
-from lm.training.checkpoint import CheckpointError, load_checkpoint
 
 # GPTConfig fields a fine-tune may set apart from its checkpoint's.
 TRAINING_ONLY_FIELDS = ("dropout",)

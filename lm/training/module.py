@@ -29,6 +29,7 @@ from lm.adapters.build import adapter_state
 from lm.errors import first_line
 from lm.hook_points import remove_hooks
 from lm.hooks import AuxLossHook, Hook, UpdateHook
+from lm.metrics import bits_per_byte, mean_loss, perplexity
 from lm.model import GPT, GPTConfig
 from lm.sampling import generate, prompt_ids
 from lm.tokenizers import Tokenizer
@@ -46,15 +47,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-
-
-def bits_per_byte(loss: float, tokens_per_byte: float) -> float:
-    """Cross-entropy in nats per token -> bits per UTF-8 byte of text.
-
-    bpb = loss / ln 2 * (tokens / bytes): the same text costs the same bits whatever
-    the tokenizer, so character and BPE models compare on one scale.
-    """
-    return loss / math.log(2) * tokens_per_byte
 
 
 class Diverged(RuntimeError):
@@ -90,18 +82,6 @@ def eager(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     finally:
         if compiled is not None:
             model._compiled_call_impl = compiled
-
-
-@torch.no_grad()
-def mean_loss(model: torch.nn.Module, loader, device: str | torch.device) -> float:
-    """Mean over batches of the per-batch mean cross-entropy (as ``LMModule`` validates)."""
-    losses = [model(x.to(device), y.to(device))[1] for x, y in loader]  # each ()
-    return torch.stack(losses).mean().item()
-
-
-def perplexity(loss: float) -> float:
-    """exp(loss) for a loss in nats per token; inf (not OverflowError) past float range."""
-    return math.inf if loss > 709.0 else math.exp(loss)  # NaN stays NaN
 
 
 class LMModule(L.LightningModule):

@@ -30,9 +30,9 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from lm.checkpoint import checkpoint_weights_sha256, resume_step
 from lm.data.corpus import corpus_files  # the reader's own rule: the hash describes the text read
 from lm.errors import ConfigError
-from lm.training.checkpoint import checkpoint_weights_sha256, resume_step
 from lm.training.record import RESUMABLE, read_record, write_json_atomic
 
 # Keys that cannot change the numbers a run produces: where files go, how often

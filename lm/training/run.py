@@ -38,15 +38,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lm.adapters.build import adapter_name, adapter_state, apply_adapter, describe_params
 from lm.adapters.lora import count_params
-from lm.data.corpus import DataError
-from lm.data.datamodule import LMDataModule, build_datamodule
-from lm.errors import ConfigError, first_line
-from lm.interop.hf import init_from_hf
-from lm.model import GPTConfig
-from lm.tokenizers import Tokenizer
-from lm.training.callbacks import AtomicCheckpointIO, LastCheckpoint, instantiate_callbacks
-from lm.training.checkpoint import save_adapter_safetensors
-from lm.training.config import (
+from lm.checkpoint import save_adapter_safetensors
+from lm.config import (
     CONF_DIR,
     Validated,
     check_overrides,
@@ -54,6 +47,13 @@ from lm.training.config import (
     split_argv,
     validate,
 )
+from lm.data.corpus import DataError
+from lm.data.datamodule import LMDataModule, build_datamodule
+from lm.errors import ConfigError, first_line
+from lm.interop.hf import init_from_hf
+from lm.model import GPTConfig
+from lm.tokenizers import Tokenizer
+from lm.training.callbacks import AtomicCheckpointIO, LastCheckpoint, instantiate_callbacks
 from lm.training.distributed import (
     children_follow,
     rank_zero_decides,

@@ -1,6 +1,6 @@
 """The files in conf/: each value written once, and every group option complete.
 
-The schema (lm/training/config.py) gives types; the YAML files give values, each once:
+The schema (lm/config/__init__.py) gives types; the YAML files give values, each once:
 a comment says a key's purpose and range, never "default X" again, and the model
 options inherit their shared keys from conf/model/base/gpt.yaml.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from lm.training.config import CONF_DIR, compose_config
+from lm.config import CONF_DIR, compose_config
 
 # "default 1e-3", "Default true.", "default every layer": a value said again in a comment.
 # Not "(the default)", "by default)", "defaults:" or a key such as default_hp_metric.

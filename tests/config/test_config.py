@@ -8,14 +8,14 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf, open_dict
 
-from lm.data.corpus import DataError
-from lm.training.config import (
+from lm.config import (
     CONF_DIR,
     ConfigError,
     compose_config,
     register_configs,
     unknown_choice,
 )
+from lm.data.corpus import DataError
 from lm.training.registry import (
     HASH_EXCLUDED_KEYS,
     config_hash,
@@ -203,7 +203,7 @@ def test_a_callback_that_can_change_the_numbers_is_in_the_hash():
     (["callbacks=nosuch"], "callbacks=nosuch is not an option; available: default"),
 ])
 def test_bad_callback_keys_are_named_in_one_line(args, says):
-    from lm.training.config import check_overrides
+    from lm.config import check_overrides
 
     problem = check_overrides(args)
     assert problem is not None and "\n" not in problem and problem.startswith(says), problem

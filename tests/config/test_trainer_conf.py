@@ -7,9 +7,9 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
+from lm.config import check_overrides, compose_config, validate
 from lm.errors import ConfigError
 from lm.model import Block
-from lm.training.config import check_overrides, compose_config, validate
 from lm.training.registry import config_hash
 from lm.training.strategies import build_strategy
 

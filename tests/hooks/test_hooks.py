@@ -23,6 +23,7 @@ from tbparse import SummaryReader
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import lm.model
+from lm.config import ConfigError, compose_config, validate
 from lm.hook_points import HookPoint
 from lm.hooks import (
     ActL2,
@@ -43,7 +44,6 @@ from lm.hooks import (
     clip_groups,
 )
 from lm.model import GPT, GPTConfig
-from lm.training.config import ConfigError, compose_config, validate
 from lm.training.module import LMModule
 from lm.training.registry import config_hash
 from lm.training.run import run

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from lm.checkpoint import checkpoint_dict, load_checkpoint
 from lm.cli import main as lm
 from lm.interop.hf import (
     export_hf_gpt2,
@@ -15,7 +16,6 @@ from lm.interop.hf import (
 from lm.model import GPT, GPTConfig
 from lm.sampling import generate
 from lm.tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer
-from lm.training.checkpoint import checkpoint_dict, load_checkpoint
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -293,7 +293,7 @@ def test_train_fine_tunes_from_a_hf_directory(make_cfg, corpus, tmp_path):
 
 
 def test_init_from_a_mismatched_model_is_one_config_error(make_cfg, tmp_path):
-    from lm.training.config import ConfigError
+    from lm.config import ConfigError
     from lm.training.run import run
 
     hf_model(n_positions=64).save_pretrained(tmp_path / "hf")  # 32 wide; model=tiny is 64

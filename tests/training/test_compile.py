@@ -14,9 +14,9 @@ import torch
 from lightning import Callback
 from tbparse import SummaryReader
 
+from lm.checkpoint import load_checkpoint
 from lm.cli import main
-from lm.training.checkpoint import load_checkpoint
-from lm.training.config import compose_config
+from lm.config import compose_config
 from lm.training.registry import config_hash
 from lm.training.run import run
 

@@ -9,12 +9,12 @@ import torch
 
 from lm.adapters.lora import LoRALinear
 from lm.adapters.nf4 import NF4Linear
+from lm.checkpoint import load_checkpoint, weights_sha256
 from lm.cli import main as lm_main
 from lm.commands.merge import merge
+from lm.config import compose_config
 from lm.errors import ConfigError
 from lm.sampling import generate
-from lm.training.checkpoint import load_checkpoint, weights_sha256
-from lm.training.config import compose_config
 from lm.training.registry import config_hash, hashable_config
 from lm.training.run import run
 from tests.conftest import LINES, Crash, tiny_overrides, write_corpus

@@ -7,9 +7,9 @@ import pytest
 import torch
 from tbparse import SummaryReader
 
+from lm.checkpoint import CheckpointError, load_checkpoint
 from lm.cli import settings
 from lm.commands.generate import sample_texts
-from lm.training.checkpoint import CheckpointError, load_checkpoint
 from lm.training.module import param_groups
 from lm.training.registry import config_hash
 from lm.training.run import run
@@ -20,7 +20,7 @@ from tests.conftest import Crash
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """One tiny run shared by the tests below: (cfg, metrics, run_dir)."""
-    from lm.training.config import compose_config
+    from lm.config import compose_config
     from tests.conftest import tiny_overrides, write_corpus
 
     tmp = tmp_path_factory.mktemp("e2e")
