@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # TensorBoard's Time Series page with val/loss pinned above the other scalars
 TB_URL := http://localhost:6006/?pinnedCards=%5B%7B%22plugin%22%3A%22scalars%22%2C%22tag%22%3A%22val%2Floss%22%7D%5D\#timeseries
 
-.PHONY: install train test test-all sweep tensorboard bench bench-gpu lint clean
+.PHONY: install train test test-slow test-all sweep tensorboard bench bench-gpu lint clean
 
 install: $(STAMP)
 
@@ -21,11 +21,13 @@ $(STAMP): pyproject.toml
 train: $(STAMP)  ## model=small on Shakespeare, 2000 steps on the CPU (ARGS="..." adds overrides)
 	$(PY) lm/train.py $(ARGS)
 
-test: $(STAMP)  ## fast tests (end-to-end runs: make test-all)
-	$(PY) -m pytest -q
+test: $(STAMP)  ## the fast tests, on every core (end-to-end runs: make test-slow; both: make test-all)
+	$(PY) -m pytest -q -n auto
 
-test-all: $(STAMP)
-	$(PY) -m pytest -m ''
+test-slow: $(STAMP)  ## the slow end-to-end runs: kills, signals, DDP, launchers, the make train number
+	$(PY) -m pytest -q -m slow
+
+test-all: test test-slow  ## every test, as CI runs them
 
 sweep: $(STAMP)  ## a learning-rate sweep on the tiny model
 	$(PY) lm/train.py -m model=tiny trainer.max_steps=500 optimizer.lr=1e-4,3e-4,1e-3 $(ARGS)

@@ -6,6 +6,7 @@ pytest injects the fixtures.
 """
 
 from pathlib import Path
+from typing import NamedTuple
 
 import lightning as L
 import pytest
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from tbparse import SummaryReader
 
 from lm.checkpoint import load_checkpoint
-from lm.config import compose_config
+from lm.config.compose import compose_config
 from lm.data.tokens import split_text
 from lm.model import GPT, GPTConfig
 
@@ -49,6 +50,10 @@ def tiny_overrides(tmp, corpus, out: str = "run") -> list[str]:
     ]
 
 
+TINY_STEPS = ("trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.log_every_n_steps=1",
+              "sample.max_new_tokens=8")  # make_cfg's run: 6 steps, validated at 3 and 6
+
+
 @pytest.fixture
 def corpus(tmp_path):
     """Path of a small UTF-8 corpus file."""
@@ -61,13 +66,33 @@ def make_cfg(tmp_path, corpus):
 
     def make(*overrides: str, out: str = "run"):
         return compose_config([
-            *tiny_overrides(tmp_path, corpus, out), "trainer.max_steps=6",
-            "trainer.val_check_interval=3", "trainer.log_every_n_steps=1",
-            "sample.max_new_tokens=8", *overrides,
+            *tiny_overrides(tmp_path, corpus, out), *TINY_STEPS, *overrides,
         ])
 
     return make
 
+
+
+class TinyRun(NamedTuple):
+    """A finished tiny run: its run.json record, last checkpoint, corpus and run dir."""
+
+    record: dict
+    ckpt: Path
+    corpus: Path
+    run_dir: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory) -> TinyRun:
+    """The tiny run ``make_cfg()`` composes, trained once per test session (per worker
+    under ``pytest -n``) for the tests that only read its checkpoint and record."""
+    from lm.training.run import run
+
+    tmp = tmp_path_factory.mktemp("tiny_trained")
+    corpus = write_corpus(tmp / "corpus.txt")
+    record = run(compose_config([*tiny_overrides(tmp, corpus), *TINY_STEPS]))
+    assert record["status"] == "completed", record
+    return TinyRun(record, Path(record["checkpoints"]["last"]), corpus, tmp / "run")
 
 # --- tiny models and inputs --------------------------------------------------
 

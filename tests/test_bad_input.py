@@ -10,11 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lm.checkpoint import CheckpointError, load_checkpoint
+from lm.checkpoint import CheckpointError, checkpoint_dict, load_checkpoint
 from lm.cli import main as lm
 from lm.cli import settings
 from lm.commands import generate
-from lm.interop.hf import checkpoint_dict
 from lm.model import GPT, GPTConfig
 from lm.sampling import generate as generate_ids
 from lm.tokenizers.char import CharTokenizer

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from hydra.core.hydra_config import HydraConfig
 
-from lm.cli import BENCHMARKS, COMMANDS, hydra_quote, main, quote_verbatim, settings
+from lm.cli import BENCHMARKS, COMMANDS, main, settings
+from lm.config.overrides import hydra_quote, quote_verbatim
 from tests.conftest import ROOT, tiny_overrides, write_corpus
 
 SCRIPT = Path(sys.executable).with_name("lm")  # the console script pyproject installs
@@ -36,7 +37,7 @@ def lm(*argv: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedPr
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """One tiny trained run shared by the tests: its run dir, checkpoint and corpus (BPE
     tokenizer, so that it converts to a Hugging Face directory with tokenizer files)."""
-    from lm.config import compose_config
+    from lm.config.compose import compose_config
     from lm.training.run import run
 
     tmp = tmp_path_factory.mktemp("cli")
@@ -212,7 +213,7 @@ def help_groups(out: str) -> dict[str, list[str]]:
 
 
 def test_help_lists_only_the_options_a_user_can_choose(cwd, capsys):
-    from lm.config import compose_config
+    from lm.config.compose import compose_config
 
     _, out, _ = run_main(capsys, "train", "--help")
     groups = help_groups(out)

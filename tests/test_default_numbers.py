@@ -7,8 +7,8 @@ project's CPU machine, for the same config: not by the code under test.
 
 import pytest
 
-from lm.config import compose_config
-from lm.training.registry import config_hash
+from lm.config.compose import compose_config
+from lm.training.hashing import config_hash
 from lm.training.run import run
 
 # commit 5fdc9f0: tests/conftest.py's tiny run on its corpus, 12 steps, seed 3

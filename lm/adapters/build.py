@@ -21,7 +21,7 @@ from lm.adapters.lora import (
     match_layers,
     replace_layer,
 )
-from lm.adapters.nf4 import NF4Linear, check_block_size
+from lm.adapters.nf4 import NF4Linear, check_quant_block_size
 
 ADAPTERS = ("none", "lora", "qlora")
 
@@ -39,7 +39,7 @@ def is_adapter_key(key: str) -> bool:
 def check_adapter(cfg: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` (one line naming the key, value and rule) for a bad
     ``adapter`` setting that needs no model: the name, ``r``, ``alpha``, ``dropout``,
-    ``block_size``. Target globs are checked against a model by ``apply_adapter``."""
+    ``quant_block_size``. Target globs are checked against a model by ``apply_adapter``."""
     name = adapter_name(cfg)
     if name not in ADAPTERS:
         raise ValueError(f"adapter.name={name} is invalid: must be one of {', '.join(ADAPTERS)}")
@@ -49,7 +49,14 @@ def check_adapter(cfg: Mapping[str, Any]) -> None:
     check_lora_settings(cfg.get("r"), float("nan") if alpha is None else alpha,
                         float("nan") if dropout is None else dropout)
     if name == "qlora":
-        check_block_size(cfg.get("block_size"))
+        check_quant_block_size(quant_block_size(cfg))
+
+
+def quant_block_size(cfg: Mapping[str, Any]) -> Any:
+    """``cfg["quant_block_size"]`` of a ``qlora`` config: weights per NF4 absmax scale (not
+    the context length ``model.block_size``). An adapter config saved before the key had
+    that name (an older QLoRA checkpoint's) calls it ``block_size``; None if neither."""
+    return cfg.get("quant_block_size", cfg.get("block_size"))
 
 
 def check_adapter_layers(model: nn.Module, cfg: Mapping[str, Any]) -> None:
@@ -76,7 +83,8 @@ def apply_adapter(model: nn.Module, cfg: Mapping[str, Any] | None) -> list[str]:
         for layer in match_layers(model, list(cfg["quantize"]), key="adapter.quantize"):
             linear = model.named_layers()[layer]
             replace_layer(model, layer, NF4Linear.from_linear(
-                linear, block_size=cfg["block_size"], double_quant=bool(cfg["double_quant"])))
+                linear, quant_block_size=quant_block_size(cfg),
+                double_quant=bool(cfg["double_quant"])))
     targets = match_layers(model, list(cfg["targets"]), key="adapter.targets")
     return apply_lora(model, targets, r=cfg["r"], alpha=float(cfg["alpha"]),
                       dropout=float(cfg["dropout"]))

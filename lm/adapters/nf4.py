@@ -2,7 +2,7 @@
 
 Trained weights are roughly normal, so QLoRA stores each one as one of 16 levels placed at
 quantiles of N(0, 1) (``NF4_LEVELS``, -1 ... 0 ... 1): every level then gets about the same
-share of the weights. A weight is quantised in blocks of ``block_size`` (64) values: divide
+share of the weights. A weight is quantised in blocks of ``quant_block_size`` (64) values: divide
 the block by its absolute maximum (``absmax``, one float32 per block) so it lies in [-1, 1],
 store the index (0..15) of the nearest level, two indices per byte. Dequantising is a table
 look-up times the block's absmax. Double quantisation stores the float32 absmax values
@@ -84,22 +84,22 @@ DYNAMIC_MAP = dynamic_map()  # (256,) float32, built once
 # --- blockwise absmax quantisation, shared by the 4-bit and the 8-bit code --------------
 
 
-def check_block_size(block_size: int) -> None:
-    """Raise ``ValueError`` unless ``block_size`` is an even integer >= 2."""
-    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 2 \
-            or block_size % 2:
-        raise ValueError(f"adapter.block_size={block_size} is invalid: must be an even integer >= 2 "
-                         "(two 4-bit codes share a byte; the paper's is 64)")
+def check_quant_block_size(quant_block_size: int) -> None:
+    """Raise ``ValueError`` unless ``quant_block_size`` is an even integer >= 2."""
+    size = quant_block_size
+    if not isinstance(size, int) or isinstance(size, bool) or size < 2 or size % 2:
+        raise ValueError(f"adapter.quant_block_size={size} is invalid: must be an even integer "
+                         ">= 2 (two 4-bit codes share a byte; the paper's is 64)")
 
 
-def _to_blocks(x: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Flatten ``x`` (row-major) into rows of ``block_size``, zero-padding the last row.
+def _to_blocks(x: torch.Tensor, quant_block_size: int) -> torch.Tensor:
+    """Flatten ``x`` (row-major) into rows of ``quant_block_size``, zero-padding the last row.
 
-    Returns float32 (n_blocks, block_size), n_blocks = ceil(x.numel() / block_size).
+    Returns float32 (n_blocks, quant_block_size), n_blocks = ceil(x.numel() / quant_block_size).
     """
     flat = x.reshape(-1).float()  # (n,)
-    pad = -flat.numel() % block_size
-    return F.pad(flat, (0, pad)).view(-1, block_size)  # (n_blocks, block_size)
+    pad = -flat.numel() % quant_block_size
+    return F.pad(flat, (0, pad)).view(-1, quant_block_size)  # (n_blocks, quant_block_size)
 
 
 def _nearest_level(scaled: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -116,26 +116,27 @@ def _nearest_level(scaled: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
 
 def _quantize_blocks(blocks: torch.Tensor, levels: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Absmax-quantise each row of ``blocks`` (float32 (n_blocks, block_size)) to ``levels``.
+    """Absmax-quantise each row of ``blocks`` (float32 (n_blocks, quant_block_size)) to ``levels``.
 
-    Returns (level indices int64 (n_blocks, block_size), absmax float32 (n_blocks,)).
+    Returns (level indices int64 (n_blocks, quant_block_size), absmax float32 (n_blocks,)).
     """
     absmax = blocks.abs().amax(dim=1)  # (n_blocks,)
     # times the reciprocal rather than divided by absmax: the same rounding as bitsandbytes
     inverse = 1.0 / absmax.clamp(min=_TINY)  # (n_blocks,)
-    scaled = blocks * inverse[:, None]  # (n_blocks, block_size) in [-1, 1]
+    scaled = blocks * inverse[:, None]  # (n_blocks, quant_block_size) in [-1, 1]
     return _nearest_level(scaled, levels), absmax
 
 
 def _dequantize_blocks(indices: torch.Tensor, levels: torch.Tensor, absmax: torch.Tensor,
-                       block_size: int, n: int) -> torch.Tensor:
+                       quant_block_size: int, n: int) -> torch.Tensor:
     """Level look-up times each block's absmax, for the first ``n`` indices: float32 (n,).
 
-    ``indices``: integer (m,), m >= n, row-major; ``absmax``: float32 (ceil(n / block_size),).
+    ``indices``: integer (m,), m >= n, row-major; ``absmax``: float32 (ceil(n / quant_block_size),).
     """
-    pad = absmax.numel() * block_size - n
-    indices = F.pad(indices[:n].long(), (0, pad))  # (n_blocks * block_size,) whole blocks
-    values = levels.to(absmax.device)[indices].view(-1, block_size)  # (n_blocks, block_size)
+    pad = absmax.numel() * quant_block_size - n
+    indices = F.pad(indices[:n].long(), (0, pad))  # (n_blocks * quant_block_size,) whole blocks
+    values = levels.to(absmax.device)[indices]  # (n_blocks * quant_block_size,)
+    values = values.view(-1, quant_block_size)  # (n_blocks, quant_block_size)
     return (values * absmax[:, None]).reshape(-1)[:n]  # (n,)
 
 
@@ -157,8 +158,8 @@ def _unpack(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([high, low], dim=1).reshape(-1).long()  # (2k,)
 
 
-def quantize_nf4(w: torch.Tensor, block_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantise ``w`` to NF4 in blocks of ``block_size`` values.
+def quantize_nf4(w: torch.Tensor, quant_block_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantise ``w`` to NF4 in blocks of ``quant_block_size`` values.
 
     ``w`` (any shape, float) is flattened row-major and cut into blocks (the last one
     zero-padded). Each block is divided by its absmax and each value stored as the index of
@@ -166,88 +167,89 @@ def quantize_nf4(w: torch.Tensor, block_size: int = 64) -> tuple[torch.Tensor, t
 
     Returns:
         codes: uint8 (ceil(w.numel() / 2),), the packed 4-bit indices.
-        absmax: float32 (ceil(w.numel() / block_size),), each block's max |w|.
+        absmax: float32 (ceil(w.numel() / quant_block_size),), each block's max |w|.
 
     Raises:
-        ValueError: ``block_size`` is not an even integer >= 2.
+        ValueError: ``quant_block_size`` is not an even integer >= 2.
 
     Source: QLoRA, Dettmers et al. 2023, section 3; the same bytes and absmax as
-    ``bitsandbytes.functional.quantize_4bit(w, blocksize=block_size, quant_type="nf4")``.
+    ``bitsandbytes.functional.quantize_4bit(w, blocksize=quant_block_size, quant_type="nf4")``.
     """
-    check_block_size(block_size)
-    blocks = _to_blocks(w, block_size)  # (n_blocks, block_size)
-    indices, absmax = _quantize_blocks(blocks, NF4_LEVELS)  # (n_blocks, block_size), (n_blocks,)
+    check_quant_block_size(quant_block_size)
+    blocks = _to_blocks(w, quant_block_size)  # (n_blocks, quant_block_size)
+    indices, absmax = _quantize_blocks(blocks, NF4_LEVELS)  # as blocks, (n_blocks,)
     indices = indices.reshape(-1)[: w.numel()]  # (n,) drop the padding
     return _pack(indices), absmax
 
 
 def dequantize_nf4(codes: torch.Tensor, absmax: torch.Tensor, shape: tuple[int, ...] | torch.Size,
-                   block_size: int = 64) -> torch.Tensor:
+                   quant_block_size: int = 64) -> torch.Tensor:
     """Inverse of ``quantize_nf4``: ``NF4_LEVELS[code] * absmax`` of each value's block.
 
     Args:
-        codes: uint8 (ceil(n / 2),) packed indices; absmax: float32 (ceil(n / block_size),);
+        codes: uint8 (ceil(n / 2),) packed indices; absmax: float32 (ceil(n / quant_block_size),);
         shape: the weight's shape, n = prod(shape).
 
     Returns: float32 tensor of ``shape``.
 
     Raises:
-        ValueError: ``block_size`` is not an even integer >= 2.
+        ValueError: ``quant_block_size`` is not an even integer >= 2.
 
     Source: QLoRA, Dettmers et al. 2023, section 3; equals ``bitsandbytes.functional.
     dequantize_4bit`` on the same codes.
     """
-    check_block_size(block_size)
+    check_quant_block_size(quant_block_size)
     n = math.prod(shape)
-    assert codes.numel() == -(-n // 2) and absmax.numel() == -(-n // block_size), \
+    assert codes.numel() == -(-n // 2) and absmax.numel() == -(-n // quant_block_size), \
         f"codes {codes.numel()} / absmax {absmax.numel()} do not fit {n} values"
     indices = _unpack(codes)  # (2 * ceil(n / 2),)
-    return _dequantize_blocks(indices, NF4_LEVELS, absmax.float(), block_size, n).view(shape)
+    return _dequantize_blocks(indices, NF4_LEVELS, absmax.float(), quant_block_size, n).view(shape)
 
 
 # --- double quantisation: the absmax values in 8 bits ------------------------------------
 
 
-def quantize_absmax(absmax: torch.Tensor, block_size: int = ABSMAX_BLOCK_SIZE
+def quantize_absmax(absmax: torch.Tensor, quant_block_size: int = ABSMAX_BLOCK_SIZE
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Double quantisation: store NF4's absmax values in 8 bits.
 
     Absmax values are all positive, so their mean is subtracted first (offset) to centre
     them on 0 and use both halves of the signed map. The centred values are then
-    absmax-quantised in blocks of ``block_size`` to the nearest ``DYNAMIC_MAP`` entry.
+    absmax-quantised in blocks of ``quant_block_size`` to the nearest ``DYNAMIC_MAP`` entry.
 
     Args:
         absmax: float32 (n,), from ``quantize_nf4``.
 
     Returns:
         codes: uint8 (n,), indices into ``DYNAMIC_MAP``.
-        scales: float32 (ceil(n / block_size),), each block's max |absmax - offset|.
+        scales: float32 (ceil(n / quant_block_size),), each block's max |absmax - offset|.
         offset: float32 scalar (0-dim), the mean of ``absmax``.
 
     Raises:
-        ValueError: ``block_size`` is not an integer >= 1.
+        ValueError: ``quant_block_size`` is not an integer >= 1.
 
     Source: QLoRA, Dettmers et al. 2023, section 3 "Double Quantization" (blocks of 256,
     mean subtracted). The paper says 8-bit floats; this uses bitsandbytes' dynamic map, as
     ``quantize_4bit(..., compress_statistics=True)`` does, and gives its offset and scales.
     """
-    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
-        raise ValueError(f"double quantisation block_size={block_size} is invalid: "
+    size = quant_block_size
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"double quantisation quant_block_size={size} is invalid: "
                          "must be an integer >= 1 (the paper's is 256)")
     offset = absmax.float().mean()  # () float32
-    blocks = _to_blocks(absmax - offset, block_size)  # (n_blocks2, block_size)
-    indices, scales = _quantize_blocks(blocks, DYNAMIC_MAP)  # (n_blocks2, bs), (n_blocks2,)
+    blocks = _to_blocks(absmax - offset, quant_block_size)  # (n_blocks2, quant_block_size)
+    indices, scales = _quantize_blocks(blocks, DYNAMIC_MAP)  # as blocks, (n_blocks2,)
     codes = indices.reshape(-1)[: absmax.numel()].to(torch.uint8)  # (n,)
     return codes, scales, offset
 
 
 def dequantize_absmax(codes: torch.Tensor, scales: torch.Tensor, offset: torch.Tensor, n: int,
-                      block_size: int = ABSMAX_BLOCK_SIZE) -> torch.Tensor:
+                      quant_block_size: int = ABSMAX_BLOCK_SIZE) -> torch.Tensor:
     """Inverse of ``quantize_absmax``: ``DYNAMIC_MAP[code] * scale + offset``.
 
     Args:
-        codes: uint8 (n,); scales: float32 (ceil(n / block_size),); offset: float32 scalar;
-        n: how many absmax values; block_size: as given to ``quantize_absmax``.
+        codes: uint8 (n,); scales: float32 (ceil(n / quant_block_size),); offset: float32 scalar;
+        n: how many absmax values; quant_block_size: as given to ``quantize_absmax``.
 
     Returns: float32 (n,), the approximate absmax values.
 
@@ -255,7 +257,7 @@ def dequantize_absmax(codes: torch.Tensor, scales: torch.Tensor, offset: torch.T
     plus ``offset``, as its ``dequantize_4bit`` does for a nested quant state.
     """
     assert codes.numel() == n, f"{codes.numel()} codes for {n} absmax values"
-    values = _dequantize_blocks(codes, DYNAMIC_MAP, scales.float(), block_size, n)  # (n,)
+    values = _dequantize_blocks(codes, DYNAMIC_MAP, scales.float(), quant_block_size, n)  # (n,)
     return values + offset  # (n,)
 
 
@@ -272,27 +274,27 @@ class NF4Linear(nn.Module):
 
     Buffers (n = out_features * in_features):
         weight_codes: uint8 (ceil(n / 2),), packed 4-bit level indices.
-        weight_absmax: float32 (ceil(n / block_size),), without double quantisation; with it:
-        weight_absmax_codes: uint8 (ceil(n / block_size),),
+        weight_absmax: float32 (ceil(n / quant_block_size),), without double quantisation; with it:
+        weight_absmax_codes: uint8 (ceil(n / quant_block_size),),
         weight_absmax_scales: float32 (ceil(n_blocks / 256),),
         weight_absmax_offset: float32 (), see ``quantize_absmax``.
         bias: float32 (out_features,), or None.
 
     Raises:
-        ValueError: ``block_size`` is not an even integer >= 2 (one line).
+        ValueError: ``quant_block_size`` is not an even integer >= 2 (one line).
 
     Source: QLoRA, Dettmers et al. 2023; bitsandbytes ``nn.Linear4bit`` (its ``quant_type=
     "nf4"``, ``compress_statistics`` = our ``double_quant``).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 block_size: int = 64, double_quant: bool = False):
+                 quant_block_size: int = 64, double_quant: bool = False):
         super().__init__()
-        check_block_size(block_size)
+        check_quant_block_size(quant_block_size)
         self.in_features, self.out_features = in_features, out_features
-        self.block_size, self.double_quant = block_size, double_quant
+        self.quant_block_size, self.double_quant = quant_block_size, double_quant
         n = in_features * out_features
-        n_blocks = -(-n // block_size)
+        n_blocks = -(-n // quant_block_size)
         self.register_buffer("weight_codes", torch.zeros(-(-n // 2), dtype=torch.uint8))
         if double_quant:
             n_blocks2 = -(-n_blocks // ABSMAX_BLOCK_SIZE)
@@ -304,12 +306,12 @@ class NF4Linear(nn.Module):
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, block_size: int = 64,
+    def from_linear(cls, linear: nn.Linear, quant_block_size: int = 64,
                     double_quant: bool = False) -> NF4Linear:
         """Quantise ``linear``'s weight (and copy its bias) into a new ``NF4Linear`` on the
-        same device. Raises ``ValueError`` for a bad ``block_size``."""
+        same device. Raises ``ValueError`` for a bad ``quant_block_size``."""
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
-                    block_size, double_quant).to(linear.weight.device)
+                    quant_block_size, double_quant).to(linear.weight.device)
         layer.set_weight(linear.weight.detach())
         if linear.bias is not None:
             layer.bias.copy_(linear.bias.detach())
@@ -319,7 +321,7 @@ class NF4Linear(nn.Module):
     def set_weight(self, weight: torch.Tensor) -> None:
         """Quantise ``weight`` (out_features, in_features) into this layer's buffers."""
         assert weight.shape == (self.out_features, self.in_features), weight.shape
-        codes, absmax = quantize_nf4(weight, self.block_size)  # (n/2,) uint8, (n_blocks,)
+        codes, absmax = quantize_nf4(weight, self.quant_block_size)  # (n/2,) uint8, (n_blocks,)
         self.weight_codes.copy_(codes)
         if self.double_quant:
             absmax_codes, scales, offset = quantize_absmax(absmax)  # (n_blocks,), (n_b2,), ()
@@ -339,7 +341,7 @@ class NF4Linear(nn.Module):
     def dequantize(self) -> torch.Tensor:
         """The weight, float32 (out_features, in_features)."""
         shape = (self.out_features, self.in_features)
-        return dequantize_nf4(self.weight_codes, self.absmax(), shape, self.block_size)
+        return dequantize_nf4(self.weight_codes, self.absmax(), shape, self.quant_block_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., in_features) -> (..., out_features), in x's dtype."""
@@ -349,5 +351,5 @@ class NF4Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, block_size={self.block_size}, "
+                f"bias={self.bias is not None}, quant_block_size={self.quant_block_size}, "
                 f"double_quant={self.double_quant}")

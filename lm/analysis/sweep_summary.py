@@ -20,7 +20,8 @@ swept values beside ``val/loss``. For means over seeds and confidence intervals,
 This module is imported by Hydra at start-up, so it imports nothing heavy; that is why
 the table helpers ``lm compare`` shares (``fmt``, ``markdown_table``, ``write_csv``,
 ``find_run_dirs``) and the rule of what a run record is (``record_problem``) live here
-and ``compare.py`` imports them, not the other way round.
+and ``lm/analysis/compare/`` imports them, not the other way round; what it needs of
+``lm/training/hparams.py`` (which imports Lightning) it imports when a sweep ends.
 """
 
 import csv
@@ -40,7 +41,6 @@ from lm.training.record import read_record
 log = logging.getLogger(__name__)
 
 # <job>-<swept overrides>-<hash8> (or <job>-<hash8>), as hydra.sweep.subdir names it
-EXPERIMENT_SUFFIX = ".hparams"  # = lm.training.hparams.EXPERIMENT_SUFFIX (imports nothing heavy)
 JOB_DIR = re.compile(r"^(\d+)-(?:(.*)-)?[0-9a-f]{8}$")
 
 # The run.json fields lm compare and this summary read, with the JSON type lm train writes
@@ -221,11 +221,12 @@ def write_summary(sweep_dir: str | Path, registry_dir: str | Path | None = None)
     Returns:
         The paths of the CSV and the Markdown file.
     """
+    from lm.training.hparams import remove_experiments
+
     sweep_dir = Path(sweep_dir)
     rows = [summary_row(sweep_dir, d) for d in find_run_dirs(sweep_dir)]
     if registry_dir is not None:  # the latest sweep's experiment is the only one under it
-        for old in Path(registry_dir).rglob(f"events.out.tfevents.*{EXPERIMENT_SUFFIX}"):
-            old.unlink(missing_ok=True)
+        remove_experiments(registry_dir, below=True)
     for log_dir in {sweep_dir, *([Path(registry_dir)] if registry_dir else [])}:
         write_hparams_experiment(log_dir, rows)
     csv_path, md_path = sweep_dir / "summary.csv", sweep_dir / "summary.md"
@@ -239,8 +240,6 @@ def write_hparams_experiment(sweep_dir: Path, rows: list[dict[str, Any]]) -> lis
     """TensorBoard's HParams experiment summary in ``sweep_dir`` (``lm/training/hparams.py``:
     the keys the jobs' configs differ in first), from each job's resolved config; jobs
     whose config cannot be read are left out. Returns the differing keys."""
-    from omegaconf import OmegaConf
-
     from lm.training.hparams import hparam_values, write_experiment
 
     runs = []

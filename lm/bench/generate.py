@@ -24,7 +24,7 @@ import torch
 from omegaconf import OmegaConf
 
 from lm.bench import BenchGenerateConfig
-from lm.config import compose_config
+from lm.config.compose import compose_config
 from lm.model import GPT, GPTConfig
 from lm.sampling import generate
 

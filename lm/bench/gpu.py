@@ -19,7 +19,8 @@ import time
 import torch
 
 from lm.bench import BenchGpuConfig
-from lm.config import compose_config, validate
+from lm.config.compose import compose_config
+from lm.config.validate import validate
 from lm.model import GPT, GPTConfig
 from lm.training.mfu import device_peak_tflops, flops_per_token, matmul_params, mfu
 from lm.training.module import param_groups

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from lm.bench import BenchSpeedrunConfig
-from lm.config import check_overrides
+from lm.config.overrides import check_overrides
 
 WHOLE_SPLIT = ("all", "last", "none")
 

@@ -19,7 +19,8 @@ import lightning as L
 import torch
 
 from lm.bench import BenchTrainConfig
-from lm.config import compose_config, validate
+from lm.config.compose import compose_config
+from lm.config.validate import validate
 from lm.hook_points import HookPoint
 from lm.model import GPT
 from lm.training.module import param_groups

@@ -32,7 +32,8 @@ from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
 from lm.checkpoint import load_checkpoint
-from lm.config import DataConfig, compose_config
+from lm.config.compose import compose_config
+from lm.config.schema import DataConfig
 from lm.data.corpus import DataError, load_text
 from lm.data.datamodule import build_datamodule
 from lm.data.tokens import split_text, windows_at

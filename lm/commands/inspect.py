@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from lm.adapters.build import apply_adapter, describe_params
 from lm.adapters.lora import LoRALinear, count_params
 from lm.checkpoint import load_checkpoint
-from lm.config import unknown_key
+from lm.config.validate import unknown_key
 from lm.errors import ConfigError, first_line
 from lm.hooks import ForwardHook, build_hooks
 from lm.model import GPT, GPTConfig

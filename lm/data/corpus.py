@@ -151,22 +151,30 @@ def _check(data: bytes, corpus: SdistCorpus) -> str:
     return text
 
 
-def corpus_files(path: str | os.PathLike) -> list[Path]:
-    """The files a ``data.source=text_file`` corpus is read from, in reading order: the
-    file itself, or a directory's ``*.txt`` entries (not recursive) sorted by name.
+def listed_files(path: str | os.PathLike, pattern: str) -> list[Path]:
+    """The files read from ``path``, in reading order: the file itself, or a directory's
+    entries matching the glob ``pattern`` (not recursive) sorted by name.
 
-    The one rule for both readers of a corpus: ``text_file_text`` reads these files and
-    the config hash (``lm.training.registry.CONTENT_KEYS``) digests them, so the hash
-    describes the text trained on. Entries that are not regular files (subdirectories,
-    pipes) are left out; a link that cannot be followed (dangling, or a loop) is kept,
-    so that ``text_file_text`` refuses it instead of training on less text.
+    The one rule of the readers of a path and of the config hash, which digests these
+    files (``lm.training.hashing.CONTENT_KEYS``) so that it describes what was read.
+    Entries that are not regular files (subdirectories, pipes) are left out; a link that
+    cannot be followed (dangling, or a loop) is kept, so that a reader can refuse it
+    (``text_file_text`` does) instead of reading less.
     """
     path = Path(path).expanduser()
     if path.is_dir():
         # glob lists a broken link (its name exists), but stat, hence exists(), fails
-        entries = (p for p in path.glob("*.txt") if p.is_file() or not p.exists())
+        entries = (p for p in path.glob(pattern) if p.is_file() or not p.exists())
         return sorted(entries, key=lambda p: p.name)
     return [path]
+
+
+def corpus_files(path: str | os.PathLike) -> list[Path]:
+    """The files a ``data.source=text_file`` corpus is read from, in reading order: the
+    file itself, or a directory's ``*.txt`` entries (``listed_files``), links that cannot
+    be followed included, so that ``text_file_text`` refuses them instead of training on
+    less text. ``text_file_text`` reads these files and the config hash digests them."""
+    return listed_files(path, "*.txt")
 
 
 def unreadable(path: Path) -> str | None:

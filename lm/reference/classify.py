@@ -1,6 +1,8 @@
-"""Two-moons binary classification with the scalar engine: micrograd's demo, as a command.
+"""Two-moons binary classification with the scalar engine: micrograd's demo.
 
     lm classify [steps=100] [seed=0] [out=outputs/reference/moons.png]   (conf/classify.yaml)
+
+runs ``demo`` (the command: ``lm/commands/classify.py``).
 
 Reference: micrograd ``demo.ipynb`` (Karpathy): an ``MLP(2, [16, 16, 1])`` trained
 full batch on 100 noisy two-moons points with the SVM max-margin loss
@@ -14,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -125,40 +126,25 @@ def plot_decision_boundary(model: MLP, X: np.ndarray, y: np.ndarray, out: Path, 
     plt.close(fig)
 
 
-@dataclass
-class ClassifyConfig:
-    """The settings of ``lm classify``: their types. Defaults and meaning:
-    ``conf/classify.yaml``."""
-
-    steps: int
-    seed: int
-    out: str
-
-
-def demo(cfg: ClassifyConfig) -> int | None:
-    """Train on two moons, plot the decision boundary to ``cfg.out``; return the step
-    100% accuracy was reached, or None.
+def demo(steps: int, seed: int, out: str | Path) -> int | None:
+    """Train an ``MLP(2, [16, 16, 1])`` (initialised from ``seed``) on two moons for
+    ``steps`` steps, printing each, and plot its decision boundary to the PNG ``out``;
+    return the step 100% accuracy was reached, or None.
 
     Raises:
         ValueError: ``steps`` < 1 (one line).
     """
-    if cfg.steps < 1:
-        raise ValueError(f"steps={cfg.steps} is invalid: must be an integer >= 1")
+    if steps < 1:
+        raise ValueError(f"steps={steps} is invalid: must be an integer >= 1")
     start = time.perf_counter()
     X, y = make_moons()
-    model = MLP(2, [16, 16, 1], seed=cfg.seed)
+    model = MLP(2, [16, 16, 1], seed=seed)
     with cyclic_gc_paused():
-        reached = train(model, X.tolist(), y.tolist(), cfg.steps)
+        reached = train(model, X.tolist(), y.tolist(), steps)
         if reached is None:
-            print(f"did not reach 100% accuracy in {cfg.steps} steps")
+            print(f"did not reach 100% accuracy in {steps} steps")
         else:
             print(f"reached 100% accuracy at step {reached}")
-        plot_decision_boundary(model, X, y, Path(cfg.out))
-    print(f"wrote {cfg.out} ({time.perf_counter() - start:.1f} s)")
+        plot_decision_boundary(model, X, y, Path(out))
+    print(f"wrote {out} ({time.perf_counter() - start:.1f} s)")
     return reached
-
-
-def classify_command(cfg: ClassifyConfig) -> int:
-    """``lm classify``: the demo; exit code 0 whether or not it reached 100% accuracy."""
-    demo(cfg)
-    return 0

@@ -1,4 +1,5 @@
-"""Starting a run from a trained model: ``init_from=<a .ckpt>`` (or a GPT-2 directory).
+"""Starting a run from a trained model: ``init_from=<a .ckpt>`` (or a GPT-2 directory),
+with or without adapters (``adapter=lora|qlora``).
 
 A fine-tune from one of our checkpoints takes its weights (``load_checkpoint``: the file
 is checked before anything runs), its tokenizer (the new corpus is encoded with it,
@@ -12,15 +13,21 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from lm.adapters.build import adapter_name, is_adapter_key
+from lm.adapters.build import adapter_name, apply_adapter, describe_params, is_adapter_key
+from lm.adapters.lora import count_params
 from lm.checkpoint import CheckpointError, load_checkpoint
 from lm.errors import ConfigError
+from lm.interop.hf import init_from_hf  # a GPT-2 directory's weights (see start_from)
+from lm.metrics import mean_loss
 from lm.model import GPT, GPTConfig
 from lm.tokenizers import Tokenizer
+
+if TYPE_CHECKING:
+    from lm.training.module import LMModule
 
 # GPTConfig fields a fine-tune may set apart from its checkpoint's.
 TRAINING_ONLY_FIELDS = ("dropout",)
@@ -114,6 +121,71 @@ def check_adapter_needs_init(adapter: dict[str, Any] | None, init_from: str | No
                           "lm convert direction=import")
 
 
-def load_init_weights(model: GPT, init: InitCheckpoint) -> None:
-    """Copy the checkpoint's weights into ``model`` (same names and shapes)."""
-    model.load_state_dict(init.state)
+def start_from(module: LMModule, path: str, init: InitCheckpoint | None, adapter: dict | None,
+               weights_sha256: str | None, resuming: bool, verbose: bool = True) -> None:
+    """Load ``init_from``'s weights into ``module.model`` and give it the configured
+    adapter, printing trainable and total parameters (``verbose``). A resumed full
+    fine-tune skips the load (its checkpoint has every weight); an adapter run always
+    loads the base (its checkpoints hold the adapters only).
+
+    Args:
+        path: ``init_from``: a .ckpt (read into ``init`` by validation) or a GPT-2 dir.
+        init: the checkpoint's weights; None for a GPT-2 directory.
+        adapter: the resolved ``adapter`` node (None or name ``none``: no adapter).
+        weights_sha256: the hash's digest of ``init_from`` (the adapter checkpoints'
+            record of their base).
+
+    Raises:
+        ConfigError: a GPT-2 directory's weights do not fit the model (one line).
+    """
+    if not resuming or adapter_name(adapter) != "none":
+        load_init_weights(module.model, init, path)
+    if adapter_name(adapter) != "none":
+        apply_adapter(module.model, adapter)
+        module.use_adapter({"config": adapter, "init_from": str(Path(path).resolve()),
+                            "weights_sha256": weights_sha256})
+    if verbose:
+        print(describe_params(*count_params(module.model)))
+
+
+def load_init_weights(model: GPT, init: InitCheckpoint | None, path: str) -> None:
+    """Copy ``init``'s weights into ``model`` (same names and shapes), or, ``init`` None,
+    those of the Hugging Face GPT-2 directory ``path`` (``lm.interop.hf.init_from_hf``).
+
+    Raises:
+        ConfigError: the directory's weights do not fit the model (one line).
+    """
+    if init is not None:
+        model.load_state_dict(init.state)
+        return
+    try:
+        init_from_hf(model, path)
+    except ValueError as err:
+        raise ConfigError(f"init_from={path}: {err}") from None
+
+
+def measure_initial(module: LMModule, loader) -> float:
+    """``val/loss`` of ``module.model`` as it is (before training) over ``loader``'s batches
+    (the run's own validation batches), in eval mode; kept in ``module.initial_metrics``,
+    and so in checkpoints and run.json (``metrics.initial``)."""
+    was_training = module.model.training
+    module.model.eval()
+    module.initial_metrics = {"val/loss": mean_loss(module.model, loader, module.device)}
+    module.model.train(was_training)
+    return module.initial_metrics["val/loss"]
+
+
+def check_resumed_adapter(adapter: dict, adapter_keys: set[str], checkpoint: dict) -> None:
+    """An adapter run resumes only from a checkpoint of the same adapters over the same
+    base: ``checkpoint["state_dict"]`` must hold exactly ``adapter_keys`` (the run's
+    adapter weights) and ``checkpoint["adapter"]`` the run's adapter config and
+    ``init_from`` weights SHA-256 (``adapter``, as ``LMModule.use_adapter`` got it).
+
+    Raises:
+        ValueError: one line, when they differ.
+    """
+    theirs = checkpoint.get("adapter") or {}
+    if set(checkpoint["state_dict"]) != adapter_keys or any(
+            theirs.get(k) != adapter[k] for k in ("config", "weights_sha256")):
+        raise ValueError("the checkpoint to resume from holds other adapters than this "
+                         "run's (adapter config, init_from weights or layer names differ)")

@@ -21,12 +21,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from lm.training.registry import _ABSENT, HASH_EXCLUDED_KEYS, _drop, _get, neutral_values
+from lm.training.hashing import HASH_EXCLUDED_KEYS, drop_dotted, fill_neutral_defaults
 
 # The HParams tab's metric columns, in this order (scalars the runs log).
 METRICS = ("val/loss", "val/ppl", "val/bpb", "train/loss")
 EXPERIMENT_SUFFIX = ".hparams"  # names the events file of an experiment summary
-# (lm/analysis/sweep_summary.py removes earlier sweeps' by it)
 _INSTANTIATION_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_")
 
 
@@ -38,21 +37,12 @@ def settings(cfg: DictConfig | dict) -> dict:
     raw = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
     raw = OmegaConf.to_container(OmegaConf.create(raw), resolve=False)  # a copy
     for dotted in HASH_EXCLUDED_KEYS:
-        _drop(raw, dotted)
-    plain = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
-    for dotted, default in neutral_values(plain).items():
-        if dotted.partition(".")[0] in plain and _get(plain, dotted) is _ABSENT:
-            _set(plain, dotted, default)
+        drop_dotted(raw, dotted)
+    plain = fill_neutral_defaults(OmegaConf.to_container(OmegaConf.create(raw), resolve=True),
+                                  new_groups=False)
     if isinstance(plain.get("adapter"), dict) and plain["adapter"].get("name") == "none":
         plain["adapter"] = {"name": "none"}  # r, alpha, ... mean nothing without one
     return plain
-
-
-def _set(tree: dict, dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        tree = tree.setdefault(part, {})
-    tree[leaf] = value
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, bool | int | float | str]:
@@ -131,11 +121,18 @@ def write_experiment(log_dir: str | Path, runs: Sequence[dict]) -> list[str]:
         infos.append(api_pb2.HParamInfo(name=key, type=kind, differs=key in differ))
     metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in METRICS]
     experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics)
-    for old in Path(log_dir).glob(f"events.out.tfevents.*{EXPERIMENT_SUFFIX}"):
-        old.unlink(missing_ok=True)
+    remove_experiments(log_dir, below=False)
     with SummaryWriter(str(log_dir), filename_suffix=EXPERIMENT_SUFFIX) as writer:
         _write(writer, metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
     return differ
+
+
+def remove_experiments(log_dir: str | Path, below: bool) -> None:
+    """Delete the HParams experiment summaries (``write_experiment``) in ``log_dir``, and
+    with ``below`` those in the dirs under it too."""
+    log_dir, pattern = Path(log_dir), f"events.out.tfevents.*{EXPERIMENT_SUFFIX}"
+    for old in log_dir.rglob(pattern) if below else log_dir.glob(pattern):
+        old.unlink(missing_ok=True)
 
 
 def _write(writer: Any, tag: str, data: Any) -> None:

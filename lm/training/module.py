@@ -1,20 +1,17 @@
-"""The LightningModule: a GPT, its optimizer and schedule, and what a run logs.
+"""The LightningModule: a GPT, its optimizer and schedule, its steps and what they log.
 
 Logged (TensorBoard, ``group/name``; TensorBoard orders groups by name, so the metrics
 come before the bookkeeping): ``train/loss``, ``train/lr``, ``train/grad_norm`` (global
 L2 norm before clipping), ``val/loss``, ``val/ppl``, ``val/bpb``; then
 ``wallclock/elapsed_s`` (seconds since training began, at each validation, so curves can
-be drawn against wall time), ``wallclock/tokens_per_sec`` (all ranks together) and
-``wallclock/mfu`` (model FLOPs utilisation, where the device's peak is known:
-lm/training/mfu.py); a text sample at each validation, each experiment hook's scalars
-under ``hooks/<name>/`` (``lm/hooks/``), and the HParams session (the resolved config;
-``lm/training/hparams.py``) at the first validation of a fit. Checkpoints carry the
-resolved run config, the model config and the tokenizer, so ``lm generate`` needs
-nothing else.
+be drawn against wall time), each experiment hook's scalars under ``hooks/<name>/``
+(``lm/hooks/``). Checkpoints carry the resolved run config, the model config and the
+tokenizer, so ``lm generate`` needs nothing else. The side jobs of a run (the HParams
+session, text samples, the target loss, tokens/s and MFU, ``torch.compile``) are
+callbacks: ``lm/training/run_callbacks.py``, listed in ``conf/callbacks/default.yaml``.
 """
 
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,15 +23,12 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
 from lm.adapters.build import adapter_state
-from lm.errors import first_line
 from lm.hook_points import remove_hooks
 from lm.hooks import AuxLossHook, Hook, UpdateHook
-from lm.metrics import bits_per_byte, mean_loss, perplexity
+from lm.metrics import bits_per_byte, perplexity
 from lm.model import GPT, GPTConfig
-from lm.sampling import generate, prompt_ids
 from lm.tokenizers import Tokenizer
-from lm.training.hparams import write_session
-from lm.training.mfu import device_peak_tflops, flops_per_token, matmul_params, mfu
+from lm.training.finetune import check_resumed_adapter
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -84,6 +78,14 @@ def eager(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             model._compiled_call_impl = compiled
 
 
+def logs_at(trainer: L.Trainer | None, steps_done: int) -> bool:
+    """Whether the step that makes ``steps_done`` optimizer steps writes its scalars: when
+    ``steps_done`` is a multiple of ``log_every_n_steps``, as Lightning decides (a metric
+    computed at another step would be wasted work). Without a Trainer (a module driven by
+    hand) nothing is written: never."""
+    return trainer is not None and steps_done % trainer.log_every_n_steps == 0
+
+
 class LMModule(L.LightningModule):
     """Trains ``GPT(model_config)`` on (x, y) token batches of shape (B, T).
 
@@ -91,46 +93,27 @@ class LMModule(L.LightningModule):
         model_config: the network (``vocab_size`` already set from the tokenizer).
         optimizer: ``optimizer(param_groups) -> torch.optim.Optimizer`` (a Hydra partial).
         scheduler: ``scheduler(optimizer) -> LRScheduler`` stepped every optimizer step.
-        tokenizer: encodes the sample prompt and decodes samples; saved in checkpoints.
-        sample: ``{"prompt", "max_new_tokens", "temperature", "top_k"}`` for the text
-            sample written at each validation (0 new tokens turns it off).
+        tokenizer: saved in checkpoints (text samples are decoded with it).
         run_config: the resolved run config (plain data), saved in checkpoints.
-        seed: seeds the sample generator (its own, so samples never move training RNG).
-        val_tokens_per_byte: validation tokens per UTF-8 byte of the validation text;
-            with it ``val/bpb`` (bits per byte) is logged, comparable across tokenizers.
         hooks: experiment hooks (``lm.hooks.build_hooks(cfg)``), applied in this order.
             Forward and backward hooks are attached from setup to teardown of a fit (or
             validate), removed on an exception too; update hooks run in
             ``on_before_optimizer_step``, before Lightning's clipping; auxiliary losses
             are added to the training loss (``train/loss`` stays the cross-entropy).
+        val_tokens_per_byte: validation tokens per UTF-8 byte of the validation text;
+            with it ``val/bpb`` (bits per byte) is logged, comparable across tokenizers.
         divergence_guard: raise ``Diverged`` at the first non-finite training loss or
             gradient norm (before that update, ``configure_gradient_clipping``) or
             validation loss (before any checkpoint of that validation is written).
-        target_loss: a val/loss to reach (``tracking.target_loss``): the first validation
-            at or below it prints one line (step, seconds since training began) and is
-            kept in ``target_reached`` (and in checkpoints); None: no target.
-        hyperparameters: flat ``{name: bool | int | float | str}`` for TensorBoard's
-            HParams tab (``lm/training/hparams.py``), written at the first validation of
-            a fit as a session named ``trial_name`` (the tab's Trial ID); the tab's
-            metric columns are points of the run's own curves, not extra ones.
-        trial_name: the run's name in the HParams tab (``lr:1e-3 1efc3874``).
-        compile: ``torch.compile`` the model (``trainer.compile``) at the first training
-            batch, in place (``nn.Module.compile``: the state_dict keys stay the eager
-            model's, no ``_orig_mod.``, so checkpoints load either way). Compilation is
-            lazy, so a forward and backward of that batch tries it at once; if it
-            raises (no C++ compiler, an unsupported platform), one ``warning:`` line
-            on stderr and the model stays eager. The compile time counts in
-            ``wallclock/elapsed_s``, not in ``wallclock/tokens_per_sec``. Text samples and the
-            hooks' validation-end forwards run eagerly (KV-cache shapes change every
-            token: compiled, each would recompile).
-        peak_tflops: the peak of one device in TFLOP/s (``trainer.peak_tflops``) for
-            ``wallclock/mfu``; None: the known bf16 peak of the GPU in use, else no MFU.
 
     Under data parallelism (``trainer.strategy=ddp``) every rank runs this module on its
     own batches: ``train/loss`` is the mean over ranks of their losses at a logging step,
     ``val/loss`` the mean over all ranks' validation batches (the same batches, and so
-    the same number, as one process), and only rank 0 writes events and samples. Hook
-    scalars are rank 0's. The dropout masks are the same on every rank (one seed).
+    the same number, as one process), and only rank 0 writes events. Hook scalars are
+    rank 0's. The dropout masks are the same on every rank (one seed).
+
+    The side jobs' callbacks (``lm/training/run_callbacks.py``) read ``latest_metrics``
+    (this validation's, from ``on_validation_end``), ``validated_at_s`` and ``elapsed_s()``.
     """
 
     def __init__(
@@ -139,17 +122,10 @@ class LMModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
         tokenizer: Tokenizer | None = None,
-        sample: dict | None = None,
         run_config: dict | None = None,
-        seed: int = 0,
         hooks: Sequence[Hook] = (),
         val_tokens_per_byte: float | None = None,
         divergence_guard: bool = False,
-        hyperparameters: dict[str, Any] | None = None,
-        trial_name: str = "",
-        target_loss: float | None = None,
-        compile: bool = False,
-        peak_tflops: float | None = None,
     ):
         super().__init__()
         self.model = GPT(model_config)
@@ -157,47 +133,35 @@ class LMModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.tokenizer = tokenizer
-        self.sample = sample or {"max_new_tokens": 0}
         self.run_config = run_config or {}
-        self.seed = seed
-        self._val_losses: list[torch.Tensor] = []
-        self._window_tokens = 0
-        self._window_seconds = 0.0
-        self.val_tokens_per_byte = val_tokens_per_byte
-        self.divergence_guard = divergence_guard
-        self._pending_hparams = hyperparameters  # written at the first validation
-        self.trial_name = trial_name
-        self._step_loss: torch.Tensor | None = None
         self.hooks = list(hooks)
         for hook in self.hooks:
             hook.check(self.model)
         self._aux_hooks = [h for h in self.hooks if isinstance(h, AuxLossHook)]
         self._update_hooks = [h for h in self.hooks if isinstance(h, UpdateHook)]
         self._hook_handles: list = []
-        self._logging = False  # whether this step's scalars are written (set per step)
+        self.val_tokens_per_byte = val_tokens_per_byte
+        self.divergence_guard = divergence_guard
+        self._val_losses: list[torch.Tensor] = []
         self._first_val_batch = None
+        self._step_loss: torch.Tensor | None = None
+        self.logging_step = False  # whether this step's scalars are written (start_step)
         # The latest logged train/loss and validation metrics; saved in checkpoints, so a
         # run resumed at its last step still reports them (run.json's final metrics).
         self.latest_metrics: dict[str, float] = {}
         self._latest_train_loss: torch.Tensor | None = None
-        self.target_loss = target_loss
-        self.target_reached: dict[str, float] | None = None
-        # Seconds of training before this fit began (restored from a checkpoint on
-        # resume) and the perf_counter() at which this fit's training began.
+        # Training seconds before this fit (from a checkpoint on resume), the perf_counter()
+        # at which it began, and elapsed_s() at the latest validation (its wallclock point).
         self._elapsed_before = 0.0
         self._fit_started: float | None = None
-        self._compile_pending = compile  # compiled at the first training batch
-        self.peak_tflops = peak_tflops
-        self._flops_per_token: float | None = None  # set at the start of training
-        self._device_peak: float | None = None
-        # Data-parallel processes and whether they shard the parameters (FSDP): fixed
-        # for a fit, read from the Trainer once in ``setup``, not at every step.
+        self.validated_at_s: float | None = None
+        # Data-parallel processes and whether they shard parameters (FSDP): read in setup.
         self._world_size = 1
         self._sharded = False
         # An adapter run's {"config", "init_from", "weights_sha256"} (``use_adapter``);
         # None: every weight is the model's own and checkpoints hold them all.
         self.adapter: dict | None = None
-        # val/loss of the model before training (init_from: the pretrained model's).
+        # val/loss before training (init_from: the pretrained model's; finetune.measure_initial).
         self.initial_metrics: dict[str, float] = {}
 
     def use_adapter(self, adapter: dict) -> None:
@@ -208,15 +172,6 @@ class LMModule(L.LightningModule):
         are checked in ``on_load_checkpoint``)."""
         self.adapter = adapter
         self.strict_loading = False
-
-    def measure_initial(self, loader) -> dict[str, float]:
-        """``{"val/loss"}`` of the model as it is, over ``loader``'s validation batches
-        (the run's own), in eval mode; kept in ``initial_metrics`` and in checkpoints."""
-        was_training = self.model.training
-        self.model.eval()
-        self.initial_metrics = {"val/loss": mean_loss(self.model, loader, self.device)}
-        self.model.train(was_training)
-        return self.initial_metrics
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """(B, T) token ids -> (logits (B, T, V), loss or None)."""
@@ -231,14 +186,7 @@ class LMModule(L.LightningModule):
         # Start the logger's writer first (TensorBoard's import takes seconds in a fresh
         # process): wallclock/elapsed_s counts training and validation, not logger set-up.
         _ = getattr(self.logger, "experiment", None)
-        self._flops_per_token = flops_per_token(self.model_config, matmul_params(self.model))
-        self._device_peak = device_peak_tflops(self.device, self.peak_tflops)
         self._fit_started = time.perf_counter()
-
-    def on_train_end(self) -> None:
-        if self.target_loss is not None and self.target_reached is None:
-            self.print(f"target not reached: val/loss {self.latest_metrics.get('val/loss', math.nan):.4f} "
-                       f"> {self.target_loss} at step {self.global_step}")
 
     def elapsed_s(self) -> float:
         """Seconds since training began (validation included), summed over resumed fits."""
@@ -246,50 +194,21 @@ class LMModule(L.LightningModule):
             return self._elapsed_before
         return self._elapsed_before + time.perf_counter() - self._fit_started
 
+    def start_step(self) -> None:
+        """Decide whether the step about to run writes its scalars, for this module and
+        its hooks (``hook.logging``). Called at each training batch's start; idempotent,
+        so a callback that runs the step's graph first (the compile trial) calls it too."""
+        self.logging_step = logs_at(self._trainer, self.global_step + 1)
+        for hook in self.hooks:
+            hook.logging = self.logging_step
+
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        self._logging = self._is_logging_step(self.global_step + 1)  # for this whole step
-        for hook in self.hooks:
-            hook.logging = self._logging
-        if self._compile_pending:  # with this step's hook flags: its graph is the step's
-            self._compile(batch)
-        self._step_started = time.perf_counter()
-
-    def _compile(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-        """``self.model.compile()``, tried on a forward and backward of ``batch`` under the
-        training step's precision context: the shapes, grad mode and autocast of the
-        steps, whose graphs are then reused, not compiled again. On any error: one
-        warning line and the model back to eager. The trial changes no numbers: the RNG
-        states are restored, the gradients are returned, not added to ``.grad``, and
-        what the hooks recorded is cleared.
-
-        Dynamo keeps compiled graphs per code object, shared by every GPT in the process,
-        and by default does not guard on module hooks: a graph traced without a hook
-        would run where one is attached (and the reverse). So the caches start empty
-        (a sweep's jobs in one process would otherwise share them and reach Dynamo's
-        recompile limit) and hooks are guarded on (a hook attached or removed
-        recompiles)."""
-        self._compile_pending = False
-        torch._dynamo.reset()
-        torch._dynamo.config.skip_nnmodule_hook_guards = False
-        x, y = batch  # (B, T), (B, T)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        cuda = [self.device] if self.device.type == "cuda" else []
-        try:
-            with torch.random.fork_rng(devices=cuda), self.trainer.precision_plugin.train_step_context():
-                self.model.compile()
-                _, loss = self.model(x, y)
-                torch.autograd.grad(loss, params, allow_unused=True)
-        except Exception as err:  # noqa: BLE001 - whatever stops compilation, eager runs
-            self.model._compiled_call_impl = None  # what nn.Module.compile set: eager again
-            print(f"warning: trainer.compile=true: torch.compile cannot run here "
-                  f"({first_line(err)}); training eagerly", file=sys.stderr)
-        for hook in self.hooks:
-            hook.metrics.clear()
+        self.start_step()
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch  # (B, T), (B, T)
         _, loss = self.model(x, y)
-        if self._logging:  # self.log costs ~1 ms: not every step
+        if self.logging_step:  # self.log costs ~1 ms: not every step
             self._latest_train_loss = self._mean_over_ranks(loss.detach())
             self.log("train/loss", self._latest_train_loss, on_step=True, on_epoch=False,
                      prog_bar=True, logger=False)  # the progress bar; the logger gets it in _write_step
@@ -327,28 +246,20 @@ class LMModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         scalars = {}
-        if self._logging:  # the raw gradient, before update hooks and clipping
+        if self.logging_step:  # the raw gradient, before update hooks and clipping
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             scalars["train/grad_norm"] = torch.nn.utils.get_total_norm(grads)
             scalars["train/lr"] = optimizer.param_groups[0]["lr"]
             scalars["train/loss"] = self._latest_train_loss
-            if self._window_seconds > 0:  # over the steps since the last logging step
-                tokens_per_sec = self._window_tokens / self._window_seconds
-                scalars["wallclock/tokens_per_sec"] = tokens_per_sec
-                if self._device_peak is not None and self._flops_per_token is not None:
-                    scalars["wallclock/mfu"] = mfu(tokens_per_sec, self._flops_per_token,
-                                               self._device_peak, self._world_size)
-                self._window_tokens, self._window_seconds = 0, 0.0
         if self.hooks:
-            scalars.update(self._run_update_hooks(self._logging))
+            scalars.update(self._run_update_hooks(self.logging_step))
         if scalars:
             self._write_step(scalars)
 
     def _write_step(self, scalars: dict) -> None:
-        """Write this step's scalars to the logger now, at the step Lightning would use
-        (the count of updates before this one). Lightning would write them after the
-        batch ends, after ``checkpoints/last.ckpt`` of this step is saved; a run killed
-        in between and resumed from that checkpoint would lack these points."""
+        """Write this step's scalars now, at the step Lightning would use (the count of
+        updates before this one); Lightning would write them after ``last.ckpt`` of this
+        step is saved, and a run resumed from it would lack these points."""
         if self.logger is not None:
             values = {k: float(v) for k, v in scalars.items() if v is not None}
             self.logger.log_metrics(values, step=self.global_step)
@@ -367,8 +278,6 @@ class LMModule(L.LightningModule):
         return scalars
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self._window_tokens += batch[0].numel() * self._world_size  # every rank's
-        self._window_seconds += time.perf_counter() - self._step_started
         # Validate at the last step too, when max_steps is not a multiple of the interval.
         trainer = self.trainer
         last_step = trainer.max_steps > 0 and self.global_step >= trainer.max_steps
@@ -381,13 +290,6 @@ class LMModule(L.LightningModule):
         if self._world_size == 1:
             return value
         return self.trainer.strategy.reduce(value, reduce_op="mean")
-
-    def _is_logging_step(self, steps_done: int) -> bool:
-        # Lightning writes step scalars when the count of finished steps is a multiple
-        # of log_every_n_steps; computing a metric at other steps would be wasted work.
-        # Outside a Trainer (a module driven by hand) nothing is written, so never.
-        trainer = self._trainer
-        return trainer is not None and steps_done % trainer.log_every_n_steps == 0
 
     # --- validation -----------------------------------------------------------
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
@@ -415,13 +317,11 @@ class LMModule(L.LightningModule):
         for key, value in metrics.items():  # for checkpoints, the progress bar and run.json
             self.log(key, value, prog_bar=key == "val/loss", logger=False, sync_dist=True)  # equal on all ranks already
         self._write_validation(metrics)
-        self.latest_metrics.update(metrics)
-        self._check_target(metrics["val/loss"])
+        self.latest_metrics.update(metrics)  # the callbacks' (text samples, target loss) too
         if not math.isfinite(metrics["val/loss"]):
             if self.divergence_guard:  # before any checkpoint callback sees this validation
                 raise Diverged(f"val/loss={metrics['val/loss']} at step {self.global_step}")
-            return  # NaN logits cannot be sampled from
-        self._log_sample()
+            return
         if self.hooks:
             with eager(self.model):  # one-off forwards (attention images): not worth compiling
                 for hook in self.hooks:
@@ -429,45 +329,13 @@ class LMModule(L.LightningModule):
             self._first_val_batch = None
 
     def _write_validation(self, metrics: dict[str, float]) -> None:
-        """Write the validation metrics to the logger at this step; the first time in a
-        fit, the HParams session of the run before them (``hparams.write_session``)."""
-        if self.logger is None:
-            return
-        if self._pending_hparams is not None:
-            write_session(self.logger, self._pending_hparams, self.trial_name)
-            self._pending_hparams = None
-        self.logger.log_metrics(metrics, step=self.global_step)
-        if self._fit_started is not None:  # in a fit, not a stand-alone trainer.validate()
-            self.logger.log_metrics({"wallclock/elapsed_s": self.elapsed_s()}, step=self.global_step)
-
-    def _check_target(self, loss: float) -> None:
-        """At the first validation with val/loss <= ``target_loss``: keep the step and
-        time in ``target_reached`` and print one line saying when it was crossed."""
-        if self.target_loss is None or self.target_reached is not None or not loss <= self.target_loss:
-            return
-        self.target_reached = {"val/loss": loss, "step": self.global_step,
-                               "elapsed_s": round(self.elapsed_s(), 3)}
-        self.print(f"target reached: val/loss {loss:.4f} <= {self.target_loss} at step "
-                   f"{self.global_step}, {self.target_reached['elapsed_s']:.1f} s into training")
-
-    def _log_sample(self) -> None:
-        n = self.sample.get("max_new_tokens", 0)
-        if not n or self.tokenizer is None or not self.trainer.is_global_zero:
-            return
-        experiment = getattr(self.logger, "experiment", None)
-        if not hasattr(experiment, "add_text"):
-            return
-        prompt = prompt_ids(self.sample["prompt"], self.tokenizer)
-        idx = torch.tensor([prompt], dtype=torch.long, device=self.device)  # (1, T)
-        generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        with eager(self.model) as model:  # a compiled one would recompile as the cache grows
-            out = generate(
-                model, idx, n, temperature=self.sample["temperature"],
-                top_k=self.sample["top_k"], generator=generator,
-            )  # (1, T + n)
-        text = self.tokenizer.decode(out[0].tolist())
-        # Markdown collapses whitespace: a code block keeps the sample's line breaks.
-        experiment.add_text("samples", "```\n" + text + "\n```", self.global_step)
+        """Write the validation metrics to the logger at this step, then
+        ``wallclock/elapsed_s`` (kept in ``validated_at_s``)."""
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=self.global_step)
+        self.validated_at_s = self.elapsed_s()
+        if self.logger is not None and self._fit_started is not None:  # not a stand-alone validate()
+            self.logger.log_metrics({"wallclock/elapsed_s": self.validated_at_s}, step=self.global_step)
 
     # --- hooks ------------------------------------------------------------------
     def configure_callbacks(self) -> list[L.Callback]:
@@ -509,7 +377,6 @@ class LMModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["latest_metrics"] = self.final_metrics()
         checkpoint["elapsed_s"] = self.elapsed_s()
-        checkpoint["target_reached"] = self.target_reached
         checkpoint["model_config"] = asdict(self.model_config)
         checkpoint["run_config"] = self.run_config
         checkpoint["initial_metrics"] = self.initial_metrics
@@ -521,16 +388,10 @@ class LMModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.adapter is not None:
-            ours = set(adapter_state(self.state_dict()))
-            theirs = checkpoint.get("adapter") or {}
-            if set(checkpoint["state_dict"]) != ours or any(
-                    theirs.get(k) != self.adapter[k] for k in ("config", "weights_sha256")):
-                raise ValueError("the checkpoint to resume from holds other adapters than this "
-                                 "run's (adapter config, init_from weights or layer names differ)")
+            check_resumed_adapter(self.adapter, set(adapter_state(self.state_dict())), checkpoint)
         self.initial_metrics = dict(checkpoint.get("initial_metrics", {}))
         self.latest_metrics = dict(checkpoint.get("latest_metrics", {}))
         self._elapsed_before = checkpoint.get("elapsed_s", 0.0)
-        self.target_reached = checkpoint.get("target_reached")
 
 
 class HookLifecycle(L.Callback):

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from hydra.core.hydra_config import HydraConfig
 
-from lm.training.registry import HASH_EXCLUDED_KEYS
+from lm.training.hashing import HASH_EXCLUDED_KEYS
 
 SWEPT_KEYS_ENV = "LM_SWEPT_KEYS"  # JSON list of the keys a `lm train -m` sweeps
 MAX_LABEL = 48  # characters of the overrides part of a name

@@ -19,7 +19,6 @@ import contextlib
 import copy
 import dataclasses
 import logging
-import os
 import re
 import resource
 import signal
@@ -33,24 +32,14 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from lm.adapters.build import adapter_name, adapter_state, apply_adapter, describe_params
+from lm.adapters.build import adapter_state
 from lm.adapters.lora import count_params
 from lm.checkpoint import save_adapter_safetensors
-from lm.config import (
-    CONF_DIR,
-    Validated,
-    check_overrides,
-    register_configs,
-    split_argv,
-    validate,
-)
-from lm.data.corpus import DataError
+from lm.config.validate import Validated, validate
 from lm.data.datamodule import LMDataModule, build_datamodule
-from lm.errors import ConfigError, first_line
-from lm.interop.hf import init_from_hf
+from lm.errors import ConfigError
 from lm.model import GPTConfig
 from lm.tokenizers import Tokenizer
 from lm.training.callbacks import AtomicCheckpointIO, LastCheckpoint, instantiate_callbacks
@@ -60,23 +49,20 @@ from lm.training.distributed import (
     started_together,
     world_size,
 )
-from lm.training.finetune import load_init_weights
-from lm.training.hparams import hparam_values
-from lm.training.logfile import tee_output
-from lm.training.mfu import size_report
-from lm.training.module import Diverged, LMModule
-from lm.training.naming import mark_swept_keys
-from lm.training.record import RunRecord
-from lm.training.registry import (
-    Plan,
+from lm.training.finetune import measure_initial, start_from
+from lm.training.hashing import (
     canonical_sha256,
     code_version,
     content_digests,
     hashable_config,
-    hydra_job_info,
-    remove_unstarted_run_dir,
     val_check_interval,
 )
+from lm.training.hparams import hparam_values
+from lm.training.mfu import size_report
+from lm.training.module import Diverged, LMModule
+from lm.training.record import RunRecord
+from lm.training.registry import Plan, hydra_job_info
+from lm.training.run_callbacks import HParamsSession, TargetLoss, check_compile
 from lm.training.signals import Interrupted, SigintFlag, stopping_signal
 from lm.training.strategies import build_strategy
 
@@ -140,8 +126,9 @@ def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict,
     ``diverged``.
 
     Raises:
-        ConfigError: a callback argument is rejected, ``init_from`` does not fit, or the
-            run dir cannot be written. Interrupted: SIGINT or SIGTERM.
+        ConfigError: a callback argument is rejected, ``callbacks.compile`` disagrees
+            with ``trainer.compile``, ``init_from`` does not fit, or the run dir cannot be
+            written. Interrupted: SIGINT or SIGTERM.
     """
     dm = build_datamodule(cfg, fixed_tokenizer=checked.init.tokenizer if checked.init else None)
     cfg.trainer.val_check_interval = val_check_interval(  # as hashed: see registry
@@ -152,25 +139,23 @@ def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict,
         with_vocab(checked.model_config, dm.tokenizer),
         optimizer=hydra.utils.instantiate(cfg.optimizer),
         scheduler=hydra.utils.instantiate(cfg.scheduler), tokenizer=dm.tokenizer,
-        sample=OmegaConf.to_container(cfg.sample), run_config=run_config, seed=cfg.seed,
+        run_config=run_config, hooks=checked.hooks,
         val_tokens_per_byte=dm.meta["n_val"] / dm.meta["val_text_bytes"],
-        hooks=checked.hooks, divergence_guard=cfg.tracking.divergence_guard,
-        hyperparameters=hparam_values(cfg), trial_name=trial_name(plan.run_dir, plan.full_hash),
-        target_loss=cfg.tracking.target_loss,
-        compile=cfg.trainer.compile, peak_tflops=cfg.trainer.get("peak_tflops"),
+        divergence_guard=cfg.tracking.divergence_guard,
     )
-    adapter = run_config.get("adapter")
     if cfg.init_from is not None:
-        start_from(module, cfg.init_from, checked, adapter, digests,
-                   resuming=plan.ckpt_path is not None, verbose=plan.leader)
+        start_from(module, cfg.init_from, checked.init, run_config.get("adapter"),
+                   digests.get("init_from"), resuming=plan.ckpt_path is not None, verbose=plan.leader)
     if cfg.init_from is not None and plan.ckpt_path is None:
-        loss = module.measure_initial(dm.val_dataloader())["val/loss"]
+        loss = measure_initial(module, dm.val_dataloader())
         if plan.leader:
             print(f"init_from: val/loss {loss:.4f} before training, on this run's validation batches")
-    callbacks = [*instantiate_callbacks(cfg.callbacks, cfg.trainer.enable_progress_bar),
+    callbacks = [HParamsSession(hparam_values(cfg), trial_name(plan.run_dir, plan.full_hash)),
+                 *instantiate_callbacks(cfg.callbacks, cfg.trainer.enable_progress_bar),
                  *extra_callbacks]
+    check_compile(callbacks, cfg.trainer.compile)
     trainer_args = {k: v for k, v in run_config["trainer"].items()
-                    if k not in ("compile", "peak_tflops")}  # LMModule's
+                    if k not in ("compile", "peak_tflops")}  # the callbacks' (conf/callbacks/)
     trainer = hydra.utils.instantiate(
         trainer_args, val_check_interval=min(cfg.trainer.val_check_interval, cfg.trainer.max_steps),
         strategy=build_strategy(cfg.trainer.get("strategy", "auto")),
@@ -208,29 +193,6 @@ def train(cfg: DictConfig, plan: Plan, checked: Validated, digests: dict,
         save_adapter_safetensors(adapter_checkpoint(module), plan.run_dir / "checkpoints" / ADAPTER_FILE)
     record.finish("completed", **final_metrics(trainer, module, cfg))
     return record.data
-
-
-def start_from(module: LMModule, path: str, checked: Validated, adapter: dict | None,
-               digests: dict, resuming: bool, verbose: bool = True) -> None:
-    """Load ``init_from``'s weights into ``module`` and give it the configured adapter,
-    printing trainable and total parameters (``verbose``). A resumed full fine-tune
-    skips the load (its checkpoint has every weight); an adapter run always loads the
-    base (its checkpoints hold the adapters only).
-
-    Raises:
-        ConfigError: a GPT-2 directory's weights do not fit (one line).
-    """
-    if not resuming or adapter_name(adapter) != "none":
-        if checked.init is not None:
-            load_init_weights(module.model, checked.init)
-        else:
-            init_from(module, path)
-    if adapter_name(adapter) != "none":
-        apply_adapter(module.model, adapter)
-        module.use_adapter({"config": adapter, "init_from": str(Path(path).resolve()),
-                            "weights_sha256": digests.get("init_from")})
-    if verbose:
-        print(describe_params(*count_params(module.model)))
 
 
 def say_size(module: LMModule, cfg: DictConfig) -> None:
@@ -283,18 +245,6 @@ def with_vocab(model_config: GPTConfig, tokenizer: Tokenizer) -> GPTConfig:
             f"tokenizer's vocab_size {tokenizer.vocab_size}"
         )
     return model_config
-
-
-def init_from(module: LMModule, path: str) -> None:
-    """Load a Hugging Face GPT-2 directory's weights into ``module`` (fine-tuning).
-
-    Raises:
-        ConfigError: they do not fit the model (one line).
-    """
-    try:
-        init_from_hf(module, path)
-    except ValueError as err:
-        raise ConfigError(f"init_from={path}: {err}") from None
 
 
 def build_logger(cfg: DictConfig, purge_step: int | None) -> Any:
@@ -377,7 +327,8 @@ def final_metrics(trainer: L.Trainer, module: LMModule, cfg: DictConfig) -> dict
     The latest metrics come from the module, which keeps them in its checkpoints, so a
     run resumed at its last step reports what the uninterrupted run would. The best
     comes from the first ``ModelCheckpoint`` (``callbacks.best_checkpoint``; None
-    without one), whose score a resume restores.
+    without one), whose score a resume restores; the target from ``TargetLoss``
+    (``callbacks.target_loss``; None without one or without a target).
     """
     best = trainer.checkpoint_callback
     ckpt_dir = Path(best.dirpath) if best else Path(cfg.paths.output_dir) / "checkpoints"
@@ -395,8 +346,7 @@ def final_metrics(trainer: L.Trainer, module: LMModule, cfg: DictConfig) -> dict
             "best": {"val/loss": None if best is None or best.best_model_score is None
                      else float(best.best_model_score)},
         },
-        "target": None if module.target_loss is None else
-                  {"val/loss": module.target_loss, "reached": module.target_reached},
+        "target": next((c.record() for c in trainer.callbacks if isinstance(c, TargetLoss)), None),
         "checkpoints": {"last": existing(ckpt_dir / "last.ckpt"),
                         "best": existing(best.best_model_path) if best else None,
                         "adapter": existing(ckpt_dir / ADAPTER_FILE)},
@@ -453,94 +403,3 @@ def quiet_lightning() -> None:
 
 def _no_tips(record: logging.LogRecord) -> bool:
     return "💡 Tip" not in str(record.msg)
-
-
-def prepare_process() -> None:
-    """What a training process needs before Hydra composes ``conf/train.yaml``: the
-    schemas and resolvers registered, Lightning quieted. Idempotent; importing this
-    module does none of it."""
-    register_configs()
-    quiet_lightning()
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns the final ``val/loss`` (what sweepers minimise).
-
-    Exit codes: 2 bad input (one line), 3 diverged (a single run; a sweep goes on),
-    130 / 143 stopped by SIGINT / SIGTERM (resumable: run the same command again).
-    """
-    prepare_process()  # again: a launcher may run this job in a fresh process
-    job_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        with tee_output(job_dir / "train.log") if is_rank_zero() else contextlib.nullcontext():
-            record = run(cfg)
-    except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        remove_unstarted_run_dir(job_dir)
-        sys.exit(2)
-    except Interrupted as err:
-        print(f"interrupted: {err}; run the same command again to resume", file=sys.stderr)
-        sys.exit(128 + err.signum)
-    except Exception as err:
-        if (world := world_size(cfg)) == 1 or not peer_lost(err):
-            raise
-        other = "rank 1" if world == 2 else f"another of the {world} ranks"
-        print(f"error: {other} of this run stopped ({peer_lost(err)}); "
-              "the run is recorded failed: run the same command again to resume it from its "
-              "last checkpoint", file=sys.stderr)
-        sys.exit(1)
-    keep_log(job_dir, record)
-    if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep's pointers give its summary rows
-        remove_unstarted_run_dir(job_dir)
-    if record.get("status") == "diverged":
-        print(f"diverged {record['hash8']}: {record.get('error')} (run.json: {record['run_dir']}); "
-              "lower optimizer.lr or clip harder, then retry with tracking.retry_diverged=true",
-              file=sys.stderr)
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
-            sys.exit(3)
-        return float("nan")
-    return record.get("metrics", {}).get("final", {}).get("val/loss")
-
-
-def peer_lost(err: BaseException) -> str | None:
-    """How a collective failed because another rank's process is gone (gloo's
-    "Connection reset/closed by peer", NCCL's, torch's ``DistError``), in a few words;
-    None for any other error."""
-    text = str(err)
-    for phrase in ("Connection reset by peer", "Connection closed by peer"):
-        if phrase in text:
-            return f"gloo: {phrase.lower()}"
-    if isinstance(err, torch.distributed.DistError) or "NCCL" in text:
-        return f"{type(err).__name__}: {first_line(err)[:80]}"
-    return None
-
-
-def is_rank_zero() -> bool:
-    """Whether this process is rank 0 (or the only one): the other ranks of a run that
-    Lightning, torchrun or srun started write no log."""
-    return all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
-
-
-def keep_log(job_dir: Path, record: dict) -> None:
-    """A job that resumed a run in that run's earlier dir: its ``train.log`` (the resumed
-    segment's lines) is appended to that dir's, where the rest of the run's log is."""
-    run_dir = Path(record.get("run_dir") or job_dir)
-    log = job_dir / "train.log"
-    if record.get("status") != "skipped" and run_dir.resolve() != job_dir.resolve() and log.is_file():
-        with contextlib.suppress(OSError), (run_dir / "train.log").open("a") as f:
-            f.write(log.read_text(errors="replace"))
-
-
-def command(argv: Sequence[str]) -> int:
-    """``lm train [overrides]``: check the overrides (one line, exit 2), then Hydra's main."""
-    prepare_process()
-    if problem := check_overrides(list(argv)):
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    overrides, _ = split_argv(argv)
-    flags = [a for a in argv if a not in overrides]  # Hydra's parser wants flags first
-    mark_swept_keys(overrides)  # the jobs' dir names say what the sweep varies
-    sys.argv = [sys.argv[0], *flags, *overrides]  # @hydra.main reads sys.argv
-    main()
-    return 0

@@ -37,8 +37,8 @@ def unpack(codes: torch.Tensor) -> torch.Tensor:
     return torch.stack([codes // 16, codes % 16], dim=1).flatten().long()
 
 
-def bnb_nf4(w: torch.Tensor, block_size: int = 64, double_quant: bool = False):
-    codes, state = bnb.quantize_4bit(w, blocksize=block_size, quant_type="nf4",
+def bnb_nf4(w: torch.Tensor, quant_block_size: int = 64, double_quant: bool = False):
+    codes, state = bnb.quantize_4bit(w, blocksize=quant_block_size, quant_type="nf4",
                                      compress_statistics=double_quant)
     return codes.flatten(), state
 
@@ -72,16 +72,16 @@ def test_dynamic_map_equals_bitsandbytes():
 # --- quantise / dequantise against bitsandbytes --------------------------------------------
 
 
-@pytest.mark.parametrize("shape, block_size", [
+@pytest.mark.parametrize("shape, quant_block_size", [
     ((32, 64), 64), ((3, 70), 64), ((5, 7), 64), ((129,), 64), ((2, 3, 128), 128), ((48, 32), 32),
 ])
-def test_codes_absmax_and_values_equal_bitsandbytes(shape, block_size):
+def test_codes_absmax_and_values_equal_bitsandbytes(shape, quant_block_size):
     w = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
-    codes, absmax = quantize_nf4(w, block_size)
-    ref_codes, state = bnb_nf4(w, block_size)
+    codes, absmax = quantize_nf4(w, quant_block_size)
+    ref_codes, state = bnb_nf4(w, quant_block_size)
     assert codes.dtype == torch.uint8 and torch.equal(codes, ref_codes)  # bit for bit
     assert absmax.dtype == torch.float32 and torch.equal(absmax, state.absmax)
-    deq = dequantize_nf4(codes, absmax, shape, block_size)
+    deq = dequantize_nf4(codes, absmax, shape, quant_block_size)
     assert deq.shape == shape and deq.dtype == torch.float32
     assert torch.equal(deq.flatten(), bnb_dequantize(ref_codes, state))
 
@@ -108,9 +108,9 @@ def test_block_worked_by_hand():
     """w = [0, 1, -2, 0.5], one block of 4: absmax 2, w / 2 = [0, 0.5, -1, 0.25].
     Nearest levels: 0 -> #7 (0.0); 0.5 -> #12 (0.4407, 0.059 away; #13 0.5626 is 0.063 away);
     -1 -> #0; 0.25 -> #10 (0.2461). Bytes: (7 << 4) | 12 = 124, (0 << 4) | 10 = 10."""
-    codes, absmax = quantize_nf4(torch.tensor([0.0, 1.0, -2.0, 0.5]), block_size=4)
+    codes, absmax = quantize_nf4(torch.tensor([0.0, 1.0, -2.0, 0.5]), quant_block_size=4)
     assert codes.tolist() == [124, 10] and absmax.tolist() == [2.0]
-    deq = dequantize_nf4(codes, absmax, (4,), block_size=4)
+    deq = dequantize_nf4(codes, absmax, (4,), quant_block_size=4)
     expected = torch.tensor([0.0, 2 * 0.44070982933044434, -2.0, 2 * 0.24611230194568634])
     torch.testing.assert_close(deq, expected, rtol=0, atol=1e-7)
 
@@ -184,11 +184,11 @@ def test_double_quant_block_worked_by_hand():
     """absmax [1, 2, 3, 6]: mean 3, centred [-2, -1, 0, 3], scale 3, scaled [-2/3, -1/3, 0, 1].
     The map's top decade holds 0.1 + 0.9 (k + 1/2) / 64, k = 0..63: 2/3 is nearest k = 40
     (0.66953), 1/3 nearest k = 16 (0.33203); 0 and 1 are in the map."""
-    codes, scales, offset = quantize_absmax(torch.tensor([1.0, 2.0, 3.0, 6.0]), block_size=4)
+    codes, scales, offset = quantize_absmax(torch.tensor([1.0, 2.0, 3.0, 6.0]), quant_block_size=4)
     assert offset.item() == 3.0 and scales.tolist() == [3.0]
     top = [0.1 + 0.9 * (k + 0.5) / 64 for k in (40, 16)]
     expected = torch.tensor([3 - 3 * top[0], 3 - 3 * top[1], 3.0, 6.0])
-    got = dequantize_absmax(codes, scales, offset, 4, block_size=4)
+    got = dequantize_absmax(codes, scales, offset, 4, quant_block_size=4)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
@@ -268,18 +268,19 @@ def test_linear_memory_is_about_an_eighth():
     assert weight_bytes(double) / (4 * n) < 0.13
 
 
-@pytest.mark.parametrize("block_size", [0, -2, 1, 63, 2.0, True])
-def test_bad_block_size_is_one_line(block_size):
-    with pytest.raises(ValueError, match=rf"^adapter\.block_size={block_size} is invalid") as info:
-        NF4Linear.from_linear(linear(), block_size=block_size)
+@pytest.mark.parametrize("quant_block_size", [0, -2, 1, 63, 2.0, True])
+def test_bad_quant_block_size_is_one_line(quant_block_size):
+    with pytest.raises(ValueError,
+                       match=rf"^adapter\.quant_block_size={quant_block_size} is invalid") as info:
+        NF4Linear.from_linear(linear(), quant_block_size=quant_block_size)
     assert "\n" not in str(info.value)
-    with pytest.raises(ValueError, match="adapter.block_size"):
-        quantize_nf4(torch.randn(8), block_size=block_size)
+    with pytest.raises(ValueError, match="adapter.quant_block_size"):
+        quantize_nf4(torch.randn(8), quant_block_size=quant_block_size)
 
 
 def test_linear_repr_and_attributes():
-    layer = NF4Linear.from_linear(linear(), block_size=32, double_quant=True)
-    assert (layer.in_features, layer.out_features, layer.block_size, layer.double_quant) == (
+    layer = NF4Linear.from_linear(linear(), quant_block_size=32, double_quant=True)
+    assert (layer.in_features, layer.out_features, layer.quant_block_size, layer.double_quant) == (
         48, 32, 32, True)
-    assert "in_features=48, out_features=32, bias=True, block_size=32, double_quant=True" in repr(
-        layer)
+    assert ("in_features=48, out_features=32, bias=True, quant_block_size=32, double_quant=True"
+            in repr(layer))

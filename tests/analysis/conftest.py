@@ -1,15 +1,19 @@
 """Fabricated run dirs for the analysis tests: config.yaml, run.json and TensorBoard
-events as ``lm train`` writes them; nothing trains."""
+events as ``lm train`` writes them (``make_run``; ``lr_sweep``: a sweep dir of them), and
+``lm compare`` run on them (``run_main``); nothing trains."""
 
 import copy
+import csv
 import json
 import math
 
+import pytest
 from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
-from lm.analysis import compare
-from lm.training.registry import config_hash
+from lm.analysis.compare.runs import ELAPSED_TAG
+from lm.commands.compare import main
+from lm.training.hashing import config_hash
 
 # A small config shaped like the resolved conf/train.yaml.
 BASE_CONFIG = {
@@ -37,7 +41,7 @@ def make_config(changes: dict | None = None) -> dict:
 
 def make_run(root, name, changes=None, *, status="completed", val_loss=2.0,
              code=("c0ffee00" * 5, False), curve=None, elapsed=None, wall_times=None,
-             elapsed_tag=compare.ELAPSED_TAG):
+             elapsed_tag=ELAPSED_TAG):
     """A run dir like lm/train.py writes: config.yaml, run.json and val/loss events.
 
     ``elapsed``: a ``wallclock/elapsed_s`` value (seconds) per curve point, logged at its step
@@ -73,10 +77,27 @@ def make_run(root, name, changes=None, *, status="completed", val_loss=2.0,
 
 
 def run_main(capsys, *argv):
-    """``compare.main(argv)``: exit code, stdout, stderr."""
-    code = compare.main([str(a) for a in argv])
+    """``lm compare`` with ``argv`` (``lm.commands.compare.main``): exit code, stdout, stderr."""
+    code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 
 
 CURVE = [(10, 3.0), (20, 2.0), (30, 1.5)]  # (step, val/loss) of a fabricated run
+
+
+def report_files(out):
+    """(report.md text, report.csv rows)."""
+    return (out / "report.md").read_text(), list(csv.DictReader((out / "report.csv").open()))
+
+
+@pytest.fixture
+def lr_sweep(tmp_path):
+    """A sweep dir: lr 1e-3 and 3e-4, two seeds each (jobs 0-3)."""
+    sweep = tmp_path / "sweep"
+    for job, (lr, seed, loss) in enumerate([(1e-3, 0, 2.0), (1e-3, 1, 2.1),
+                                            (3e-4, 0, 1.8), (3e-4, 1, 1.85)]):
+        cfg = make_config({"optimizer.lr": lr, "seed": seed})
+        make_run(sweep, f"{job}-{config_hash(cfg)[:8]}", {"optimizer.lr": lr, "seed": seed},
+                 val_loss=loss)
+    return sweep

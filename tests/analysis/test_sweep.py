@@ -11,7 +11,7 @@ from lm.analysis.sweep_summary import (
     split_overrides,
     write_summary,
 )
-from lm.training.registry import config_hash
+from lm.training.hashing import config_hash
 from tests.analysis.conftest import make_config, make_run
 
 

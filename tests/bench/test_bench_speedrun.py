@@ -12,7 +12,7 @@ import pytest
 
 from lm.bench import speedrun
 from lm.cli import main as lm
-from lm.config import compose_config
+from lm.config.compose import compose_config
 from lm.training.run import run
 from tests.conftest import hand_whole_split_loss, validation_ids
 

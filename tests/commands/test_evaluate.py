@@ -19,11 +19,15 @@ def printed_metrics(out: str) -> dict[str, float]:
 
 
 @pytest.fixture
-def trained(make_cfg):
-    """(record of a tiny finished run, its final checkpoint)."""
-    record = run(make_cfg())
-    assert record["status"] == "completed"
-    return record, record["checkpoints"]["last"]
+def trained(tiny_trained):
+    """(record of a tiny finished run, its final checkpoint): the session's one."""
+    return tiny_trained.record, tiny_trained.ckpt
+
+
+@pytest.fixture
+def corpus(tiny_trained):
+    """The corpus the tiny run trained on (this module's tests evaluate on its text)."""
+    return tiny_trained.corpus
 
 
 def test_evaluate_reproduces_the_runs_final_val_loss(trained, corpus, capsys):

@@ -1,6 +1,6 @@
 """The files in conf/: each value written once, and every group option complete.
 
-The schema (lm/config/__init__.py) gives types; the YAML files give values, each once:
+The schema (lm/config/schema.py) gives types; the YAML files give values, each once:
 a comment says a key's purpose and range, never "default X" again, and the model
 options inherit their shared keys from conf/model/base/gpt.yaml.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from lm.config import CONF_DIR, compose_config
+from lm.config.compose import CONF_DIR, compose_config
 
 # "default 1e-3", "Default true.", "default every layer": a value said again in a comment.
 # Not "(the default)", "by default)", "defaults:" or a key such as default_hp_metric.
@@ -74,3 +74,32 @@ def test_every_option_sets_every_key_it_does_not_require(group, path):
     own = OmegaConf.load(path)
     required = {k for k in own if OmegaConf.is_missing(own, k)}
     assert missing <= required, f"{group}={path.stem} leaves unset: {sorted(missing - required)}"
+
+
+def defaults_comments() -> dict[str, str]:
+    """Each entry of conf/train.yaml's defaults list (``model``, ``hydra/help``) -> its
+    comment, with the comment lines below it that continue it."""
+    comments, entry = {}, None
+    lines = (CONF_DIR / "train.yaml").read_text().split("\ndefaults:\n", 1)[1].splitlines()
+    for line in lines:
+        if not line.startswith(" "):
+            break
+        if match := re.match(r"\s+- (?:override )?([\w/]+)[^#]*#\s?(.*)", line):
+            entry = match[1]
+            comments[entry] = match[2]
+        elif (more := re.match(r"\s+#\s?(.*)", line)) and entry:
+            comments[entry] += " " + more[1]
+    return comments
+
+
+def test_train_yaml_lists_the_options_each_group_has():
+    """A list ``a | b | c`` in the comment of a defaults entry names exactly the options
+    of that group in conf/ (``data/tokenizer=a | b``: of that group)."""
+    lists = [(sub or group, names.split(" | "))
+             for group, text in defaults_comments().items()
+             for sub, names in re.findall(r"(?:([\w/]+)=)?(\w+(?: \| \w+)+)", text)]
+    assert {g for g, _ in lists} >= {"model", "data", "data/tokenizer", "optimizer", "scheduler",
+                                     "trainer", "logger", "adapter", "experiment"}
+    for group, names in lists:
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        assert sorted(names) == options, f"conf/train.yaml lists {group}: {names}; conf/ has {options}"

@@ -8,15 +8,11 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf, open_dict
 
-from lm.config import (
-    CONF_DIR,
-    ConfigError,
-    compose_config,
-    register_configs,
-    unknown_choice,
-)
+from lm.config.compose import CONF_DIR, compose_config, register_configs
+from lm.config.overrides import unknown_choice
 from lm.data.corpus import DataError
-from lm.training.registry import (
+from lm.errors import ConfigError
+from lm.training.hashing import (
     HASH_EXCLUDED_KEYS,
     config_hash,
     hashable_config,
@@ -172,7 +168,8 @@ def test_hash_ignores_what_cannot_change_the_numbers(override):
 
 def test_the_callbacks_group_keeps_the_hash_of_configs_without_it():
     cfg = compose_config(["paths.output_dir=x"])
-    assert set(cfg.callbacks) == {"best_checkpoint", "last_checkpoint", "rng_state", "progress_bar"}
+    assert set(cfg.callbacks) == {"best_checkpoint", "last_checkpoint", "rng_state", "progress_bar",
+                                  "target_loss", "text_samples", "compile", "throughput"}
     without = OmegaConf.to_container(cfg)
     del without["callbacks"]  # a config.yaml written before conf/callbacks/ existed
     assert config_hash(without) == config_hash(cfg)
@@ -203,7 +200,7 @@ def test_a_callback_that_can_change_the_numbers_is_in_the_hash():
     (["callbacks=nosuch"], "callbacks=nosuch is not an option; available: default"),
 ])
 def test_bad_callback_keys_are_named_in_one_line(args, says):
-    from lm.config import check_overrides
+    from lm.config.overrides import check_overrides
 
     problem = check_overrides(args)
     assert problem is not None and "\n" not in problem and problem.startswith(says), problem
@@ -224,12 +221,14 @@ def test_a_callback_that_cannot_be_built_stops_the_run_before_its_dir_is_written
 
 def test_the_progress_bar_follows_trainer_enable_progress_bar():
     from lm.training.callbacks import LastCheckpoint, RNGState, instantiate_callbacks
+    from lm.training.run_callbacks import CompileModel, TargetLoss, TextSamples, Throughput
 
     node = compose_config(["paths.output_dir=x"]).callbacks
     names = [type(c).__name__ for c in instantiate_callbacks(node, progress_bar=True)]
-    assert names == ["ModelCheckpoint", "LastCheckpoint", "RNGState", "TQDMProgressBar"]
+    assert names == ["ModelCheckpoint", "LastCheckpoint", "RNGState", "TargetLoss", "TextSamples",
+                     "CompileModel", "Throughput", "TQDMProgressBar"]
     assert [type(c) for c in instantiate_callbacks(node, progress_bar=False)][1:] == [
-        LastCheckpoint, RNGState]
+        LastCheckpoint, RNGState, TargetLoss, TextSamples, CompileModel, Throughput]
 
 
 def test_importing_lm_has_no_side_effects():

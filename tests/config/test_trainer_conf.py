@@ -7,10 +7,12 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-from lm.config import check_overrides, compose_config, validate
+from lm.config.compose import compose_config
+from lm.config.overrides import check_overrides
+from lm.config.validate import validate
 from lm.errors import ConfigError
 from lm.model import Block
-from lm.training.registry import config_hash
+from lm.training.hashing import config_hash
 from lm.training.strategies import build_strategy
 
 

@@ -23,7 +23,9 @@ from tbparse import SummaryReader
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import lm.model
-from lm.config import ConfigError, compose_config, validate
+from lm.config.compose import compose_config
+from lm.config.validate import validate
+from lm.errors import ConfigError
 from lm.hook_points import HookPoint
 from lm.hooks import (
     ActL2,
@@ -44,8 +46,8 @@ from lm.hooks import (
     clip_groups,
 )
 from lm.model import GPT, GPTConfig
+from lm.training.hashing import config_hash
 from lm.training.module import LMModule
-from lm.training.registry import config_hash
 from lm.training.run import run
 from tests.conftest import ROOT, V, tiny, tokens
 

@@ -5,6 +5,7 @@ import itertools
 import math
 import random
 import re
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -339,7 +340,7 @@ def test_svm_loss_of_a_zero_model_by_hand():
 
 def test_classify_demo_writes_png(tmp_path, capsys):
     out = tmp_path / "sub" / "moons.png"
-    reached = classify.demo(cli.settings("classify", "steps=2", "seed=0", f"out={out}"))
+    reached = classify.demo(**asdict(cli.settings("classify", "steps=2", "seed=0", f"out={out}")))
     lines = capsys.readouterr().out.splitlines()
     assert reached is None  # two steps from random weights are not enough
     assert all(re.fullmatch(r"step \d+ loss \d+\.\d{4} accuracy \d+\.\d%", s) for s in lines[:2])
@@ -350,7 +351,7 @@ def test_classify_demo_writes_png(tmp_path, capsys):
 @pytest.mark.slow
 def test_classify_demo_reaches_full_accuracy(tmp_path, capsys):
     out = tmp_path / "moons.png"
-    reached = classify.demo(cli.settings("classify", f"out={out}"))
+    reached = classify.demo(**asdict(cli.settings("classify", f"out={out}")))
     assert reached is not None and 0 <= reached < 100
     assert f"reached 100% accuracy at step {reached}" in capsys.readouterr().out
     assert out.exists()

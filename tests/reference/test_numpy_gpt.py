@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lm.checkpoint import checkpoint_dict
 from lm.cli import main as lm
-from lm.interop.hf import checkpoint_dict
 from lm.model import GPT, GPTConfig, apply_rope, rope_tables
 from lm.reference import numpy_gpt
 from lm.sampling import generate

@@ -16,18 +16,22 @@ from tbparse import SummaryReader
 
 from lm.checkpoint import load_checkpoint
 from lm.cli import main
-from lm.config import compose_config
-from lm.training.registry import config_hash
+from lm.config.compose import compose_config
+from lm.errors import ConfigError
+from lm.training.hashing import config_hash
 from lm.training.run import run
+from lm.training.run_callbacks import CompileModel
 
 BACKENDS = ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)]
 
 
 class KeepModule(Callback):
-    """Keeps the fit's LightningModule (``run`` returns only the record)."""
+    """Keeps the fit's LightningModule and its compile callback (``run`` returns only the
+    record)."""
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self.module = pl_module
+        self.compiler = next(c for c in trainer.callbacks if isinstance(c, CompileModel))
 
 
 def compile_with(monkeypatch, backend: str) -> None:
@@ -50,6 +54,7 @@ def test_a_compiled_runs_checkpoint_loads_uncompiled(make_cfg, monkeypatch, caps
     assert "warning" not in capsys.readouterr().err
     trained = keep.module.model
     assert trained._compiled_call_impl is not None  # compiled, not fallen back to eager
+    assert keep.compiler.compiled and keep.compiler.graphs > 0
     path = record["checkpoints"]["last"]
     keys = torch.load(path, weights_only=True)["state_dict"]
     assert keys and not [k for k in keys if "_orig_mod" in k]
@@ -72,7 +77,11 @@ def test_hooks_work_compiled(make_cfg, monkeypatch, backend):
     hooks = "hooks=[head_ablation,attn_entropy]"
     eager = run(make_cfg(hooks, out="eager"))
     compile_with(monkeypatch, backend)
-    compiled = run(make_cfg(hooks, "trainer.compile=true", out="compiled"))
+    keep = KeepModule()
+    compiled = run(make_cfg(hooks, "trainer.compile=true", out="compiled"), extra_callbacks=[keep])
+    # really compiled: the trial passed, Dynamo traced graphs, and the model kept them
+    assert keep.compiler.compiled and keep.compiler.graphs > 0, "fell back to eager"
+    assert keep.module.model._compiled_call_impl is not None
     want, got = scalars(eager), scalars(compiled)
     tags = ["val/loss", "train/loss", "hooks/attn_entropy/loss",
             "hooks/head_ablation/removed_rms/blocks.0.attn.hook_z"]
@@ -106,9 +115,23 @@ def test_where_compile_cannot_run_one_warning_and_the_eager_numbers(make_cfg, mo
         ("warning: trainer.compile=true: torch.compile cannot run here (InvalidCxxCompiler: "
          "No working C++ compiler found); training eagerly")]
     assert keep.module.model._compiled_call_impl is None
+    assert not keep.compiler.compiled
     assert record["hash"] != eager["hash"]
     assert record["metrics"]["final"] == eager["metrics"]["final"]  # exactly: same RNG draws
     assert scalars(record)["train/loss"] == scalars(eager)["train/loss"]
+
+
+@pytest.mark.parametrize(("overrides", "says"), [
+    (["trainer.compile=true", "~callbacks.compile"],
+     "trainer.compile=true is invalid without callbacks.compile"),
+    (["callbacks.compile.enabled=true"], "callbacks.compile.enabled is invalid: must be ${trainer.compile}"),
+])
+def test_the_compile_callback_only_carries_out_trainer_compile(make_cfg, tmp_path, overrides, says):
+    # trainer.compile is in the hash, callbacks.compile is not: they may not disagree
+    with pytest.raises(ConfigError) as err:
+        run(make_cfg(*overrides))
+    assert str(err.value).startswith(says) and "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists()
 
 
 def test_compile_false_keeps_the_default_hash_and_true_changes_it():

@@ -218,7 +218,7 @@ def test_a_sweep_of_ddp_jobs_runs_each_on_its_own_ranks(tmp_path, corpus):
 
 
 def test_a_lost_peer_is_told_apart_from_other_errors():
-    from lm.training.run import peer_lost
+    from lm.commands.train import peer_lost
 
     gloo = RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:20881: "
                         "Connection reset by peer. This is typically caused by a remote worker")

@@ -12,10 +12,10 @@ from lm.adapters.nf4 import NF4Linear
 from lm.checkpoint import load_checkpoint, weights_sha256
 from lm.cli import main as lm_main
 from lm.commands.merge import merge
-from lm.config import compose_config
+from lm.config.compose import compose_config
 from lm.errors import ConfigError
 from lm.sampling import generate
-from lm.training.registry import config_hash, hashable_config
+from lm.training.hashing import config_hash, hashable_config
 from lm.training.run import run
 from tests.conftest import LINES, Crash, tiny_overrides, write_corpus
 
@@ -97,7 +97,7 @@ def test_the_adapter_config_is_in_the_hash(tune):
     (("adapter=lora", "adapter.r=0"), "adapter.r=0 is invalid: must be an integer >= 1"),
     (("adapter=lora", "adapter.targets=[blocks.*.attn.q_proj]"),
      "adapter.targets: 'blocks.*.attn.q_proj' matches no Linear layer"),
-    (("adapter=qlora", "adapter.block_size=63"), "adapter.block_size=63 is invalid"),
+    (("adapter=qlora", "adapter.quant_block_size=63"), "adapter.quant_block_size=63 is invalid"),
     (("adapter=lora", "adapter.dropout=1.0"), "adapter.dropout=1.0 is invalid"),
     (("data/tokenizer=byte",), "has a char tokenizer of .* but data.tokenizer.name=byte"),
     (("model.n_layer=3",), r"does not fit the model: model.n_layer=3 \(checkpoint: 2\)"),

@@ -13,8 +13,8 @@ from tensorboard.plugins.hparams import metadata
 
 from lm.analysis.sweep_summary import JOB_DIR, tensorboard_command
 from lm.training import naming
+from lm.training.hashing import hashable_config, val_check_interval
 from lm.training.hparams import differing_keys, hparam_values, write_experiment
-from lm.training.registry import hashable_config, val_check_interval
 from lm.training.run import trial_name
 
 

@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from lm.atomic import umask
-from lm.config import ConfigError, compose_config
+from lm.config.compose import compose_config
+from lm.errors import ConfigError
+from lm.training.hashing import config_hash
 from lm.training.record import write_json_atomic
-from lm.training.registry import config_hash
 from lm.training.run import run
 from tests.conftest import ROOT, Crash, curves
 
@@ -330,7 +331,7 @@ def test_a_sweep_goes_on_past_a_diverged_job(tmp_path, corpus):
     (["hydra.run.dir=/proc/lm-run"], "hydra.run.dir=/proc/lm-run cannot be written"),
 ])
 def test_bad_overrides_are_named_in_one_line(args, says):
-    from lm.config import check_overrides
+    from lm.config.overrides import check_overrides
 
     problem = check_overrides(args)  # defect 9: tracebacks, exit 0 or multi-line Hydra errors
     assert problem is not None and "\n" not in problem and says in problem, problem
@@ -361,7 +362,7 @@ def test_unknown_keys_fail_through_the_compose_api_too(make_cfg):
     with pytest.raises(ConfigError, match="data.foo is not a config key"):
         run(make_cfg("+data.foo=1"))
     cfg = compose_config(["paths.output_dir=x", "+trainer.detect_anomaly=false"])  # a Trainer argument
-    from lm.config import unknown_key
+    from lm.config.validate import unknown_key
 
     assert unknown_key(cfg) is None
 

@@ -10,8 +10,8 @@ from tbparse import SummaryReader
 from lm.checkpoint import CheckpointError, load_checkpoint
 from lm.cli import settings
 from lm.commands.generate import sample_texts
+from lm.training.hashing import config_hash
 from lm.training.module import param_groups
-from lm.training.registry import config_hash
 from lm.training.run import run
 from lm.training.schedule import cosine_multiplier
 from tests.conftest import Crash
@@ -20,7 +20,7 @@ from tests.conftest import Crash
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """One tiny run shared by the tests below: (cfg, metrics, run_dir)."""
-    from lm.config import compose_config
+    from lm.config.compose import compose_config
     from tests.conftest import tiny_overrides, write_corpus
 
     tmp = tmp_path_factory.mktemp("e2e")
@@ -150,7 +150,8 @@ def test_completed_hash_is_skipped(make_cfg, tmp_path, capsys):
 
 def test_interrupted_run_resumes_to_the_same_numbers(make_cfg, tmp_path):
     overrides = ("trainer.max_steps=12", "trainer.val_check_interval=4",
-                 "tracking.checkpoint_every_n_steps=4", "model.dropout=0.1")
+                 "tracking.checkpoint_every_n_steps=4", "model.dropout=0.1",
+                 "tracking.target_loss=10")  # reached at step 4: the resume must keep it
     straight = run(make_cfg(*overrides, out="straight"))
     # the same run, killed after step 8: stop it there and mark it as a crash would
 
@@ -164,6 +165,7 @@ def test_interrupted_run_resumes_to_the_same_numbers(make_cfg, tmp_path):
     assert resumed["resumed_from"][0].endswith("last.ckpt")
     assert resumed["steps"] == 12
     assert resumed["metrics"]["final"]["val/loss"] == straight["metrics"]["final"]["val/loss"]
+    assert resumed["target"]["reached"]["step"] == straight["target"]["reached"]["step"] == 4
     pointer = json.loads((tmp_path / "new" / "run.json").read_text())
     assert pointer["status"] == "resumed" and pointer["same_as"].endswith("crashed")
 
@@ -211,3 +213,34 @@ def test_every_tokenizer_trains_and_generates(make_cfg, tmp_path, tokenizer):
     (text,) = sample_texts(settings("generate", f"ckpt={ckpt}", "prompt=ROMEO:",
                                     "max_new_tokens=5"))
     assert text.startswith("ROMEO:")
+
+
+def test_target_loss_is_printed_recorded_and_checkpointed(make_cfg, tmp_path, capsys):
+    record = run(make_cfg("tracking.target_loss=10"))  # every val/loss of a char model is < 10
+    out = capsys.readouterr().out
+    reached = record["target"]["reached"]
+    assert record["target"]["val/loss"] == 10 and reached["step"] == 3
+    assert f"target reached: val/loss {reached['val/loss']:.4f} <= 10.0 at step 3, " in out
+    # its time is the validation's own wallclock/elapsed_s point
+    elapsed = SummaryReader(str(tmp_path / "run")).scalars.query("tag == 'wallclock/elapsed_s'")
+    assert reached["elapsed_s"] == round(float(elapsed[elapsed.step == 3].value.iloc[0]), 3)
+    ckpt = torch.load(record["checkpoints"]["last"], weights_only=False)
+    assert ckpt["target_reached"] == reached  # the top-level key, as before the callbacks
+    missed = run(make_cfg("tracking.target_loss=0.01", "tracking.skip_completed=false", out="missed"))
+    assert missed["target"] == {"val/loss": 0.01, "reached": None}
+    final = missed["metrics"]["final"]["val/loss"]
+    assert f"target not reached: val/loss {final:.4f} > 0.01 at step 6" in capsys.readouterr().out
+
+
+def test_each_side_job_is_switched_off_from_yaml(make_cfg, tmp_path):
+    off = ("~callbacks.text_samples", "~callbacks.throughput", "~callbacks.target_loss")
+    full = run(make_cfg("tracking.target_loss=10", out="full"))
+    bare = run(make_cfg("tracking.target_loss=10", "tracking.skip_completed=false", *off, out="bare"))
+    assert bare["hash"] == full["hash"] and bare["target"] is None
+    assert bare["metrics"]["final"] == full["metrics"]["final"]  # the same numbers
+    for name, on in (("full", True), ("bare", False)):
+        reader = SummaryReader(str(tmp_path / name))
+        tags = set(reader.scalars.tag)
+        assert "wallclock/elapsed_s" in tags  # the module's own
+        assert ("wallclock/tokens_per_sec" in tags) is on
+        assert ("tag" in reader.text and "samples" in set(reader.text.tag)) is on
