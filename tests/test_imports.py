@@ -178,3 +178,35 @@ def test_no_import_cycle_inside_lm():
     cycles = find_cycles(graph)
     if cycles:
         pytest.fail("import cycles in lm/:\n" + "\n".join(" -> ".join(c) for c in cycles))
+
+
+# The package by role, lowest first: a module imports only from its own layer or lower
+# ones (the README's layout table lists them in this order). lm.config and lm.training
+# are one layer: the schema validates with training's pieces, and a run composes configs.
+LAYERS = [
+    {"lm.errors", "lm.atomic"},
+    {"lm.hook_points", "lm.model"},
+    {"lm.tokenizers", "lm.reference"},
+    {"lm.data", "lm.adapters", "lm.hooks", "lm.sampling"},
+    {"lm.checkpoint", "lm.metrics"},
+    {"lm.interop"},
+    {"lm.config", "lm.training"},
+    {"lm.analysis"},
+    {"lm.commands", "lm.bench"},
+    {"lm.cli", "lm.train", "lm.__main__"},
+]
+
+
+def layer(module: str) -> int:
+    """The index in ``LAYERS`` of ``module``'s top-level part of lm (``lm.training.run``
+    -> ``lm.training``)."""
+    top = ".".join(module.split(".")[:2])
+    return next(i for i, names in enumerate(LAYERS) if top in names)
+
+
+def test_every_module_imports_only_its_own_layer_or_lower_ones():
+    modules = lm_modules()
+    assert {".".join(m.split(".")[:2]) for m in modules} - {"lm"} == set().union(*LAYERS)
+    upward = sorted(f"{a} -> {b}" for a, targets in import_graph(modules).items() if a != "lm"
+                    for b in targets if b != "lm" and layer(b) > layer(a))
+    assert not upward, f"imports of a higher layer: {upward}"
