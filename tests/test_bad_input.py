@@ -1,7 +1,7 @@
 """Bad input to the command-line tools: one ``error:`` line on stderr, exit code 2, no
 traceback; or, for input that can still be used, one ``warning:`` line and exit code 0.
 
-Checkpoints are built by hand (``lm.interop.hf.checkpoint_dict``: what ``load_checkpoint``
+Checkpoints are built by hand (``lm.checkpoint.checkpoint_dict``: what ``load_checkpoint``
 reads), random weights, a char tokenizer; nothing trains.
 """
 

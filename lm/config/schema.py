@@ -131,10 +131,10 @@ class TrainerConfig:
     log_every_n_steps: int
     enable_progress_bar: bool
     enable_model_summary: bool
-    compile: bool  # not a Trainer argument: LMModule's (torch.compile)
+    compile: bool  # not a Trainer argument: callbacks.compile's switch (torch.compile)
     strategy: str = "auto"  # auto | ddp | fsdp (lm/training/strategies.py)
     num_nodes: int = 1
-    peak_tflops: float | None = None  # not a Trainer argument: LMModule's (wallclock/mfu)
+    peak_tflops: float | None = None  # not a Trainer argument: callbacks.throughput's (wallclock/mfu)
 
 
 @dataclass
@@ -169,7 +169,7 @@ class TrackingConfig:
     divergence_guard: bool
     retry_diverged: bool
     target_loss: float | None
-    min_val_points: int | None = 5  # validations per run at least (registry.val_check_interval)
+    min_val_points: int | None = 5  # validations per run at least (hashing.val_check_interval)
 
 
 @dataclass(kw_only=True)  # so fields without defaults may follow those with, in key order
