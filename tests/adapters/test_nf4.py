@@ -284,3 +284,22 @@ def test_linear_repr_and_attributes():
         48, 32, 32, True)
     assert ("in_features=48, out_features=32, bias=True, quant_block_size=32, double_quant=True"
             in repr(layer))
+
+
+def test_an_older_qlora_config_naming_the_nf4_block_block_size_builds_the_same_layers():
+    """QLoRA checkpoints saved before ``adapter.quant_block_size`` had that name hold the
+    NF4 block as ``adapter.block_size``: rebuilt from such a config, the layers are the
+    new config's, block for block."""
+    from lm.adapters.build import apply_adapter
+    from tests.conftest import tiny
+
+    new = {"name": "qlora", "r": 2, "alpha": 4, "dropout": 0.0, "targets": ["blocks.*.attn.c_attn"],
+           "quantize": ["blocks.*"], "quant_block_size": 32, "double_quant": False}
+    old = {k: v for k, v in new.items() if k != "quant_block_size"} | {"block_size": 32}
+    models = [tiny(), tiny()]
+    for model, cfg in zip(models, [new, old]):
+        apply_adapter(model, cfg)
+    nf4 = [[m for m in model.modules() if isinstance(m, NF4Linear)] for model in models]
+    assert nf4[0] and [m.quant_block_size for m in nf4[1]] == [32] * len(nf4[0])
+    x = torch.randint(0, 37, (1, 8))
+    assert torch.equal(models[0](x)[0], models[1](x)[0])
