@@ -32,7 +32,7 @@ from lm.errors import ConfigError, first_line
 from lm.sampling import generate, prompt_ids
 from lm.training.hparams import write_session
 from lm.training.mfu import device_peak_tflops, flops_per_token, matmul_params, mfu
-from lm.training.module import eager, logs_at
+from lm.training.module import eager
 
 if TYPE_CHECKING:
     from lm.training.module import LMModule
@@ -168,7 +168,7 @@ class Throughput(L.Callback):
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: LMModule,
                                  optimizer: torch.optim.Optimizer) -> None:
-        if not logs_at(trainer, trainer.global_step + 1) or self._seconds <= 0:
+        if not pl_module.logging_step or self._seconds <= 0:  # the module's decision for this step
             return
         scalars = {"wallclock/tokens_per_sec": self._tokens / self._seconds}
         if self._device_peak is not None and self._flops_per_token is not None:
