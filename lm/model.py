@@ -19,8 +19,9 @@ Every option beyond GPT-2 is one ``GPTConfig`` field whose default keeps GPT-2:
 rotary positions (``pos_encoding="rope"``), RMSNorm (``norm``), QK-norm (``qk_norm``),
 ReLU² and SwiGLU MLPs (``activation``), zero-initialised residual projections
 (``zero_init_proj``), an untied head (``tie_weights``) and logit soft-capping
-(``logit_softcap``), the changes of the modded-nanogpt speedrun; and, going back,
-GPT-1's post-norm blocks (``norm_position="post"``).
+(``logit_softcap``), the changes of the modded-nanogpt speedrun; going back,
+GPT-1's post-norm blocks (``norm_position="post"``); and, for interpretability,
+attention-only blocks without an MLP (``mlp=False``).
 
 Sources:
     Radford et al. 2018, "Improving Language Understanding by Generative Pre-Training"
@@ -33,6 +34,8 @@ Sources:
     So et al. 2021, "Primer" (ReLU²); Shazeer 2020, "GLU Variants Improve Transformer" (SwiGLU).
     Gemma 2 (Team Gemma 2024) and Jordan et al., modded-nanogpt (logit soft-capping,
     zero-initialised projections).
+    Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits", and
+    Olsson et al. 2022, "In-context Learning and Induction Heads" (attention-only models).
     Karpathy, nanoGPT ``model.py``; Nanda & Bloom, TransformerLens.
 
 This module never imports Hydra or OmegaConf: it takes a dataclass.
@@ -79,6 +82,10 @@ class GPTConfig:
             2020; hidden width 2/3 of 4C so the MLP keeps its parameter count).
         norm: ``"layernorm"`` (GPT-2) or ``"rmsnorm"`` (Zhang & Sennrich 2019), for
             ``ln_1``, ``ln_2`` and ``ln_f``.
+        mlp: an MLP sublayer in every block (GPT-2: True). False builds an
+            attention-only transformer (Elhage et al. 2021; Olsson et al. 2022): each
+            block is attention alone, with no ``ln_2``, ``mlp``, ``hook_resid_mid`` or
+            ``hook_mlp_out`` (TransformerLens's ``attn_only``); ``activation`` is unused.
         norm_position: ``"pre"`` (GPT-2: x + attn(ln_1(x)), then a final ``ln_f``) or
             ``"post"`` (GPT-1, Radford et al. 2018, and Vaswani et al. 2017:
             ln_1(x + attn(x)); no ``ln_f``, since every block's output is normalised).
@@ -86,7 +93,8 @@ class GPTConfig:
             (no gain; Henry et al. 2020, as modded-nanogpt).
         zero_init_proj: initialise both residual projections (``attn.c_proj``,
             ``mlp.c_proj``) to zero instead of N(0, 0.02 / sqrt(2 n_layer)), so each
-            block starts as the identity (post-norm: as ln_2(ln_1(x))).
+            block starts as the identity (post-norm: as ln_2(ln_1(x)), or ln_1(x)
+            without an MLP).
         logit_softcap: ``None``, or a cap c > 0: logits become c * tanh(logits / c)
             (Gemma 2, modded-nanogpt).
         layer_norm_epsilon: epsilon of every LayerNorm or RMSNorm (GPT-2: 1e-5).
@@ -109,6 +117,7 @@ class GPTConfig:
     layer_norm_epsilon: float = 1e-5
     norm: str = "layernorm"
     norm_position: str = "pre"
+    mlp: bool = True
     qk_norm: bool = False
     rope_base: float = 10000.0
     zero_init_proj: bool = False
@@ -424,25 +433,33 @@ class Block(nn.Module):
     output (the next block's ``hook_resid_pre``). In post-norm ``hook_resid_mid`` and
     ``hook_resid_post`` are therefore after ``ln_1`` and ``ln_2``.
 
+    Attention-only (``config.mlp=False``; Elhage et al. 2021, TransformerLens's
+    ``attn_only``): no ``ln_2``, ``mlp``, ``hook_resid_mid`` or ``hook_mlp_out``; the
+    block is x + attn(ln_1(x)) (pre-norm) or ln_1(x + attn(x)) (post-norm), and that
+    sum is ``hook_resid_post``.
+
     Attributes:
         layer: its index i from 0, so it is ``blocks.{i}`` in ``GPT.named_layers()``;
             each of its hook points carries the same ``layer``.
+        has_mlp: ``config.mlp``: whether it has the MLP sublayer.
     """
 
     def __init__(self, config: GPTConfig, layer: int) -> None:
         super().__init__()
         self.layer = layer
         self.post_norm = config.norm_position == "post"
+        self.has_mlp = config.mlp
         # registered in the order data meets them, so hook_dict lists them that way (the
         # hook points; post-norm meets ln_1 and ln_2 after the sublayers, listed as in pre-norm)
         self.hook_resid_pre = HookPoint()  # (B, T, C)
         self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
         self.hook_attn_out = HookPoint()  # (B, T, C)
-        self.hook_resid_mid = HookPoint()  # (B, T, C)
-        self.ln_2 = make_norm(config)
-        self.mlp = MLP(config)
-        self.hook_mlp_out = HookPoint()  # (B, T, C)
+        if self.has_mlp:  # attention-only blocks have none of these (not even as None)
+            self.hook_resid_mid = HookPoint()  # (B, T, C)
+            self.ln_2 = make_norm(config)
+            self.mlp = MLP(config)
+            self.hook_mlp_out = HookPoint()  # (B, T, C)
         self.hook_resid_post = HookPoint()  # (B, T, C)
         for module in self.modules():
             if isinstance(module, HookPoint):
@@ -455,10 +472,14 @@ class Block(nn.Module):
         x = self.hook_resid_pre(x)  # (B, T, C)
         if self.post_norm:
             attn_out = self.hook_attn_out(self.attn(x, kv, rope))  # (B, T, C)
+            if not self.has_mlp:
+                return self.hook_resid_post(self.ln_1(x + attn_out))  # (B, T, C)
             x = self.hook_resid_mid(self.ln_1(x + attn_out))  # (B, T, C)
             mlp_out = self.hook_mlp_out(self.mlp(x))  # (B, T, C)
             return self.hook_resid_post(self.ln_2(x + mlp_out))  # (B, T, C)
         attn_out = self.hook_attn_out(self.attn(self.ln_1(x), kv, rope))  # (B, T, C)
+        if not self.has_mlp:
+            return self.hook_resid_post(x + attn_out)  # (B, T, C)
         x = self.hook_resid_mid(x + attn_out)  # (B, T, C)
         mlp_out = self.hook_mlp_out(self.mlp(self.ln_2(x)))  # (B, T, C)
         return self.hook_resid_post(x + mlp_out)  # (B, T, C)
@@ -469,6 +490,8 @@ class GPT(nn.Module):
 
     With ``norm_position="post"`` (GPT-1) there is no ``ln_f`` and no ``hook_final_norm``:
     the last block's ``hook_resid_post``, already normalised, goes to ``lm_head``.
+    With ``mlp=False`` every block is attention-only (``Block``): an attention-only
+    transformer (Elhage et al. 2021).
 
     Attributes:
         config: the ``GPTConfig`` it was built from.
@@ -642,6 +665,21 @@ class GPT(nn.Module):
             return self.transformer.wpe(torch.arange(start, start + T, device=device))  # (T, C)
         return self.sinusoidal_pe[start : start + T]  # (T, C)
 
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """``ln_f`` of a residual stream (..., C) -> (..., C); unchanged in a post-norm
+        model, which has no ``ln_f``. No hook point: the logit lens reads any layer's
+        residual through it (``lm.analysis.interp.lens``)."""
+        return self.transformer.ln_f(x) if "ln_f" in self.transformer else x
+
+    def unembed(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (..., V) of a normalised residual stream (..., C): ``lm_head``, then the
+        soft-cap c * tanh(logits / c) if ``logit_softcap`` is set. No hook point."""
+        logits = self.lm_head(x)  # (..., V)
+        if self.config.logit_softcap is not None:
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)  # (..., V), in (-cap, cap)
+        return logits
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -685,12 +723,8 @@ class GPT(nn.Module):
         for block, kv in zip(self.transformer.h, kvs):
             x = block(x, kv, rope)  # (B, T, C)
         if "ln_f" in self.transformer:  # post-norm: the blocks' output is normalised already
-            x = self.hook_final_norm(self.transformer.ln_f(x))  # (B, T, C)
-        logits = self.lm_head(x)  # (B, T, V)
-        if self.config.logit_softcap is not None:
-            cap = self.config.logit_softcap
-            logits = cap * torch.tanh(logits / cap)  # (B, T, V), in (-cap, cap)
-        logits = self.hook_logits(logits)  # (B, T, V)
+            x = self.hook_final_norm(self.final_norm(x))  # (B, T, C)
+        logits = self.hook_logits(self.unembed(x))  # (B, T, V)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(

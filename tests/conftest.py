@@ -114,8 +114,8 @@ def tokens(B: int = 2, T: int = 12, seed: int = 1) -> torch.Tensor:
 
 def arch_options(logit_softcap: float) -> dict[str, dict]:
     """GPTConfig options beyond GPT-2, each alone, then all together two ways (rope and
-    swiglu; learned positions and relu2) in pre-norm blocks and once in post-norm (GPT-1)
-    blocks, by a short name; ``logit_softcap``: the cap used."""
+    swiglu; learned positions and relu2) in pre-norm blocks, once in post-norm (GPT-1)
+    blocks and once attention-only, by a short name; ``logit_softcap``: the cap used."""
     every = {"pos_encoding": "rope", "rope_base": 100.0, "norm": "rmsnorm", "qk_norm": True,
              "activation": "swiglu", "zero_init_proj": True, "logit_softcap": logit_softcap,
              "tie_weights": False, "bias": False}
@@ -125,6 +125,8 @@ def arch_options(logit_softcap: float) -> dict[str, dict]:
         "rmsnorm": {"norm": "rmsnorm"},
         "post_norm": {"norm_position": "post"},
         "post_norm_rmsnorm": {"norm_position": "post", "norm": "rmsnorm"},
+        "attn_only": {"mlp": False},
+        "attn_only_post_norm": {"mlp": False, "norm_position": "post"},
         "qk_norm": {"qk_norm": True},
         "relu2": {"activation": "relu2"},
         "swiglu": {"activation": "swiglu"},
@@ -134,6 +136,7 @@ def arch_options(logit_softcap: float) -> dict[str, dict]:
         "all": every,
         "all_relu2_learned": {**every, "pos_encoding": "learned", "activation": "relu2", "bias": True},
         "all_post_norm": {**every, "norm_position": "post"},
+        "all_attn_only": {**every, "mlp": False},
     }
 
 

@@ -1,7 +1,8 @@
-"""The GPTConfig options beyond GPT-2 (rope, rmsnorm, post-norm, qk_norm, relu2, swiglu,
-zero_init_proj, logit_softcap, untied head), each against a hand computation or a reference
-implementation (Hugging Face Llama's rotary embedding and GPT-1, ``torch.nn.RMSNorm``),
-through the KV cache and the hook points; and the default config's network, unchanged."""
+"""The GPTConfig options beyond GPT-2 (rope, rmsnorm, post-norm, attention-only, qk_norm,
+relu2, swiglu, zero_init_proj, logit_softcap, untied head), each against a hand computation
+or a reference implementation (Hugging Face Llama's rotary embedding and GPT-1,
+``torch.nn.RMSNorm``), through the KV cache and the hook points; and the default config's
+network, unchanged."""
 
 from __future__ import annotations
 
@@ -351,6 +352,60 @@ def test_post_norm_has_no_final_norm_and_its_hook_points_are_after_the_norms():
     torch.testing.assert_close(logits, last @ model.lm_head.weight.T, atol=1e-4, rtol=0)
 
 
+# ---------------------------------------------------------------- attention-only blocks
+
+ATTN_ONLY_HOOKS = ["hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v",
+                   "attn.hook_scores", "attn.hook_pattern", "attn.hook_z", "hook_attn_out",
+                   "hook_resid_post"]  # TransformerLens's attn_only block
+
+
+@pytest.mark.parametrize("norm_position", ["pre", "post"])
+def test_attn_only_blocks_have_no_mlp_ln_2_or_their_hook_points(norm_position):
+    model = build(randomize=False, mlp=False, norm_position=norm_position)
+    final = ["hook_final_norm"] if norm_position == "pre" else []
+    assert list(model.hook_dict) == [
+        "hook_embed", "hook_pos_embed",
+        *[f"blocks.{i}.{name}" for i in range(SIZES["n_layer"]) for name in ATTN_ONLY_HOOKS],
+        *final, "hook_logits"]
+    names = list(model.named_layers())
+    assert not [n for n in names if ".mlp" in n or ".ln_2" in n or "resid_mid" in n]
+    for block in model.transformer.h:
+        assert not block.has_mlp
+        assert not any(hasattr(block, a) for a in ("mlp", "ln_2", "hook_resid_mid", "hook_mlp_out"))
+    gpt2_keys = [k for k in GPT2_KEYS if ".ln_2." not in k and ".mlp." not in k]
+    assert list(model.state_dict()) == [k for k in gpt2_keys
+                                        if norm_position == "pre" or ".ln_f." not in k]
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+@pytest.mark.parametrize("norm_position", ["pre", "post"])
+def test_attn_only_block_equals_hand_computation(norm_position, norm):
+    """An attention-only 1-layer model written out (Elhage et al. 2021): pre-norm
+    x + attn(ln_1(x)) then ln_f; post-norm ln_1(x + attn(x)) and no final norm."""
+    model = build(n_layer=1, mlp=False, norm=norm, norm_position=norm_position)
+    blk, wte, eps = model.transformer.h[0], model.transformer.wte.weight, 1e-5
+    idx = ids(2, 12)
+    B, T, C, H = 2, 12, 16, 2
+    logits, cache = model.run_with_cache(idx, "blocks.0.hook_*")
+    with torch.no_grad():
+        x = wte[idx] + model.transformer.wpe.weight[:T]  # (B, T, C)
+        attn_in = hand_norm(x, blk.ln_1, norm, eps) if norm_position == "pre" else x  # (B, T, C)
+        qkv = attn_in @ blk.attn.c_attn.weight.T + blk.attn.c_attn.bias  # (B, T, 3C)
+        q, k, v = (a.view(B, T, H, C // H).transpose(1, 2) for a in qkv.split(C, -1))  # (B, H, T, Dh)
+        z = hand_attention(q, k, v).transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        attn_out = z @ blk.attn.c_proj.weight.T + blk.attn.c_proj.bias  # (B, T, C)
+        if norm_position == "pre":
+            out = x + attn_out  # (B, T, C)
+            final = hand_norm(out, model.transformer.ln_f, norm, eps)  # (B, T, C)
+        else:
+            out = final = hand_norm(x + attn_out, blk.ln_1, norm, eps)  # (B, T, C)
+    assert list(cache) == [f"blocks.0.{name}" for name in
+                           ("hook_resid_pre", "hook_attn_out", "hook_resid_post")]
+    torch.testing.assert_close(cache["blocks.0.hook_attn_out"], attn_out, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cache["blocks.0.hook_resid_post"], out, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits, final @ wte.T, atol=1e-4, rtol=0)
+
+
 # ---------------------------------------------------------------- KV cache, every option
 
 
@@ -411,6 +466,9 @@ def test_hook_points_on_every_option(options):
     torch.testing.assert_close(cache["blocks.0.attn.hook_k"], k, atol=1e-6, rtol=0)
     pattern = cache["blocks.1.attn.hook_pattern"]  # (B, H, T, T)
     torch.testing.assert_close(pattern.sum(-1), torch.ones(2, 2, 12), atol=1e-5, rtol=0)
+    if not model.config.mlp:  # attention-only: no MLP, so no hook point of one
+        assert not [n for n in cache if "mlp" in n or "resid_mid" in n]
+        return
     hidden = mlp_hidden(model.config)
     pre_width = 2 * hidden if model.config.activation == "swiglu" else hidden
     assert cache["blocks.0.mlp.hook_pre"].shape == (2, 12, pre_width)
@@ -445,8 +503,8 @@ PRE_OPTIONS_ABS_SUM = 188.25377672132345
 
 def test_default_config_builds_the_gpt2_network_it_did_before():
     explicit = {"pos_encoding": "learned", "rope_base": 10000.0, "norm": "layernorm",
-                "norm_position": "pre", "qk_norm": False, "activation": "gelu", "zero_init_proj": False,
-                "logit_softcap": None, "tie_weights": True, "bias": True}
+                "norm_position": "pre", "mlp": True, "qk_norm": False, "activation": "gelu",
+                "zero_init_proj": False, "logit_softcap": None, "tie_weights": True, "bias": True}
     sizes = {"vocab_size": 50, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16}
     assert GPTConfig(**sizes) == GPTConfig(**sizes, **explicit)
     torch.manual_seed(3)

@@ -255,6 +255,17 @@ def test_inspect_model_tiny_with_the_options_beyond_gpt2(cwd, capsys):
     assert rows["blocks.0.mlp.hook_post"].startswith("(1, 64, 170)")
 
 
+def test_inspect_an_attention_only_model_lists_no_mlp_hook_points(cwd, capsys):
+    code, out, _ = run_main(capsys, "inspect", "model=tiny", "model.mlp=false")
+    assert code == 0
+    names = [line.split()[0] for line in out.splitlines()[1:]]
+    assert names[2:11] == [f"blocks.0.{n}" for n in (
+        "hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_scores",
+        "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_post")]
+    assert "blocks.1.hook_resid_post" in names
+    assert not [n for n in names if "mlp" in n or "resid_mid" in n]
+
+
 def test_generate_strategies_and_the_numpy_backend(tiny, cwd, capsys):
     base = ["generate", f"ckpt={tiny['ckpt']}", "prompt=First", "max_new_tokens=8"]
     code, out, _ = run_main(capsys, *base, "num_samples=2", "seed=0")

@@ -26,11 +26,12 @@ def test_tiny_default_run_gives_the_numbers_of_the_code_before_the_options(make_
 
 def test_new_keys_at_their_defaults_leave_the_hash_alone(tmp_path):
     explicit = ["model.norm=layernorm", "model.qk_norm=false", "model.rope_base=10000.0",
-                "model.zero_init_proj=false", "model.logit_softcap=null",
+                "model.zero_init_proj=false", "model.logit_softcap=null", "model.mlp=true",
                 "data.eval_batch_size=null", "trainer.compile=false"]
     base = compose_config([f"paths.output_dir={tmp_path}"])
     assert config_hash(compose_config([f"paths.output_dir={tmp_path}", *explicit])) == config_hash(base)
     assert config_hash(compose_config([f"paths.output_dir={tmp_path}", "model.qk_norm=true"])) != config_hash(base)
+    assert config_hash(compose_config([f"paths.output_dir={tmp_path}", "model.mlp=false"])) != config_hash(base)
 
 
 @pytest.mark.slow

@@ -155,6 +155,17 @@ def test_num_params_against_hand_count():
     assert sinusoidal.num_params() == sinusoidal.num_params(non_embedding=False) == total - T * C
 
 
+def test_attn_only_num_params_is_the_gpt_less_its_mlps_and_ln_2():
+    C, L, T = 32, 2, 16
+    ln_1, attn = 2 * C, (3 * C * C + 3 * C) + (C * C + C)
+    ln_2, mlp = 2 * C, (4 * C * C + 4 * C) + (4 * C * C + C)  # c_fc (C -> 4C), c_proj (4C -> C)
+    total = V * C + T * C + L * (ln_1 + attn) + 2 * C  # wte, wpe, blocks, ln_f
+    model = tiny(mlp=False)
+    assert model.num_params(non_embedding=False) == total
+    assert model.num_params() == total - T * C
+    assert total == tiny().num_params(non_embedding=False) - L * (ln_2 + mlp)
+
+
 def test_gpt2_init():
     model = tiny(n_layer=4, n_embd=256, n_head=4, vocab_size=50)
     residual_std = 0.02 / math.sqrt(2 * 4)
@@ -250,7 +261,7 @@ def test_dropout_train_changes_outputs_eval_is_deterministic():
 # ---------------------------------------------------------------- hook points
 
 
-def expected_hook_names(n_layer: int) -> list[str]:
+def expected_hook_names(n_layer: int, mlp: bool = True) -> list[str]:
     per_block = [
         "hook_resid_pre",
         "attn.hook_q",
@@ -266,14 +277,18 @@ def expected_hook_names(n_layer: int) -> list[str]:
         "hook_mlp_out",
         "hook_resid_post",
     ]
+    if not mlp:  # attention-only: TransformerLens's attn_only block
+        per_block = [n for n in per_block if "mlp" not in n and n != "hook_resid_mid"]
     blocks = [f"blocks.{i}.{name}" for i in range(n_layer) for name in per_block]
     return ["hook_embed", "hook_pos_embed", *blocks, "hook_final_norm", "hook_logits"]
 
 
+@pytest.mark.parametrize("mlp", [True, False])
 @pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal"])
-def test_hook_dict_names_and_modules(pos_encoding):
-    model = tiny(pos_encoding=pos_encoding)
-    assert list(model.hook_dict) == expected_hook_names(2)
+def test_hook_dict_names_and_modules(pos_encoding, mlp):
+    model = tiny(pos_encoding=pos_encoding, mlp=mlp)
+    assert list(model.hook_dict) == expected_hook_names(2, mlp)
+    assert len(model.hook_dict) == 4 + 2 * (13 if mlp else 9)
     for name, hook in model.hook_dict.items():
         assert isinstance(hook, HookPoint) and hook.name == name
         path = name.replace("blocks.", "transformer.h.", 1)

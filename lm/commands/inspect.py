@@ -11,6 +11,7 @@ Examples:
     lm inspect model=small
     lm inspect model=tiny 'hooks=[resid_noise,z_loss]'
     lm inspect model=tiny model.pos_encoding=rope model.norm=rmsnorm model.activation=swiglu
+    lm inspect model=tiny model.mlp=false
     lm inspect init_from=outputs/runs/<date>/<run>/checkpoints/best.ckpt adapter=lora
 """
 

@@ -191,7 +191,8 @@ def init_from_hf(module_or_model: nn.Module, directory: str | Path) -> GPT:
 
     Raises:
         ValueError: the directory cannot be read, an option of the two configs differs
-            (activation, epsilon, tying, positions, biases, norm, norm position, QK-norm, soft-capping),
+            (activation, epsilon, tying, positions, biases, norm, norm position, MLP, QK-norm,
+            soft-capping),
             or a weight's shape differs (named, with both shapes).
     """
     model = getattr(module_or_model, "model", module_or_model)
@@ -200,7 +201,7 @@ def init_from_hf(module_or_model: nn.Module, directory: str | Path) -> GPT:
     directory = Path(directory)
     hf_config = gpt_config_from_hf(read_hf_config(directory))
     for key in ("activation", "layer_norm_epsilon", "tie_weights", "pos_encoding", "bias",
-                "norm", "norm_position", "qk_norm", "logit_softcap"):
+                "norm", "norm_position", "mlp", "qk_norm", "logit_softcap"):
         ours, theirs = getattr(model.config, key), getattr(hf_config, key)
         if ours != theirs:
             raise ValueError(f"init_from={directory}: model.{key}={ours} but the checkpoint has {theirs}")
@@ -239,7 +240,8 @@ def export_hf_gpt2(model: GPT, directory: str | Path, tokenizer: Tokenizer | Non
 
     Raises:
         ValueError: one line, before anything is written, for options GPT-2 cannot hold
-            (rope, rmsnorm, qk_norm, relu2/swiglu, logit_softcap; ``check_gpt2_exportable``).
+            (rope, rmsnorm, post-norm, no mlp, qk_norm, relu2/swiglu, logit_softcap;
+            ``check_gpt2_exportable``).
     """
     from safetensors.torch import save_file
 

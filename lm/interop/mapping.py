@@ -5,10 +5,11 @@ checkpoint), so converting weights is a rename table plus one layout change: GPT
 ``Conv1D`` stores a weight as (in, out), ``nn.Linear`` as (out, in), so ``c_attn``,
 ``c_proj`` and ``c_fc`` weights are transposed. A GPT-2 config is our model with every
 option beyond GPT-2 at its default; a model GPT-2 cannot compute (rotary positions,
-RMSNorm, post-norm blocks, QK-norm, ReLU²/SwiGLU, logit soft-capping) is refused in one
-line. A bias-free, sinusoidal or zero_init_proj model maps to the GPT-2 that computes
-the same logits (zero biases, a learned ``wpe`` holding the table). The files of a
-Hugging Face directory are read and written by ``lm/interop/hf.py``.
+RMSNorm, post-norm blocks, attention-only blocks, QK-norm, ReLU²/SwiGLU, logit
+soft-capping) is refused in one line. A bias-free, sinusoidal or zero_init_proj model
+maps to the GPT-2 that computes the same logits (zero biases, a learned ``wpe`` holding
+the table). The files of a Hugging Face directory are read and written by
+``lm/interop/hf.py``.
 
 Sources: Radford et al. 2019 (GPT-2); Hugging Face ``transformers``
 ``models/gpt2/modeling_gpt2.py`` (``Conv1D``, ``GPT2Config``); nanoGPT
@@ -48,8 +49,8 @@ HF_KEYS = {
 }
 ALLOWED_TYPES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
 # what GPT-2 holds, for the export error line; zero_init_proj is an init, rope_base unused
-GPT2_HOLDS = ("learned or sinusoidal positions, layernorm, pre-norm blocks, gelu/gelu_tanh, "
-              "no qk_norm, no logit_softcap")
+GPT2_HOLDS = ("learned or sinusoidal positions, layernorm, pre-norm blocks with an mlp, "
+              "gelu/gelu_tanh, no qk_norm, no logit_softcap")
 
 
 # --- GPT-2 -> ours ---------------------------------------------------------------
@@ -155,8 +156,9 @@ def check_gpt2_exportable(config: GPTConfig) -> None:
     """Raise if GPT-2 cannot compute what ``config``'s model computes.
 
     GPT-2 has learned positions (a sinusoidal table is exported as ``wpe``), LayerNorm,
-    pre-norm blocks and a final ``ln_f`` (a post-norm model has none), GELU (exact or
-    tanh), no QK-norm and no logit soft-capping. ``zero_init_proj`` is an init only, so
+    pre-norm blocks and a final ``ln_f`` (a post-norm model has none), an MLP in every
+    block (an attention-only model has none: GPT-2's config cannot drop it), GELU (exact
+    or tanh), no QK-norm and no logit soft-capping. ``zero_init_proj`` is an init only, so
     it is allowed; ``rope_base`` is unused without rope.
 
     Raises:
@@ -167,8 +169,9 @@ def check_gpt2_exportable(config: GPTConfig) -> None:
         "pos_encoding": config.pos_encoding not in ("learned", "sinusoidal"),
         "norm": config.norm != "layernorm",
         "norm_position": config.norm_position != "pre",
+        "mlp": not config.mlp,
         "qk_norm": config.qk_norm,
-        "activation": config.activation not in EXPORT_ACTIVATIONS,
+        "activation": config.mlp and config.activation not in EXPORT_ACTIVATIONS,  # no mlp: unused
         "logit_softcap": config.logit_softcap is not None,
     }
     values = {key: getattr(config, key) for key, bad in blocked.items() if bad}

@@ -4,9 +4,9 @@ A reference to read and to test ``lm/model.py`` against: no autograd, no fused
 kernels, no hooks, float64 throughout. It takes our model's state dict (as NumPy
 arrays, ``numpy_state_dict``) and its ``GPTConfig``; it supports every option:
 learned, sinusoidal and rotary positions, LayerNorm and RMSNorm, pre-norm (GPT-2) and
-post-norm (GPT-1) blocks, QK-norm, the four MLP activations (exact GELU, GPT-2's tanh
-GELU, ReLU², SwiGLU), logit soft-capping, tied and untied output heads, biases on and
-off (``zero_init_proj`` is an init only).
+post-norm (GPT-1) blocks, attention-only blocks (``mlp=False``), QK-norm, the four MLP
+activations (exact GELU, GPT-2's tanh GELU, ReLU², SwiGLU), logit soft-capping, tied and
+untied output heads, biases on and off (``zero_init_proj`` is an init only).
 
 Shape letters: B batch, T time, C channels (n_embd), H heads, Dh head dim (C // H),
 V vocab.
@@ -21,7 +21,8 @@ Vaswani et al. 2017 (attention, sinusoidal positions); Hendrycks & Gimpel 2016 (
 Ba et al. 2016 (layer norm); Su et al. 2021 (RoFormer, rotary positions);
 Zhang & Sennrich 2019 (RMSNorm); Henry et al. 2020 (QK-norm); So et al. 2021 (Primer,
 ReLU²); Shazeer 2020 (SwiGLU);
-Team Gemma 2024 (Gemma 2, logit soft-capping);
+Team Gemma 2024 (Gemma 2, logit soft-capping); Elhage et al. 2021 (attention-only
+transformers);
 Jay Mody, "GPT in 60 Lines of NumPy" (picoGPT).
 """
 
@@ -161,20 +162,25 @@ def mlp(x: np.ndarray, p: Params, prefix: str, config: GPTConfig) -> np.ndarray:
 
 def block(x: np.ndarray, p: Params, prefix: str, config: GPTConfig) -> np.ndarray:
     """Pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); (B, T, C) -> (B, T, C).
-    With ``norm_position="post"`` the post-norm block, ``post_norm_block``."""
+    Without an MLP (``mlp=False``, attention-only) x + attn(ln_1(x)) alone. With
+    ``norm_position="post"`` the post-norm block, ``post_norm_block``."""
     if config.norm_position == "post":
         return post_norm_block(x, p, prefix, config)
     h = norm(x, p, f"{prefix}.ln_1", config)  # (B, T, C)
     x = x + multi_head_attention(h, p, f"{prefix}.attn", config)  # (B, T, C)
+    if not config.mlp:
+        return x
     h = norm(x, p, f"{prefix}.ln_2", config)  # (B, T, C)
     return x + mlp(h, p, f"{prefix}.mlp", config)  # (B, T, C)
 
 
 def post_norm_block(x: np.ndarray, p: Params, prefix: str, config: GPTConfig) -> np.ndarray:
     """Post-norm block (GPT-1, Radford et al. 2018; Vaswani et al. 2017): ln_1(x + attn(x)),
-    then ln_2(x + mlp(x)); (B, T, C) -> (B, T, C)."""
+    then ln_2(x + mlp(x)); (B, T, C) -> (B, T, C). Without an MLP ln_1(x + attn(x)) alone."""
     h = x + multi_head_attention(x, p, f"{prefix}.attn", config)  # (B, T, C)
     x = norm(h, p, f"{prefix}.ln_1", config)  # (B, T, C)
+    if not config.mlp:
+        return x
     h = x + mlp(x, p, f"{prefix}.mlp", config)  # (B, T, C)
     return norm(h, p, f"{prefix}.ln_2", config)  # (B, T, C)
 

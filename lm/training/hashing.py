@@ -70,6 +70,7 @@ HASH_EXCLUDED_KEYS: tuple[str, ...] = (
 HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "model.norm": "layernorm",
     "model.norm_position": "pre",
+    "model.mlp": True,
     "model.qk_norm": False,
     "model.rope_base": 10000.0,
     "model.zero_init_proj": False,

@@ -70,7 +70,8 @@ def muon_param_groups(model: GPT) -> list[dict]:
     (``GPT.named_layers()``), each parameter once (a tied head is ``wte``'s tensor):
 
     1. ``use_muon=True``: every 2-D weight inside ``blocks.{i}`` (``attn.c_attn``,
-       ``attn.c_proj``, ``mlp.c_fc``, ``mlp.c_proj``): Muon, with Muon's weight decay.
+       ``attn.c_proj``, ``mlp.c_fc``, ``mlp.c_proj``; attention-only blocks have the first
+       two): Muon, with Muon's weight decay.
     2. ``use_muon=False``: the other tensors of 2 or more dimensions (``wte``, ``wpe``,
        ``lm_head``): AdamW, with AdamW's decoupled weight decay.
     3. ``use_muon=False, weight_decay=0``: 1-D tensors (biases, norm gains): AdamW, never

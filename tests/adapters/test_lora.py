@@ -269,6 +269,23 @@ def test_match_layers_errors():
         "blocks.1.mlp.c_fc", "blocks.1.mlp.c_proj", "lm_head"]
 
 
+def test_attention_only_model_adapts_what_it_has_and_names_a_missing_mlp():
+    """No block has an MLP: a glob that finds attention layers works (``blocks.*.c_proj``
+    finds attn.c_proj alone), one that finds no layer at all is one line."""
+    model = tiny(mlp=False)
+    msg = one_line_error(ValueError, match_layers, model, BLOCK_LINEARS)
+    assert msg.startswith("adapter.targets: 'blocks.*.mlp.c_fc' matches no Linear layer")
+    assert "blocks.0.attn.c_attn, blocks.0.attn.c_proj, blocks.1.attn.c_attn, ..." in msg
+    assert apply_lora(model, ["blocks.*.c_proj", "blocks.0.attn.c_attn"], r=4, alpha=8.0) == [
+        "blocks.0.attn.c_attn", "blocks.0.attn.c_proj", "blocks.1.attn.c_proj"]
+    randomize_B(model)
+    idx = tokens()
+    expected = model(idx)[0]
+    fresh = GPT(model.config).eval()
+    fresh.load_state_dict(merge_lora(model).state_dict())
+    torch.testing.assert_close(fresh(idx)[0], expected, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("key, kwargs", [
     ("adapter.r=0", {"r": 0}), ("adapter.r=2.0", {"r": 2.0}),
     ("adapter.alpha=0", {"alpha": 0}), ("adapter.alpha=-1", {"alpha": -1.0}),

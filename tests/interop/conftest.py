@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 SIZES = {"n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 32, "vocab_size": 100}
 TEXT = "the cat sat on the mat.\nLe chat était là. " * 20
 # the end of the line export_hf_gpt2 refuses a model with
-HOLDS = ("(GPT-2 holds learned or sinusoidal positions, layernorm, pre-norm blocks, "
-         "gelu/gelu_tanh, no qk_norm, no logit_softcap)")
+HOLDS = ("(GPT-2 holds learned or sinusoidal positions, layernorm, pre-norm blocks with an "
+         "mlp, gelu/gelu_tanh, no qk_norm, no logit_softcap)")
 
 
 def hf_model(seed: int = 0, **overrides) -> "transformers.GPT2LMHeadModel":

@@ -105,7 +105,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 @pytest.mark.parametrize("options, named", [
     ({"pos_encoding": "rope", "norm": "rmsnorm"}, "model.pos_encoding=rope, model.norm=rmsnorm"),
     ({"norm_position": "post"}, "model.norm_position=post"),  # GPT-1's blocks, no ln_f
-], ids=["rope_rmsnorm", "post_norm"])
+    ({"mlp": False}, "model.mlp=false"),  # attention-only blocks: GPT-2's always have an MLP
+], ids=["rope_rmsnorm", "post_norm", "attn_only"])
 def test_cli_export_of_a_non_gpt2_model_is_one_line_and_exit_2(tmp_path, capsys, options, named):
     tokenizer = ByteTokenizer()
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2,

@@ -185,6 +185,8 @@ def test_a_merge_of_a_token_vocab_json_lacks_is_one_line(exported):
     ({"pos_encoding": "rope"}, "model.pos_encoding=rope"),
     ({"norm": "rmsnorm"}, "model.norm=rmsnorm"),
     ({"norm_position": "post"}, "model.norm_position=post"),
+    ({"mlp": False}, "model.mlp=false"),
+    ({"mlp": False, "activation": "swiglu"}, "model.mlp=false"),  # no MLP: activation unused
     ({"qk_norm": True}, "model.qk_norm=true"),
     ({"activation": "relu2"}, "model.activation=relu2"),
     ({"activation": "swiglu"}, "model.activation=swiglu"),
@@ -193,7 +195,8 @@ def test_a_merge_of_a_token_vocab_json_lacks_is_one_line(exported):
       "activation": "swiglu", "logit_softcap": 30.0, "zero_init_proj": True, "tie_weights": False},
      ("model.pos_encoding=rope, model.norm=rmsnorm, model.norm_position=post, "
       "model.qk_norm=true, model.activation=swiglu, model.logit_softcap=30.0")),
-], ids=["rope", "rmsnorm", "post_norm", "qk_norm", "relu2", "swiglu", "logit_softcap", "all"])
+], ids=["rope", "rmsnorm", "post_norm", "attn_only", "attn_only_swiglu", "qk_norm", "relu2",
+        "swiglu", "logit_softcap", "all"])
 def test_export_refuses_what_gpt2_cannot_hold(tmp_path, options, named):
     model = tiny_gpt(**options)
     with pytest.raises(ValueError) as err:
@@ -240,6 +243,7 @@ def test_init_from_hf_names_mismatched_shapes(tmp_path):
     ({"qk_norm": True}, "model.qk_norm=True but the checkpoint has False"),
     ({"logit_softcap": 30.0}, "model.logit_softcap=30.0 but the checkpoint has None"),
     ({"pos_encoding": "rope"}, "model.pos_encoding=rope but the checkpoint has learned"),
+    ({"mlp": False}, "model.mlp=False but the checkpoint has True"),
 ])
 def test_init_from_hf_refuses_options_gpt2_has_not(tmp_path, options, named):
     """qk_norm and logit_softcap have no weights: without this check GPT-2's weights would

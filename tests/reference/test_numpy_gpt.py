@@ -91,7 +91,8 @@ def test_layer_norm_and_softmax_equal_torch():
     np.testing.assert_allclose(numpy_gpt.softmax(x.numpy()), F.softmax(x, -1).numpy(), atol=1e-12)
 
 
-@pytest.mark.parametrize("options", [{}, ALL], ids=["gpt2", "all_options"])
+@pytest.mark.parametrize("options", [{}, ALL, OPTIONS["attn_only_post_norm"]],
+                         ids=["gpt2", "all_options", "attn_only_post_norm"])
 def test_cli_greedy_text_equals_torch_greedy(tmp_path, capsys, options):
     tokenizer = ByteTokenizer()
     model = random_gpt(vocab_size=tokenizer.vocab_size, **options)

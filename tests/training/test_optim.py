@@ -24,7 +24,7 @@ SETTINGS = {"lr": 0.05, "momentum": 0.9, "nesterov": True, "ns_steps": 5, "weigh
 @pytest.mark.parametrize("options", [
     {}, {"tie_weights": False}, {"pos_encoding": "rope"},
     {"pos_encoding": "rope", "tie_weights": False, "qk_norm": True, "activation": "swiglu"},
-    {"bias": False, "norm": "rmsnorm"},
+    {"bias": False, "norm": "rmsnorm"}, {"mlp": False},
 ])
 def test_every_parameter_is_in_exactly_one_group(options):
     model = tiny(**options)

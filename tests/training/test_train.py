@@ -215,6 +215,16 @@ def test_every_tokenizer_trains_and_generates(make_cfg, tmp_path, tokenizer):
     assert text.startswith("ROMEO:")
 
 
+def test_an_attention_only_model_trains_and_reports_its_size(make_cfg, tmp_path, capsys):
+    record = run(make_cfg("model.mlp=false", "trainer.max_steps=3", out="a"))
+    assert record["status"] == "completed" and math.isfinite(record["metrics"]["final"]["val/loss"])
+    model, _, _ = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.ckpt")
+    assert model.config.mlp is False and not [k for k in model.state_dict() if ".mlp." in k]
+    V, C, L, T = model.config.vocab_size, 64, 2, 64  # model=tiny
+    blocks = L * (2 * C + (3 * C * C + 3 * C) + (C * C + C))  # ln_1, c_attn, c_proj: no ln_2, mlp
+    assert f"model: {V * C + T * C + blocks + 2 * C:,} parameters;" in capsys.readouterr().out
+
+
 def test_target_loss_is_printed_recorded_and_checkpointed(make_cfg, tmp_path, capsys):
     record = run(make_cfg("tracking.target_loss=10"))  # every val/loss of a char model is < 10
     out = capsys.readouterr().out
