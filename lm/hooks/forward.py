@@ -11,6 +11,7 @@ import torch
 from lm.hook_points import HookPoint
 from lm.hooks.base import ForwardHook, Hook
 from lm.model import GPT
+from lm.tokenizers import token_labels
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -166,7 +167,7 @@ class AttentionImages(Hook):
         with torch.no_grad():
             _, cache = module.model.run_with_cache(idx, self.patterns)
         tokenizer = module.tokenizer
-        labels = None if tokenizer is None else [tokenizer.decode([i]) for i in idx[0].tolist()]
+        labels = None if tokenizer is None else token_labels(tokenizer, idx[0])
         figure = self.figure(cache, labels, title=f"attention weights at step {module.global_step}, "
                              "first validation sequence")
         experiment.add_image(f"hooks/{self.name}/pattern", self.image(figure),
@@ -181,7 +182,8 @@ class AttentionImages(Hook):
         Args:
             cache: ``blocks.{i}.attn.hook_pattern`` -> (1, H, T, T) weights in [0, 1]
                 (``run_with_cache``), rows summing to 1.
-            labels: the T tokens as text (axis ticks when T <= 40), or None: positions.
+            labels: the T token labels (`token_labels`: axis ticks when T <= 40), or None:
+                positions.
             title: the figure's title, above the grid.
 
         Returns:
@@ -226,7 +228,7 @@ class AttentionImages(Hook):
             shown = [str(i) for i in ticks]
         else:
             ticks = list(range(T))
-            shown = [repr(t)[1:-1] if t.strip() else repr(t) for t in labels]  # '\n', ' ' visible
+            shown = list(labels)
         ax.set_xticks(ticks, shown, fontsize=7, rotation=90 if labels is not None else 0)
         ax.set_yticks(ticks, shown, fontsize=7)
         ax.tick_params(labelleft=left, labelbottom=bottom)

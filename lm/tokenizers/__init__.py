@@ -1,7 +1,8 @@
 """Tokenizers: text <-> token ids, behind one interface.
 
     base.py        `Tokenizer`, the Protocol every tokenizer implements (callers are typed
-                   against it), and `lookup_ids`, the id check every `decode` starts with
+                   against it), `lookup_ids`, the id check every `decode` starts with, and
+                   `token_label(s)`, a token as figures and tables show it
     char.py        `CharTokenizer`: one token per character (nanoGPT's shakespeare_char)
     byte.py        the byte-level rules (specials, U+FFFD, the one byte-level `decode`)
                    and `ByteTokenizer`: one token per UTF-8 byte
@@ -17,14 +18,14 @@ imports every tokenizer module: the package is the one place that sees them all.
 
 import inspect
 
-from lm.tokenizers.base import Tokenizer
+from lm.tokenizers.base import Tokenizer, token_label, token_labels
 from lm.tokenizers.bpe import BPETokenizer
 from lm.tokenizers.byte import ByteTokenizer
 from lm.tokenizers.char import CharTokenizer
 
 __all__ = [
     "TOKENIZERS", "BPETokenizer", "ByteTokenizer", "CharTokenizer", "Tokenizer",
-    "build_tokenizer", "tokenizer_from_dict",
+    "build_tokenizer", "token_label", "token_labels", "tokenizer_from_dict",
 ]
 
 TOKENIZERS: dict[str, type[Tokenizer]] = {

@@ -89,3 +89,30 @@ def lookup_ids(ids: Iterable[int], table: Sequence[T]) -> list[T]:
             raise ValueError(f"token id {i} is outside [0, {len(table)})")
         out.append(table[i])
     return out
+
+
+VISIBLE = {" ": "␣", "\n": "\\n", "\t": "\\t", "\r": "\\r"}  # how a label shows them
+
+
+def token_label(tokenizer: Tokenizer, token_id: int) -> str:
+    """One token as a figure or table shows it: a space is `␣`, a newline `\\n`, a tab
+    `\\t`; a special token is its name (`<eos>`); a byte-level token that is not whole
+    UTF-8 (part of a multi-byte character) is its bytes escaped (`\\xe2`), read with the
+    tokenizer's `token_bytes` where it has one.
+
+    Raises:
+        ValueError: `token_id` is outside [0, vocab_size).
+    """
+    specials = {i: name for name, i in tokenizer.special_tokens.items()}
+    if token_id in specials:
+        return specials[token_id]
+    text = tokenizer.decode([token_id])
+    if "\ufffd" in text and hasattr(tokenizer, "token_bytes"):
+        text = tokenizer.token_bytes(token_id).decode("utf-8", errors="backslashreplace")
+    return "".join(VISIBLE.get(c, c) for c in text)
+
+
+def token_labels(tokenizer: Tokenizer, ids: Iterable[int]) -> list[str]:
+    """`token_label` of each id (list, 1-D array or tensor), in order."""
+    return [token_label(tokenizer, int(i)) for i in ids]
+

@@ -91,6 +91,11 @@ class ByteLevel:
         """
         return b"".join(lookup_ids(ids, self._id_to_bytes)).decode("utf-8", errors="replace")
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes of one token (not always whole UTF-8: a BPE token may end inside a
+        character). Raises ValueError for an id outside [0, vocab_size)."""
+        return lookup_ids([token_id], self._id_to_bytes)[0]
+
 
 class ByteTokenizer(ByteLevel):
     """One token per UTF-8 byte: ids 0-255 are the bytes, specials follow.

@@ -348,11 +348,11 @@ def attention_figure(hook: AttentionImages, labels: list[str] | None):
     return figure, AttentionImages.image(figure), cache
 
 
-LABELS = ["a", " ", "\n", "b", "c", "d", "e", "f", "g", "h", "i", "j"]
+LABELS = ["a", "␣", "\\n", "b", "c", "d", "e", "f", "g", "h", "i", "j"]  # token_labels' form
 
 
 @pytest.mark.parametrize("heads, labels, ticks", [
-    (None, LABELS, ["a", "' '", "'\\n'", "b", "c", "d", "e", "f", "g", "h", "i", "j"]),
+    (None, LABELS, LABELS),  # shown as given
     ([2, 0], None, ["0", "2", "4", "6", "8", "10"]),  # no tokenizer: positions
     ([1], [str(i) * 3 for i in range(12)], None),
 ], ids=["all-heads-tokens", "two-heads-positions", "one-head"])
@@ -393,7 +393,8 @@ def test_attention_figure_shows_the_patterns_with_named_axes_and_a_colour_bar(he
 def test_attention_images_logs_the_rendered_figure_at_the_step():
     logged = []
     writer = SimpleNamespace(add_image=lambda *args, **kwargs: logged.append((args, kwargs)))
-    tokenizer = SimpleNamespace(decode=lambda ids: "abcdefghijklmnopqrstuvwxyz0123456789."[ids[0]])
+    tokenizer = SimpleNamespace(decode=lambda ids: "abcdefghijklmnopqrstuvwxyz0123456789."[ids[0]],
+                                special_tokens={})
     module = SimpleNamespace(logger=SimpleNamespace(experiment=writer), model=tiny(),
                              tokenizer=tokenizer, global_step=7)
     hook = AttentionImages(layers=[0], heads=[3], max_tokens=5)
