@@ -51,6 +51,7 @@ HASH_EXCLUDED_KEYS: tuple[str, ...] = (
     "callbacks.last_checkpoint",
     "callbacks.rng_state",
     "callbacks.progress_bar",
+    "callbacks.snapshots",     # checkpoints every n steps, kept (experiment=induction_heads)
     # The side jobs (lm/training/run_callbacks.py) only watch the run: their arguments
     # are interpolated from keys that are excluded above (sample.*, tracking.target_loss,
     # trainer.peak_tflops, seed for the sample's own generator) or hashed themselves
