@@ -182,3 +182,31 @@ def test_prompt_and_target_checks_name_the_key():
         single_token(char, "ab", "target")
     with pytest.raises(ValueError, match=r"contrast='z' is 1 tokens .*\(unknown\)"):
         single_token(char, "z", "contrast")
+
+
+@pytest.mark.parametrize("adapter", [
+    {"name": "lora", "r": 2, "alpha": 4.0, "dropout": 0.0,
+     "targets": ["blocks.*.attn.c_attn", "blocks.*.attn.c_proj"]},
+    {"name": "qlora", "r": 2, "alpha": 4.0, "dropout": 0.0, "targets": ["blocks.*.attn.c_proj"],
+     "quantize": ["blocks.*"], "quant_block_size": 32, "double_quant": False},
+], ids=["lora", "qlora"])
+def test_the_analyses_read_adapted_models_through_their_own_layers(adapter):
+    """LoRA and NF4 layers stay linear in their input: a head's output through them is
+    still its share of c_proj, and the components still sum to the logit."""
+    from lm.adapters.build import apply_adapter
+
+    model = trained_like()
+    apply_adapter(model, adapter)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # a trained adapter: B != 0
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=generator))
+    model.eval()
+    ids = tokens(B=1, T=10)[0]
+    result = direct_logit_attribution(model, ids, target=4, contrast=9)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(ids[None], "*hook_attn_out")
+    assert result.logit == pytest.approx(float(logits[0, -1, 4] - logits[0, -1, 9]), abs=1e-4)
+    torch.testing.assert_close(logit_lens(model, ids).logits[-1], logits[0], atol=1e-5, rtol=0)
+    assert set(cache) == {f"blocks.{i}.hook_attn_out" for i in range(2)}
