@@ -92,8 +92,8 @@ def patching_figure(resid: torch.Tensor, heads: torch.Tensor, labels: Sequence[s
     fig = new_figure(max(6.0, INCH_PER_TOKEN * min(T, MAX_LABELS) + 0.4 * heads.size(1) + 4.0),
                      0.45 * L + 2.4)
     left, right = fig.subplots(1, 2, width_ratios=[max(T, 4), max(heads.size(1), 4)])
-    for ax, values, name in ((left, resid, "blocks.{i}.hook_resid_pre, one position"),
-                             (right, heads, "blocks.{i}.attn.hook_z, one head, all positions")):
+    for ax, values, name in ((left, resid, "hook_resid_pre\n(one layer, one position)"),
+                             (right, heads, "attn.hook_z, one head\n(all positions)")):
         image = heatmap(ax, values, centred=True)
         ax.set_yticks(range(L), [f"blocks.{i}" for i in range(L)], fontsize=8)
         ax.set_title(f"patched: {name}", fontsize=9)
