@@ -17,7 +17,7 @@ than block_size, a checkpoint without a model) is one line and exit code 2.
 Examples:
     lm analyze ckpt=<ckpt> kind=attention random_tokens=20
     lm analyze ckpt=<ckpt> kind=logit_lens prompt="First Citizen:"
-    lm analyze ckpt=<ckpt> kind=heads prompt_file=data/shakespeare/input.txt
+    lm analyze ckpt=<ckpt> kind=heads prompt_file=some_text.txt
 """
 
 import csv

@@ -210,3 +210,16 @@ def test_the_analyses_read_adapted_models_through_their_own_layers(adapter):
     assert result.logit == pytest.approx(float(logits[0, -1, 4] - logits[0, -1, 9]), abs=1e-4)
     torch.testing.assert_close(logit_lens(model, ids).logits[-1], logits[0], atol=1e-5, rtol=0)
     assert set(cache) == {f"blocks.{i}.hook_attn_out" for i in range(2)}
+
+
+def test_mean_head_scores_in_batches_equal_one_window_at_a_time():
+    from lm.analysis.interp.heads import mean_head_scores
+
+    model = trained_like()
+    windows = [tokens(B=1, T=12, seed=s)[0] for s in range(5)] + [tokens(B=1, T=7, seed=9)[0]]
+    one_by_one = [head_scores(model, w) for w in windows]
+    for max_floats in (1, 2 * 2 * 4 * 12 * 12, 2**24):  # batches of 1, 2 and all
+        batched = mean_head_scores(model, windows, max_floats=max_floats)
+        for kind, scores in batched.items():
+            expected = torch.stack([s[kind] for s in one_by_one]).mean(0)
+            torch.testing.assert_close(scores, expected, atol=1e-6, rtol=0)
