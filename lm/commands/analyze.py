@@ -34,7 +34,13 @@ from lm.analysis.interp.heads import KINDS as HEAD_KINDS
 from lm.analysis.interp.heads import mean_head_scores
 from lm.analysis.interp.lens import logit_lens
 from lm.analysis.interp.patching import activation_patching
-from lm.analysis.interp.plots import dla_figure, head_scores_figure, lens_figure, patching_figure
+from lm.analysis.interp.plots import (
+    MAX_LABELS,
+    dla_figure,
+    head_scores_figure,
+    lens_figure,
+    patching_figure,
+)
 from lm.analysis.interp.tokens import (
     encode_prompt,
     plain_vocab,
@@ -139,9 +145,10 @@ def analyze_attention(model: GPT, tokenizer: Tokenizer, cfg: AnalyzeConfig, out:
     rows = []
     for name, pattern in cache.items():  # (1, H, T, T)
         layer = name.split(".")[1]
-        figure = AttentionImages(layers=[int(layer)], max_tokens=len(ids)).figure(
-            {name: pattern}, labels, title=f"attention weights of blocks.{layer}, {source} "
-            f"({len(ids)} tokens); row = query, column = key")
+        images = AttentionImages(layers=[int(layer)], max_tokens=len(ids))
+        images.max_labels = MAX_LABELS  # a figure on disk may be larger than a TensorBoard image
+        figure = images.figure({name: pattern}, labels, title=f"attention weights of blocks."
+                               f"{layer}, {source} ({len(ids)} tokens); row = query, column = key")
         out.figure(f"attention_blocks.{layer}", figure)
         for h, q, k in torch.nonzero(torch.ones_like(pattern[0]).tril()).tolist():
             rows.append((f"blocks.{layer}", h, q, k, labels[q], labels[k],
