@@ -11,8 +11,8 @@ analyses (``lm.analysis.interp``):
   its first occurrence), over the second half of N_SEQUENCES sequences of RANDOM_LENGTH
   distinct random characters repeated twice, averaged;
 - in-context loss (Olsson et al.: loss late in the context minus loss early in it): the
-  mean cross-entropy at positions LATE minus that at positions EARLY, over N_WINDOWS
-  validation windows of block_size at fixed random starts;
+  mean cross-entropy at positions [7T/8, T) minus that at [T/16, T/8) (``spans``), over
+  N_WINDOWS validation windows of block_size T at fixed random starts;
 - the training loss logged nearest that step (TensorBoard events).
 
 Writes ``across_training.csv``, ``summary.md`` and the figures ``in_context_loss.png``,
@@ -38,11 +38,15 @@ from lm.analysis.interp.tokens import plain_vocab, repeated_random_tokens  # noq
 from lm.checkpoint import load_checkpoint  # noqa: E402
 from lm.data.datamodule import build_datamodule  # noqa: E402
 
-RANDOM_LENGTH = 50  # distinct random characters per sequence, then repeated
+RANDOM_LENGTH = 50  # distinct random characters per sequence, then repeated (at most T / 2)
 N_SEQUENCES = 8
 N_WINDOWS = 64  # validation windows for the per-position loss
-EARLY = slice(16, 32)  # positions (tokens of context before the predicted one)
-LATE = slice(224, 256)
+
+
+def spans(T: int) -> tuple[slice, slice]:
+    """(early, late) positions of a block_size-T context for the in-context loss:
+    [T/16, T/8) and [7T/8, T); for T = 256, 16-31 and 224-255."""
+    return slice(T // 16, T // 8), slice(7 * T // 8, T)
 PHASE_SCORE = 0.3  # the step a run's best induction score first reaches this
 
 
@@ -78,10 +82,11 @@ def loss_by_position(model, windows: torch.Tensor) -> torch.Tensor:
 
 def induction_scores(model, tokenizer) -> torch.Tensor:
     """(L, H) induction score of every head on the repeated random sequences."""
+    n = min(RANDOM_LENGTH, model.config.block_size // 2)
     scores = []
     for seed in range(N_SEQUENCES):
-        ids = torch.tensor(repeated_random_tokens(plain_vocab(tokenizer), RANDOM_LENGTH, seed))
-        scores.append(head_scores(model, ids, queries=slice(RANDOM_LENGTH, None))["induction"])
+        ids = torch.tensor(repeated_random_tokens(plain_vocab(tokenizer), n, seed))
+        scores.append(head_scores(model, ids, queries=slice(n, None))["induction"])
     return torch.stack(scores).mean(0)
 
 
@@ -102,6 +107,7 @@ def measure(sweeps: list[Path]) -> list[dict]:
             losses = train_loss(run)
             for step, path in snapshots(run):
                 model, tokenizer, _ = load_checkpoint(path)
+                EARLY, LATE = spans(model.config.block_size)
                 per_position = loss_by_position(model, windows)
                 icl = float(per_position[LATE].mean() - per_position[EARLY].mean())
                 logged = min(losses, key=lambda s: abs(s - step))
@@ -182,7 +188,7 @@ def plot_induction(rows: list[dict], path: Path) -> None:
     for row in axes:
         row[0].set_ylabel("induction score")
     fig.suptitle("induction (prefix-matching) score of every head across training, on "
-                 f"{RANDOM_LENGTH} random characters repeated", fontsize=10)
+                 f"{RANDOM_LENGTH} random characters repeated (32 with block_size 64)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -198,7 +204,7 @@ def plot_loss_by_position(sweeps: list[Path], path: Path) -> None:
             seed = run.name.split("seed:")[1].split("-")[0]
             ax.plot(torch.arange(len(smooth)) + 4, smooth, color=f"C{a}",
                     label=f"{sweep.name}, seed {seed}", alpha=0.8)
-    for span in (EARLY, LATE):
+    for span in spans(256):
         ax.axvspan(span.start, span.stop - 1, color="0.85", zorder=0)
     ax.set_xlabel("position in the context (tokens before the predicted one)")
     ax.set_ylabel("val loss (nats/token), 8-position mean")
@@ -242,7 +248,7 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     series = per_snapshot(rows)
-    plot_per_run(series, "in-context loss (nats): loss at 224-255 minus at 16-31",
+    plot_per_run(series, "in-context loss (nats): late minus early positions",
                  "in-context loss across training (more negative: more use of earlier context)",
                  args.out / "in_context_loss.png", "in_context_loss")
     plot_per_run(series, "train/loss (nats/token)", "training loss",

@@ -5,10 +5,11 @@
 # contexts, 1500 steps of 16 windows, a checkpoint every 50 steps), 3 seeds per arm:
 #   one_layer   1 layer on Shakespeare (characters): no head can compose with an earlier one
 #   two_layers  2 layers on Shakespeare
-#   control     2 layers on random letters, each line's letters twice (random_repeats.py):
-#               text only an induction head can predict, to show what a phase change
-#               looks like in these measurements
-# About 20 minutes on 2 CPU cores. Re-running skips what is already done (the registry).
+#   control     2 layers on random letters, each line's 10-40 letters twice (random_repeats.py):
+#               text only an induction head can predict, to show what a phase change looks
+#               like in these measurements; RoPE, 64-character contexts, 32 windows a step,
+#               3000 steps (the settings under which it forms here)
+# About 25 minutes on 2 CPU cores. Re-running skips what is already done (the registry).
 set -euo pipefail
 here=experiments/2026-12-03-induction-heads
 study=outputs/multirun/study-induction-heads
@@ -20,6 +21,7 @@ python lm/train.py -m experiment=induction_heads model.n_layer=2 seed=$seeds $co
     hydra.sweep.dir=$study/two_layers
 test -f data/random_repeats.txt || python $here/random_repeats.py data/random_repeats.txt
 python lm/train.py -m experiment=induction_heads data=text_file data.path=data/random_repeats.txt \
+    model.pos_encoding=rope model.block_size=64 data.batch_size=32 trainer.max_steps=3000 \
     seed=$seeds $common hydra.sweep.dir=$study/control
 # final val/loss of the two Shakespeare arms, 95% CIs over the seeds (1 layer = baseline)
 lm compare $study/one_layer $study/two_layers --out $here

@@ -64,6 +64,10 @@ def repeated_random_tokens(vocab: list[int], length: int, seed: int) -> list[int
 
 
 def plain_vocab(tokenizer: Tokenizer) -> list[int]:
-    """Every id of ``tokenizer`` but its special tokens, in order."""
+    """Every id of ``tokenizer`` but its special tokens and the tokens that are whitespace
+    alone (a newline, a space), in order: what random sequences are drawn from. A newline
+    inside a random sequence would end a "line" the model has learned to start afresh
+    after, so a character model's heads would be measured on text unlike any it saw."""
     specials = set(tokenizer.special_tokens.values())
-    return [i for i in range(tokenizer.vocab_size) if i not in specials]
+    return [i for i in range(tokenizer.vocab_size)
+            if i not in specials and tokenizer.decode([i]).strip()]

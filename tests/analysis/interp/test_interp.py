@@ -223,3 +223,16 @@ def test_mean_head_scores_in_batches_equal_one_window_at_a_time():
         for kind, scores in batched.items():
             expected = torch.stack([s[kind] for s in one_by_one]).mean(0)
             torch.testing.assert_close(scores, expected, atol=1e-6, rtol=0)
+
+
+def test_random_sequences_leave_out_specials_and_whitespace_tokens():
+    from lm.analysis.interp.tokens import plain_vocab
+
+    char = CharTokenizer.from_text("ab \nc")
+    assert [char.decode([i]) for i in plain_vocab(char)] == ["a", "b", "c"]
+    byte = ByteTokenizer()
+    vocab = plain_vocab(byte)
+    # 10: \t \n \v \f \r, the separators \x1c-\x1f and space (what str.strip removes)
+    assert set(range(256)) - set(vocab) == {9, 10, 11, 12, 13, 28, 29, 30, 31, 32}
+    assert byte.eos_id not in vocab
+    assert byte.encode("\n")[0] not in vocab and byte.encode("a")[0] in vocab
