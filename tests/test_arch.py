@@ -281,6 +281,15 @@ def hand_norm(x: torch.Tensor, norm: torch.nn.Module, kind: str, eps: float) -> 
     return F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, eps)
 
 
+def hand_attn_out(attn: torch.nn.Module, x: torch.Tensor, H: int) -> torch.Tensor:
+    """A GPT-2 attention sublayer written out on x (B, T, C): qkv, H causal heads, c_proj."""
+    B, T, C = x.shape
+    qkv = x @ attn.c_attn.weight.T + attn.c_attn.bias  # (B, T, 3C)
+    q, k, v = (a.view(B, T, H, C // H).transpose(1, 2) for a in qkv.split(C, -1))  # (B, H, T, Dh)
+    z = hand_attention(q, k, v).transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+    return z @ attn.c_proj.weight.T + attn.c_proj.bias  # (B, T, C)
+
+
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
 def test_post_norm_block_equals_hand_computation(norm):
     """GPT-1's block (Radford et al. 2018) written out on a 1-layer model's fixed weights:
@@ -288,14 +297,10 @@ def test_post_norm_block_equals_hand_computation(norm):
     model = build(n_layer=1, norm=norm, norm_position="post")
     blk, wte, eps = model.transformer.h[0], model.transformer.wte.weight, 1e-5
     idx = ids(2, 12)
-    B, T, C, H = 2, 12, 16, 2
     logits, cache = model.run_with_cache(idx, "blocks.0.hook_resid_*")
     with torch.no_grad():
-        x = wte[idx] + model.transformer.wpe.weight[:T]  # (B, T, C)
-        qkv = x @ blk.attn.c_attn.weight.T + blk.attn.c_attn.bias  # (B, T, 3C), no norm first
-        q, k, v = (a.view(B, T, H, C // H).transpose(1, 2) for a in qkv.split(C, -1))  # (B, H, T, Dh)
-        z = hand_attention(q, k, v).transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        attn_out = z @ blk.attn.c_proj.weight.T + blk.attn.c_proj.bias  # (B, T, C)
+        x = wte[idx] + model.transformer.wpe.weight[:12]  # (B, T, C)
+        attn_out = hand_attn_out(blk.attn, x, H=2)  # (B, T, C), no norm first
         mid = hand_norm(x + attn_out, blk.ln_1, norm, eps)  # (B, T, C)
         hidden = F.gelu(mid @ blk.mlp.c_fc.weight.T + blk.mlp.c_fc.bias)  # (B, T, 4C)
         mlp_out = hidden @ blk.mlp.c_proj.weight.T + blk.mlp.c_proj.bias  # (B, T, C)
@@ -385,15 +390,11 @@ def test_attn_only_block_equals_hand_computation(norm_position, norm):
     model = build(n_layer=1, mlp=False, norm=norm, norm_position=norm_position)
     blk, wte, eps = model.transformer.h[0], model.transformer.wte.weight, 1e-5
     idx = ids(2, 12)
-    B, T, C, H = 2, 12, 16, 2
     logits, cache = model.run_with_cache(idx, "blocks.0.hook_*")
     with torch.no_grad():
-        x = wte[idx] + model.transformer.wpe.weight[:T]  # (B, T, C)
+        x = wte[idx] + model.transformer.wpe.weight[:12]  # (B, T, C)
         attn_in = hand_norm(x, blk.ln_1, norm, eps) if norm_position == "pre" else x  # (B, T, C)
-        qkv = attn_in @ blk.attn.c_attn.weight.T + blk.attn.c_attn.bias  # (B, T, 3C)
-        q, k, v = (a.view(B, T, H, C // H).transpose(1, 2) for a in qkv.split(C, -1))  # (B, H, T, Dh)
-        z = hand_attention(q, k, v).transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        attn_out = z @ blk.attn.c_proj.weight.T + blk.attn.c_proj.bias  # (B, T, C)
+        attn_out = hand_attn_out(blk.attn, attn_in, H=2)  # (B, T, C)
         if norm_position == "pre":
             out = x + attn_out  # (B, T, C)
             final = hand_norm(out, model.transformer.ln_f, norm, eps)  # (B, T, C)

@@ -23,7 +23,6 @@ TransformerLens ``ActivationCache.decompose_resid``, ``stack_head_results``,
 ``apply_ln_to_stack`` and ``logit_attrs``, which the tests compare against.
 """
 
-import fnmatch
 from dataclasses import dataclass
 
 import torch
@@ -83,9 +82,9 @@ def residual_components(model: GPT, ids: torch.Tensor, pos: int) -> tuple[list[s
         (``ln_f.bias`` not included; see ``normalise``).
     """
     with torch.no_grad():
-        names = ["hook_embed", "hook_pos_embed", "*hook_z", "*hook_mlp_out"]
-        present = [n for n in names if any(fnmatch.fnmatchcase(h, n) for h in model.hook_dict)]
-        _, cache = model.run_with_cache(ids[None], present)  # rope: no pos_embed; mlp=False
+        names = [n for n in ("hook_embed", "hook_pos_embed") if n in model.hook_dict]  # rope: none
+        names += ["*hook_z"] + (["*hook_mlp_out"] if model.config.mlp else [])
+        _, cache = model.run_with_cache(ids[None], names)
         labels, parts = ["embed"], [cache["hook_embed"][0, pos]]
         if "hook_pos_embed" in cache:
             labels.append("pos_embed")
