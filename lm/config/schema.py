@@ -40,6 +40,33 @@ class TokenizerConfig:
 
 
 @dataclass
+class SourceConfig:
+    """What ``lm prepare`` reads (``lm/data/sources.py``): local files or a dataset."""
+
+    path: str | None = None  # a file, directory or glob of .txt/.jsonl/.jsonl.gz/.parquet
+    dataset: str | None = None  # a Hugging Face dataset name, or a hub-layout directory
+    subset: str | None = None  # the dataset's configuration (fineweb-edu: sample-10BT)
+    split: str = "train"
+    revision: str | None = None  # a commit, tag or branch of the dataset repo
+    text_field: str = "text"  # the record field or parquet column holding the text
+
+
+@dataclass
+class PrepareConfig:
+    """How ``lm prepare`` (and ``lm train``'s first use of a named dataset) makes a
+    prepared dataset; meanings and ranges in ``conf/prepare.yaml``."""
+
+    source: SourceConfig = field(default_factory=SourceConfig)
+    tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(name="byte"))
+    val_fraction: float = 0.005
+    tokenizer_sample_mb: float = 10.0
+    shard_tokens: int = 100_000_000
+    max_document_mb: float = 256.0
+    num_workers: int | None = None
+    chunk_mb: float = 8.0
+
+
+@dataclass
 class DataConfig:
     source: str
     path: str | None
@@ -50,6 +77,8 @@ class DataConfig:
     eval_batch_size: int | None
     eval_seed: int = 1337  # the validation batches' own seed (lm/data/datamodule.py)
     max_unk_fraction: float = 0.05  # <unk> share a split may hold (lm/data/datamodule.py)
+    verify_shards: bool = True  # source=prepared: check each shard's SHA-256 at the start
+    prepare: PrepareConfig | None = None  # source=prepared: how to make data.path on first use
 
 
 @dataclass
@@ -223,6 +252,8 @@ def store_schemas() -> None:
 # also takes any other argument of ``lightning.Trainer`` (``+trainer.max_time=...``).
 SCHEMA_NODES: dict[str, type] = {
     "": TrainConfig, "model": GPTConfig, "data": DataConfig, "data.tokenizer": TokenizerConfig,
+    "data.prepare": PrepareConfig, "data.prepare.source": SourceConfig,
+    "data.prepare.tokenizer": TokenizerConfig,
     "trainer": TrainerConfig, "paths": PathsConfig, "sample": SampleConfig,
     "tracking": TrackingConfig, "adapter": AdapterConfig,
 }

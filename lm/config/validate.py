@@ -183,9 +183,14 @@ def validate(cfg: DictConfig) -> Validated:
         raise ConfigError(str(err)) from None
     data, trainer = cfg.data, cfg.trainer
     # Another source would train on its own corpus while the record named this file.
-    _check(data.get("path") is None or data.source == "text_file", "data.path", data.get("path"),
-           f"data.source={data.source} reads its own corpus; to train on this file: "
-           f"data=text_file data.path={data.get('path')}")
+    _check(data.get("path") is None or data.source in ("text_file", "prepared"), "data.path",
+           data.get("path"), f"data.source={data.source} reads its own corpus; to train on "
+           f"this file: data=text_file data.path={data.get('path')}")
+    _check((data.source == "prepared") == (data.tokenizer.name == "prepared"),
+           "data.tokenizer.name", data.tokenizer.name,
+           "data.source=prepared encodes with the dataset's own tokenizer (data/tokenizer="
+           "prepared; choose it at lm prepare), and only it" if data.source == "prepared" else
+           "data/tokenizer=prepared goes with data.source=prepared (data=prepared)")
     _check(0.0 < data.val_fraction < 1.0, "data.val_fraction", data.val_fraction, "must be in (0, 1)")
     for key in ("batch_size", "eval_iters"):
         _check(data[key] >= 1, f"data.{key}", data[key], "must be >= 1")

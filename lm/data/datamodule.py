@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lm.data.corpus import DataError, load_text
+from lm.data.shards import load_tokenizer, open_split, read_manifest, verify_shards
 from lm.data.tokens import (
     VAL_STREAM,
     check_val_fraction,
@@ -111,6 +112,7 @@ class LMDataModule(L.LightningDataModule):
         fixed_tokenizer: Tokenizer | None = None,
         eval_seed: int = 1337,
         max_unk_fraction: float = 0.05,
+        verify_shards: bool = True,
     ):
         super().__init__()
         check_val_fraction(val_fraction)
@@ -133,12 +135,14 @@ class LMDataModule(L.LightningDataModule):
         self.max_unk_fraction = max_unk_fraction
         self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
         self.fixed_tokenizer = fixed_tokenizer
+        self.verify_shards = verify_shards
         self.tokenizer: Tokenizer | None = None
         self.train_ids = self.val_ids = self.meta = None
         self.val_text_bytes = None
 
     def prepare_data(self) -> None:
-        self._prepare()
+        if self.source != "prepared":
+            self._prepare()
 
     def _prepare(self) -> tuple[str, Path]:
         """(the corpus text, its token cache directory), building the cache if needed."""
@@ -154,6 +158,9 @@ class LMDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is not None:
             return
+        if self.source == "prepared":
+            self._setup_prepared()
+            return
         text, directory = self._prepare()  # cheap when prepare_data already built it
         meta = load_meta(directory)
         for split, n in [("training", meta["n_train"]), ("validation", meta["n_val"])]:
@@ -163,6 +170,38 @@ class LMDataModule(L.LightningDataModule):
         self.tokenizer, self.train_ids, self.val_ids = tokenizer, train_ids, val_ids
         self.meta = {**meta, "unk_fraction": unk_fraction}
         self.val_text_bytes = meta["val_text_bytes"]
+
+    def _setup_prepared(self) -> None:
+        """Memory-map the shards of an ``lm prepare`` directory (``data.path``), after
+        checking them against its manifest (``verify_shards``: sizes, and SHA-256s unless
+        ``data.verify_shards=false``) and its tokenizer against a fine-tune's."""
+        if not self.path:
+            raise DataError("data.source=prepared needs data.path=<a directory written by "
+                            "lm prepare>")
+        manifest = read_manifest(self.path)
+        verify_shards(self.path, manifest, full=self.verify_shards)
+        tokenizer = load_tokenizer(self.path)
+        fixed = self.fixed_tokenizer
+        if fixed is not None and fixed.to_dict() != tokenizer.to_dict():
+            raise DataError(f"data.path={self.path} was prepared with another tokenizer "
+                            f"({manifest['tokenizer']['spec']}) than init_from's "
+                            f"({type(fixed).__name__}, vocab_size {fixed.vocab_size}); prepare "
+                            "it with the model's: lm prepare ... tokenizer.path=<its files>")
+        splits = {split: open_split(self.path, manifest, split) for split in ("train", "val")}
+        n_chars = sum(manifest["bytes"].values())
+        for split, name in [("train", "training"), ("val", "validation")]:
+            self._check_split_length(name, len(splits[split]), n_chars)
+        unk = {s: manifest["unk_tokens"][s] / len(splits[s]) for s in splits}
+        if max(unk.values()) > self.max_unk_fraction:
+            raise DataError(f"<unk> is {_percent(max(unk.values()))} of a split of "
+                            f"data.path={self.path}, above data.max_unk_fraction="
+                            f"{self.max_unk_fraction}; prepare it with tokenizer=byte or bpe")
+        self.tokenizer, self.train_ids, self.val_ids = tokenizer, splits["train"], splits["val"]
+        self.meta = {"n_train": len(splits["train"]), "n_val": len(splits["val"]),
+                     "val_text_bytes": manifest["bytes"]["val"], "n_chars": n_chars,
+                     "dtype": manifest["dtype"], "digest": manifest["digest"],
+                     "unk_fraction": unk}
+        self.val_text_bytes = manifest["bytes"]["val"]
 
     def _check_split_length(self, split: str, n_tokens: int, n_chars: int) -> None:
         if n_tokens >= self.block_size + 1:
@@ -281,6 +320,7 @@ def build_datamodule(cfg: DictConfig, fixed_tokenizer: Tokenizer | None = None) 
         fixed_tokenizer=fixed_tokenizer,
         eval_seed=cfg.data.get("eval_seed", cfg.seed),
         max_unk_fraction=cfg.data.get("max_unk_fraction", 0.01),
+        verify_shards=cfg.data.get("verify_shards", True),
     )
     dm.prepare_data()
     dm.setup("fit")

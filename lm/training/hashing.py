@@ -26,6 +26,7 @@ from lm.data.corpus import (  # the readers' rule: the hash describes what is re
     corpus_files,
     listed_files,
 )
+from lm.data.shards import prepared_digest
 
 # Keys that cannot change the numbers a run produces: where files go, how often
 # they are written, what is printed. Everything else (seed, model, data, tokenizer,
@@ -62,6 +63,10 @@ HASH_EXCLUDED_KEYS: tuple[str, ...] = (
     "callbacks.compile",       # reads trainer.compile; its trial restores the RNG, clears grads
     "callbacks.throughput",    # times the steps: wallclock/tokens_per_sec, wallclock/mfu
     "data.max_unk_fraction",  # whether a run starts, not what it computes once it does
+    "data.verify_shards",  # whether shards are re-hashed at the start (a check, not the numbers)
+    # How a prepared dataset is made on first use: what it made is in the hash as the
+    # manifest's digest (``data.path`` of ``data.source=prepared``, ``content_digest``).
+    "data.prepare",
 )
 
 # Keys added after runs were recorded, with the value that reproduces the code before
@@ -108,7 +113,8 @@ def dir_files(path: str | os.PathLike) -> list[Path]:
 # holds, so editing a corpus changes the hash and `d`, `d/` and `../x/d` do not. The
 # function lists the files read, in order; the digest is of their bytes concatenated
 # (for a corpus: of its text as read, the same digest as the token cache's text_sha256).
-# An init_from checkpoint file is digested by its weights alone (``content_digest``).
+# An init_from checkpoint file is digested by its weights alone, and the ``data.path`` of a
+# prepared dataset (``data.source=prepared``) by its manifest's digest (``content_digest``).
 CONTENT_KEYS: dict[str, Callable[[str], list[Path]]] = {
     "data.path": corpus_files,
     "data.tokenizer.path": dir_files,
@@ -141,19 +147,25 @@ def content_digests(cfg: DictConfig | dict) -> dict[str, str | None]:
     """``{key: sha256}`` for each ``CONTENT_KEYS`` key set in ``cfg`` (None: unreadable)."""
     plain = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
     digests = {}
+    prepared = OmegaConf.select(plain, "data.source", default=None) == "prepared"
     for key, files in CONTENT_KEYS.items():
         value = OmegaConf.select(plain, key, default=None)
         if value is not None and str(value) != "":
-            digests[key] = content_digest(key, str(value), files)
+            digests[key] = content_digest(key, str(value), files, prepared)
     return digests
 
 
-def content_digest(key: str, value: str, files: Callable[[str], list[Path]]) -> str | None:
+def content_digest(key: str, value: str, files: Callable[[str], list[Path]],
+                   prepared: bool = False) -> str | None:
     """The SHA-256 standing for path ``value`` of ``CONTENT_KEYS`` key ``key``: of the
-    bytes of its files, or for an ``init_from`` checkpoint file, of its weights (so a
-    checkpoint re-saved with another optimizer state or step fine-tunes the same run)."""
+    bytes of its files; for an ``init_from`` checkpoint file, of its weights (so a
+    checkpoint re-saved with another optimizer state or step fine-tunes the same run);
+    for the ``data.path`` of a prepared dataset (``prepared``), its manifest's digest
+    (source identity, tokenizer, shard SHA-256s: not a re-read of every shard)."""
     if key == "init_from" and Path(value).expanduser().is_file():
         return checkpoint_weights_sha256(value)
+    if key == "data.path" and prepared:
+        return prepared_digest(value)
     return content_sha256(files(value))
 
 

@@ -39,6 +39,7 @@ from lm.adapters.lora import count_params
 from lm.checkpoint import save_adapter_safetensors
 from lm.config.validate import Validated, validate
 from lm.data.datamodule import LMDataModule, build_datamodule
+from lm.data.prepare import ensure_prepared
 from lm.errors import ConfigError
 from lm.model import GPTConfig
 from lm.tokenizers import Tokenizer
@@ -82,6 +83,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
         Interrupted: SIGINT or SIGTERM stopped the run (recorded ``interrupted``).
     """
     checked = validate(cfg)
+    ensure_prepared(OmegaConf.to_container(cfg.data, resolve=True))  # data=tinystories: once
     digests = content_digests(cfg)
     full_hash = canonical_sha256(hashable_config(cfg, digests))  # = registry.config_hash
     check_world_size(cfg)

@@ -1,0 +1,451 @@
+"""``lm prepare``: a large corpus -> token shards + manifest, in parallel, resumable.
+
+The shape of nanoGPT's ``data/openwebtext/prepare.py`` and llm.c's ``fineweb.py``
+(documents encoded by a process pool, each preceded by the end-of-text token, written as
+uint16 shards of a fixed number of tokens), with three more guarantees:
+
+- **Memory stays flat.** The main process streams documents (``lm/data/sources.py``) into
+  chunks of about ``chunk_mb`` MB and keeps at most two chunks per worker in flight; a
+  worker writes its chunk's tokens to disk itself, and shards are assembled from those
+  parts block by block. Peak memory does not grow with the corpus.
+- **Kill it, run it again: the same bytes.** A finished chunk is a part file renamed into
+  ``<out>/.parts/`` with a marker written last; a rerun skips finished chunks. The output
+  (shards, manifest, digest) depends on the documents, the tokenizer, ``val_fraction``
+  and ``shard_tokens`` only, never on ``num_workers``, ``chunk_mb`` or interruptions. The
+  manifest is written last, so a directory without one is never trained on, and a lock
+  (``flock`` on ``<out>/.lock``, which the kernel drops when a process dies) keeps two
+  prepares out of one directory.
+- **Validation is held out by document**: document ``i`` (counting from 0 in source
+  order) is validation when ``i % k == k - 1``, ``k = round(1 / val_fraction)``; the same
+  documents whatever the worker count.
+
+The tokenizer is trained (BPE, char) on the first ``tokenizer_sample_mb`` MB of training
+documents, or read from files (GPT-2's: ``tokenizer.path``); it is saved as
+``tokenizer.json`` before any chunk is encoded, so a resumed prepare encodes with it.
+"""
+
+import contextlib
+import fcntl
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from lm.atomic import atomic_file
+from lm.data.corpus import DataError
+from lm.data.shards import (
+    FORMAT,
+    MANIFEST,
+    SPLITS,
+    TOKENIZER,
+    is_prepared,
+    load_tokenizer,
+    manifest_digest,
+    read_manifest,
+)
+from lm.data.sources import Source
+from lm.data.tokens import tokenizer_spec
+from lm.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_dict
+
+PARTS = ".parts"  # unfinished work: one part per chunk, removed once the manifest is written
+PLAN = "plan.json"  # what the parts were made from; a rerun with other settings starts over
+LOCK = ".lock"
+MB = 10**6
+
+
+@dataclass
+class PrepareSettings:
+    """One prepare: what to read (``source``), how to encode it, where to write.
+
+    ``tokenizer``: a ``data.tokenizer`` spec (``{"name": "bpe", "vocab_size": 8192}``,
+    ``{"name": "bpe", "path": <GPT-2 files>}``, ``"byte"``). ``num_workers``: encoding
+    processes (None: the machine's cores). ``shard_tokens``: tokens per shard file (the
+    last of each split holds the rest). Sizes in MB are 10^6 bytes.
+    """
+
+    source: Source
+    out: str
+    tokenizer: str | dict = "byte"
+    val_fraction: float = 0.005
+    tokenizer_sample_mb: float = 10.0
+    num_workers: int | None = None
+    shard_tokens: int = 100_000_000
+    chunk_mb: float = 8.0
+    progress: bool = True
+    wait: bool = False  # wait for another prepare of `out` (lm train's first use) or refuse
+    workers: int = field(init=False, default=1)
+
+    def __post_init__(self):
+        for key, value in [("val_fraction", self.val_fraction),
+                           ("tokenizer_sample_mb", self.tokenizer_sample_mb),
+                           ("chunk_mb", self.chunk_mb), ("shard_tokens", self.shard_tokens)]:
+            if not value > 0:
+                raise DataError(f"{key}={value} must be > 0")
+        if self.val_fraction >= 0.5:
+            raise DataError(f"val_fraction={self.val_fraction} must be in (0, 0.5)")
+        if self.num_workers is not None and self.num_workers < 1:
+            raise DataError(f"num_workers={self.num_workers} must be >= 1, or null for every core")
+        self.workers = self.num_workers or os.cpu_count() or 1
+
+    @property
+    def val_period(self) -> int:
+        """k: every k-th document (i % k == k - 1) is held out for validation."""
+        return max(2, round(1 / self.val_fraction))
+
+
+def prepare(settings: PrepareSettings) -> dict:
+    """Prepare ``settings.source`` into ``settings.out`` and return its manifest; an
+    ``out`` already prepared from the same input and settings is returned as it is.
+
+    Raises:
+        DataError: bad input (see ``Source.documents``), an empty source or an empty
+            validation split, ``out`` holding something else (a file, another dataset),
+            ``out`` being prepared by another process, or a disk that is full (the work
+            done so far is kept for the rerun). On bad input, what this call wrote is
+            removed.
+    """
+    out = Path(settings.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise DataError(f"out={out} is a file; name a directory for the dataset")
+    if out.is_dir() and not is_prepared(out) and any(out.iterdir()) and \
+            not (out / PARTS).is_dir() and not (out / LOCK).exists():
+        raise DataError(f"out={out} is a directory that holds other files; name a new one")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    with _locked(out, settings.wait):
+        try:
+            return _prepare_locked(settings, out)
+        except DataError:  # bad input: what this prepare wrote is of no use to a rerun
+            if not is_prepared(out):
+                shutil.rmtree(out / PARTS, ignore_errors=True)
+                (out / TOKENIZER).unlink(missing_ok=True)
+                if created:
+                    shutil.rmtree(out, ignore_errors=True)
+            raise
+        except OSError as err:  # disk full, permissions: keep the finished chunks
+            raise DataError(f"writing {out} failed ({err.strerror or err}); free space or fix "
+                            "permissions and run the same command again: finished chunks "
+                            "are kept") from None
+
+
+@contextlib.contextmanager
+def _locked(out: Path, wait: bool) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``out/.lock`` for the block (released on exit and by
+    the kernel if the process dies, kill -9 included)."""
+    with open(out / LOCK, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise DataError(f"out={out} is being prepared by another process; wait for it "
+                            "to finish or name another directory") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _prepare_locked(settings: PrepareSettings, out: Path) -> dict:
+    source = settings.source
+    print(f"prepare: reading {source.describe()} (hashing the input) ...", flush=True)
+    plan = {
+        "format": FORMAT,
+        "source": source.identity(),
+        "tokenizer": tokenizer_spec(settings.tokenizer),
+        "tokenizer_sample_mb": settings.tokenizer_sample_mb,
+        "val_fraction": settings.val_fraction,
+        "shard_tokens": settings.shard_tokens,
+    }
+    if is_prepared(out):
+        manifest = read_manifest(out)
+        if manifest["plan_digest"] != manifest_digest(plan):
+            raise DataError(f"out={out} already holds a dataset prepared from other input or "
+                            "settings; name another directory, or remove it to prepare again")
+        print(f"prepare: {out} is already prepared (digest {manifest['digest'][:12]})")
+        shutil.rmtree(out / PARTS, ignore_errors=True)
+        return manifest
+    parts = out / PARTS
+    chunk_bytes = int(settings.chunk_mb * MB)
+    stored = {**plan, "chunk_bytes": chunk_bytes}
+    if (parts / PLAN).is_file() and json.loads((parts / PLAN).read_text()) != stored:
+        print(f"prepare: discarding an unfinished prepare of other input or settings in {out}")
+        shutil.rmtree(parts)
+        (out / TOKENIZER).unlink(missing_ok=True)
+    parts.mkdir(exist_ok=True)
+    _write_json(parts / PLAN, stored)
+    for stale in parts.glob(".*.tmp"):  # temporaries of a killed prepare
+        stale.unlink()
+    tokenizer = _tokenizer(settings, out)
+    counts = _encode_chunks(settings, tokenizer, parts, chunk_bytes)
+    if counts["documents"]["train"] == 0:
+        raise DataError(f"{source.describe()} holds no documents; the source is empty")
+    if counts["documents"]["val"] == 0:
+        raise DataError(
+            f"{source.describe()} holds {counts['documents']['train']} document(s); validation "
+            f"holds out every {settings.val_period}th (val_fraction={settings.val_fraction}), "
+            "so it is empty: use more documents (one per .txt file or record) or raise "
+            "val_fraction")
+    dtype = _dtype(tokenizer)
+    manifest = {
+        **{k: v for k, v in plan.items() if k != "tokenizer"},
+        "plan_digest": manifest_digest(plan),
+        "tokenizer": {"spec": plan["tokenizer"], "type": tokenizer.to_dict()["type"],
+                      "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
+                      "sha256": _sha256_json(tokenizer.to_dict())},
+        "dtype": dtype,
+        **counts,
+        "shards": {split: _assemble(out, parts, split, dtype, settings.shard_tokens,
+                                    settings.progress) for split in SPLITS},
+    }
+    manifest["digest"] = manifest_digest(manifest)
+    _write_json(out / MANIFEST, manifest)
+    shutil.rmtree(parts, ignore_errors=True)
+    tokens = {s: sum(x["tokens"] for x in manifest["shards"][s]) for s in SPLITS}
+    print(f"prepare: wrote {out}: {tokens['train']:,} train tokens in "
+          f"{len(manifest['shards']['train'])} shard(s), {tokens['val']:,} val tokens "
+          f"({manifest['documents']['val']:,} of {sum(manifest['documents'].values()):,} "
+          f"documents), {dtype}, digest {manifest['digest'][:12]}", flush=True)
+    if counts["replaced"]:
+        print(f"prepare: warning: {counts['replaced']:,} document(s) held bytes that are not "
+              "UTF-8; they were decoded with U+FFFD in their place", file=sys.stderr, flush=True)
+    return manifest
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+def _sha256_json(data: dict) -> str:
+    return manifest_digest({"data": data})
+
+
+def _dtype(tokenizer: Tokenizer) -> str:
+    return "uint16" if tokenizer.vocab_size <= 2**16 else "uint32"
+
+
+def is_val(index: int, period: int) -> bool:
+    """Whether document ``index`` (0-based, source order) is held out for validation."""
+    return index % period == period - 1
+
+
+def _tokenizer(settings: PrepareSettings, out: Path) -> Tokenizer:
+    """The tokenizer of ``out`` if a killed prepare saved it; otherwise built from
+    ``settings.tokenizer`` (trained on the first ``tokenizer_sample_mb`` MB of training
+    documents, or read from files) and saved as ``out/tokenizer.json``."""
+    if (out / TOKENIZER).is_file():
+        return load_tokenizer(out)
+    spec = tokenizer_spec(settings.tokenizer)
+    options = {key: value for key, value in spec.items() if key != "name"}
+    sample, limit = [], settings.tokenizer_sample_mb * MB
+    if "path" not in options:  # trained on text (char, bpe) or needing none (byte)
+        size = 0
+        for i, doc in enumerate(settings.source.documents()):
+            if is_val(i, settings.val_period):
+                continue
+            sample.append(doc)
+            size += len(doc.encode("utf-8", "surrogatepass"))
+            if size >= limit:
+                break
+        print(f"prepare: training the {spec['name']} tokenizer on {size / MB:.1f} MB of "
+              "training documents", flush=True)
+    try:
+        tokenizer = build_tokenizer(spec["name"], "".join(sample), **options)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    if tokenizer.eos_id is None:
+        raise DataError(f"tokenizer {spec} has no end-of-text token to separate documents")
+    _write_json(out / TOKENIZER, tokenizer.to_dict())
+    return tokenizer
+
+
+def _encode_chunks(settings: PrepareSettings, tokenizer: Tokenizer, parts: Path,
+                   chunk_bytes: int) -> dict:
+    """Encode every chunk not finished yet in ``settings.workers`` processes; return the
+    totals over all chunks: documents, UTF-8 bytes and ``<unk>`` tokens per split, and the
+    documents decoded with replacement."""
+    source = settings.source
+    totals = {"documents": dict.fromkeys(SPLITS, 0), "bytes": dict.fromkeys(SPLITS, 0),
+              "unk_tokens": dict.fromkeys(SPLITS, 0)}
+    bar = tqdm(total=source.input_bytes, unit="B", unit_scale=True, unit_divisor=1000,
+               desc="prepare", disable=not settings.progress, mininterval=1.0, smoothing=0.1)
+
+    def add(done: dict) -> None:
+        for key in totals:
+            for split in SPLITS:
+                totals[key][split] += done[key][split]
+        bar.update(done["bytes"]["train"] + done["bytes"]["val"])
+
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    with context.Pool(settings.workers, initializer=_init_worker,
+                      initargs=(tokenizer.to_dict(), str(parts))) as pool:
+        pending: deque = deque()
+        for number, first, docs in _chunks(source, chunk_bytes):
+            marker = parts / f"{number:06d}.json"
+            if marker.is_file():  # finished before an interruption
+                add(json.loads(marker.read_text()))
+                continue
+            pending.append(pool.apply_async(_encode_chunk,
+                                            (number, first, docs, settings.val_period)))
+            while len(pending) >= 2 * settings.workers:
+                add(pending.popleft().get())
+        while pending:
+            add(pending.popleft().get())
+    bar.total = bar.n  # the input's size only estimates the documents' bytes
+    bar.close()
+    return {**totals, "replaced": source.replaced}
+
+
+def _chunks(source: Source, chunk_bytes: int) -> Iterator[tuple[int, int, list[str]]]:
+    """(chunk number, index of its first document, its documents): consecutive documents
+    until they pass ``chunk_bytes`` UTF-8 bytes (the last chunk holds the rest). The cut
+    depends on the documents alone, so a rerun cuts the same chunks."""
+    number, first, docs, size = 0, 0, [], 0
+    for index, doc in enumerate(source.documents()):
+        docs.append(doc)
+        size += len(doc)  # characters: a cheap, deterministic stand-in for bytes
+        if size >= chunk_bytes:
+            yield number, first, docs
+            number, first, docs, size = number + 1, index + 1, [], 0
+    if docs:
+        yield number, first, docs
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(tokenizer_state: dict, parts: str) -> None:
+    tokenizer = tokenizer_from_dict(tokenizer_state)
+    _WORKER.update(encode=ordinary_encoder(tokenizer), eos=tokenizer.eos_id,
+                   unk=tokenizer.unk_id, dtype=_dtype(tokenizer), parts=Path(parts))
+
+
+def ordinary_encoder(tokenizer: Tokenizer):
+    """``text -> token ids`` with no special-token parsing (text that spells ``<eos>`` is
+    ordinary text, as GPT-2's training data and tiktoken's ``encode_ordinary`` treat it).
+    BPE goes through its ``tiktoken.Encoding`` (the same ids as ``encode``: tested); the
+    others have no special-token syntax, so their ``encode`` is already ordinary."""
+    if hasattr(tokenizer, "to_tiktoken"):
+        return tokenizer.to_tiktoken().encode_ordinary
+    return tokenizer.encode
+
+
+def _encode_chunk(number: int, first: int, docs: list[str], period: int) -> dict:
+    """Encode one chunk into ``<parts>/<number>.{train,val}.bin`` and its marker
+    ``<number>.json`` (written last: the chunk is finished when the marker exists)."""
+    encode, eos = _WORKER["encode"], _WORKER["eos"]
+    tokens = {split: [] for split in SPLITS}
+    done = {"documents": dict.fromkeys(SPLITS, 0), "bytes": dict.fromkeys(SPLITS, 0),
+            "unk_tokens": dict.fromkeys(SPLITS, 0)}
+    for index, doc in enumerate(docs, start=first):
+        split = "val" if is_val(index, period) else "train"
+        tokens[split].append(eos)
+        tokens[split].extend(encode(doc))
+        done["documents"][split] += 1
+        done["bytes"][split] += len(doc.encode("utf-8", "surrogatepass"))
+    parts = _WORKER["parts"]
+    for split in SPLITS:
+        ids = np.array(tokens[split], dtype=_WORKER["dtype"])
+        if _WORKER["unk"] is not None:
+            done["unk_tokens"][split] = int(np.count_nonzero(ids == _WORKER["unk"]))
+        with atomic_file(parts / f"{number:06d}.{split}.bin") as tmp:
+            ids.tofile(tmp)
+    _write_json(parts / f"{number:06d}.json", done)
+    return done
+
+
+def _assemble(out: Path, parts: Path, split: str, dtype: str, shard_tokens: int,
+              progress: bool) -> list[dict]:
+    """Cut the parts of ``split``, in chunk order, into shards of ``shard_tokens`` tokens
+    (``<split>_000000.bin``, ...; the last holds the rest), each written to a temporary
+    and renamed; return ``[{"file", "tokens", "sha256"}, ...]``."""
+    files = sorted(parts.glob(f"*.{split}.bin"))
+    shards: list[dict] = []
+    writer = None
+    for part in tqdm(files, desc=f"shards {split}", unit="part", disable=not progress,
+                     mininterval=1.0):
+        ids = np.fromfile(part, dtype=dtype)
+        start = 0
+        while start < len(ids):
+            if writer is None:
+                writer = _ShardWriter(out / f"{split}_{len(shards):06d}.bin")
+            take = min(shard_tokens - writer.tokens, len(ids) - start)
+            writer.write(ids[start:start + take])
+            start += take
+            if writer.tokens == shard_tokens:
+                shards.append(writer.close())
+                writer = None
+    if writer is not None:
+        shards.append(writer.close())
+    return shards
+
+
+class _ShardWriter:
+    """One shard file, written to a temporary beside it and hashed as it is written;
+    ``close`` renames it into place and returns its manifest entry."""
+
+    def __init__(self, path: Path):
+        import hashlib
+
+        self.path, self.tokens, self.digest = path, 0, hashlib.sha256()
+        self.tmp = path.with_name(f".{path.name}.tmp")
+        self.file = self.tmp.open("wb")
+
+    def write(self, ids: np.ndarray) -> None:
+        data = ids.tobytes()
+        self.file.write(data)
+        self.digest.update(data)
+        self.tokens += len(ids)
+
+    def close(self) -> dict:
+        self.file.close()
+        os.replace(self.tmp, self.path)
+        return {"file": self.path.name, "tokens": self.tokens, "sha256": self.digest.hexdigest()}
+
+
+def settings_from_config(node: dict, out: str, progress: bool = True,
+                         wait: bool = False) -> PrepareSettings:
+    """``PrepareSettings`` from a ``PrepareConfig`` node as plain data (``conf/prepare.yaml``'s
+    keys, or a data config's ``prepare`` node) and the output directory ``out``.
+
+    Raises:
+        DataError: a bad value or source (one line).
+    """
+    source = dict(node["source"])
+    source["max_document_bytes"] = int(node.get("max_document_mb", 256) * 2**20)
+    return PrepareSettings(
+        source=Source(**source), out=out, tokenizer=node["tokenizer"],
+        val_fraction=node["val_fraction"], tokenizer_sample_mb=node["tokenizer_sample_mb"],
+        num_workers=node.get("num_workers"), shard_tokens=node["shard_tokens"],
+        chunk_mb=node.get("chunk_mb", 8.0), progress=progress, wait=wait)
+
+
+def ensure_prepared(data: dict) -> None:
+    """Before a run on ``data.source=prepared`` (``data``: the resolved ``data`` node):
+    if ``data.path`` holds no finished dataset and the config says how to make one
+    (``data.prepare``: ``data=tinystories``), prepare it now, once, and say so; a
+    concurrent run of the same config waits for it instead of preparing twice.
+
+    Raises:
+        DataError: no ``data.path``, or no dataset there and no ``data.prepare``.
+    """
+    if data.get("source") != "prepared":
+        return
+    path = data.get("path")
+    if not path:
+        raise DataError("data.source=prepared needs data.path=<a directory written by "
+                        "lm prepare>")
+    if is_prepared(path):
+        return
+    if not data.get("prepare"):
+        read_manifest(path)  # raises: says what is missing and what to run
+    print(f"data.path={path} is not prepared yet: preparing it now, once "
+          "(lm prepare; later runs reuse it)", flush=True)
+    prepare(settings_from_config(data["prepare"], path, wait=True))

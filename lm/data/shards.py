@@ -1,0 +1,159 @@
+"""A prepared dataset on disk: token shards + ``manifest.json``, read back as one stream.
+
+``lm prepare`` (``lm/data/prepare.py``) writes a directory:
+
+    manifest.json        what was read and written (``MANIFEST``): source identity,
+                         tokenizer digest, split sizes, and each shard's file name, token
+                         count and SHA-256; its ``digest`` names the whole dataset
+    tokenizer.json       the tokenizer (``Tokenizer.to_dict``)
+    train_000000.bin ... raw token ids, uint16 below 65,536 ids else uint32, each
+    val_000000.bin ...   shard ``shard_tokens`` tokens long but the last
+
+The shards of a split are one token stream cut into files, as llm.c's and
+modded-nanogpt's ``fineweb.py`` write them (each document starts with the end-of-text
+token). ``TokenStream`` memory-maps them and answers ``len`` and fancy indexing like one
+array, so ``lm.data.tokens.get_batch`` draws windows across shards exactly as it does from
+an in-memory corpus: a batch stays a pure function of (seed, stream, step, rank), and
+memory does not grow with the corpus (the OS pages in what the windows touch).
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from lm.data.corpus import DataError
+from lm.tokenizers import Tokenizer, tokenizer_from_dict
+
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+FORMAT = "lm-prepared/1"
+SPLITS = ("train", "val")
+
+
+def manifest_digest(manifest: dict) -> str:
+    """SHA-256 of the canonical JSON of ``manifest`` without its ``digest`` key: source
+    identity, tokenizer digest, settings, split sizes and every shard's SHA-256. Two
+    datasets with one digest hold the same tokens; the config hash uses it."""
+    body = {key: value for key, value in manifest.items() if key != "digest"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def is_prepared(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a finished prepare (its manifest is written last)."""
+    return (Path(directory).expanduser() / MANIFEST).is_file()
+
+
+def read_manifest(directory: str | os.PathLike) -> dict:
+    """The manifest of a prepared dataset directory, its digest checked.
+
+    Raises:
+        DataError: no manifest (not prepared, or not finished), not lm's format, or a
+            digest that does not match its content (edited by hand).
+    """
+    directory = Path(directory).expanduser()
+    path = directory / MANIFEST
+    if not path.is_file():
+        why = "does not exist" if not directory.exists() else f"has no {MANIFEST}"
+        raise DataError(f"data.path={directory} {why}: not a dataset written by lm prepare "
+                        "(run lm prepare source=... out=DIR first)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path} cannot be read as JSON ({err}); prepare the dataset again") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{path} is not an lm prepare manifest (format {FORMAT!r})")
+    if manifest.get("digest") != manifest_digest(manifest):
+        raise DataError(f"{path} does not match its own digest (edited after lm prepare wrote "
+                        "it); prepare the dataset again")
+    return manifest
+
+
+def prepared_digest(directory: str | os.PathLike) -> str | None:
+    """The manifest digest of a prepared dataset (what the config hash holds for its
+    ``data.path``); None if there is no readable manifest."""
+    try:
+        return read_manifest(directory)["digest"]
+    except DataError:
+        return None
+
+
+def file_sha256(path: Path, block: int = 1 << 22) -> str:
+    """SHA-256 hex digest of a file's bytes, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_shards(directory: str | os.PathLike, manifest: dict, full: bool = True) -> None:
+    """Check every shard against the manifest: present, of its size, and (``full``) of
+    its SHA-256. Reading costs one pass over the tokens (about 1 s per GB here).
+
+    Raises:
+        DataError: a shard is missing, of another size, or changed (one line naming it).
+    """
+    directory = Path(directory).expanduser()
+    itemsize = np.dtype(manifest["dtype"]).itemsize
+    for split in SPLITS:
+        for shard in manifest["shards"][split]:
+            path = directory / shard["file"]
+            if not path.is_file():
+                raise DataError(f"{path} is listed in {MANIFEST} but missing; prepare the "
+                                "dataset again")
+            size = path.stat().st_size
+            if size != shard["tokens"] * itemsize:
+                raise DataError(f"{path} is {size:,} bytes, {MANIFEST} says "
+                                f"{shard['tokens'] * itemsize:,}: the shard changed after "
+                                "lm prepare wrote it; prepare the dataset again")
+            if full and file_sha256(path) != shard["sha256"]:
+                raise DataError(f"{path} does not match its SHA-256 in {MANIFEST}: the shard "
+                                "changed after lm prepare wrote it; prepare the dataset again")
+
+
+def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
+    """The tokenizer a prepared dataset was encoded with."""
+    return tokenizer_from_dict(json.loads((Path(directory).expanduser() / TOKENIZER).read_text()))
+
+
+class TokenStream:
+    """The shards of one split as one read-only token array of length ``N`` (the sum of
+    the shards' tokens): ``len(stream)`` and ``stream[index]`` for an integer array
+    ``index`` of any shape (values in [0, N)), which returns an array of the same shape.
+    That is all ``get_batch`` and ``windows_at`` ask of ``ids``, so a window may span two
+    shards. Each shard is an ``np.memmap``: nothing is read until indexed.
+    """
+
+    def __init__(self, paths: list[Path], counts: list[int], dtype: str):
+        kept = [(p, n) for p, n in zip(paths, counts, strict=True) if n > 0]
+        self.shards = [np.memmap(p, dtype=dtype, mode="r", shape=(n,)) for p, n in kept]
+        self.starts = np.cumsum([0] + [n for _, n in kept])  # (S + 1,) first index of each
+        self.dtype = np.dtype(dtype)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, index):
+        if len(self.shards) == 1:
+            return self.shards[0][index]
+        index = np.asarray(index)
+        if index.ndim == 0 or index.dtype.kind not in "iu":
+            raise TypeError("a TokenStream takes an integer array index")
+        which = np.searchsorted(self.starts, index, side="right") - 1  # shard of each index
+        out = np.empty(index.shape, dtype=self.dtype)
+        for s in np.unique(which):
+            mask = which == s
+            out[mask] = self.shards[s][index[mask] - self.starts[s]]
+        return out
+
+
+def open_split(directory: str | os.PathLike, manifest: dict, split: str) -> TokenStream:
+    """The ``split`` ("train" or "val") of a prepared dataset as a ``TokenStream``."""
+    directory = Path(directory).expanduser()
+    shards = manifest["shards"][split]
+    return TokenStream([directory / s["file"] for s in shards], [s["tokens"] for s in shards],
+                       manifest["dtype"])
