@@ -154,7 +154,7 @@ def _locked(out: Path, wait: bool) -> Iterator[None]:
 
 def _prepare_locked(settings: PrepareSettings, out: Path) -> dict:
     source = settings.source
-    print(f"prepare: reading {source.describe()} (hashing the input) ...", flush=True)
+    print(f"prepare: reading {source.describe()}", flush=True)
     plan = {
         "format": FORMAT,
         "source": source.identity(),
@@ -260,6 +260,8 @@ def _tokenizer(settings: PrepareSettings, out: Path) -> Tokenizer:
         tokenizer = build_tokenizer(spec["name"], "".join(sample), **options)
     except ValueError as err:
         raise DataError(str(err)) from None
+    except OSError as err:  # tokenizer.path: files missing or unreadable
+        raise DataError(f"tokenizer.path={options.get('path')}: {err.strerror or err}") from None
     if tokenizer.eos_id is None:
         raise DataError(f"tokenizer {spec} has no end-of-text token to separate documents")
     _write_json(out / TOKENIZER, tokenizer.to_dict())

@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lm.data.corpus import DataError
+from lm.errors import first_line
 
 SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
 PARQUET_BATCH = 1024  # rows pyarrow reads at a time
+MB = 10**6  # max_document_mb is in MB of 10^6 bytes, as every size of lm prepare
 
 
 def suffix_of(path: Path) -> str | None:
@@ -75,10 +77,14 @@ class Source:
     """The documents of a prepare. Exactly one of ``path`` (local files) or ``dataset``
     (``datasets.load_dataset`` name or hub-layout directory) is set.
 
-    ``max_document_bytes``: a larger document is refused (``DataError``) before it is
-    read whole, so a mistaken 40 GB single-line file fails in one line, not by memory.
-    After ``documents()`` has run: ``replaced``, the documents with bytes that were not
-    UTF-8.
+    ``max_document_bytes``: a document of more UTF-8 bytes is refused (``DataError``),
+    a ``.txt`` file or ``.jsonl`` line before it is read whole, so a mistaken 40 GB
+    single-line file fails in one line, not by memory. After ``documents()`` has run:
+    ``replaced``, the documents with bytes that were not UTF-8.
+
+    Raises:
+        DataError: both or neither of ``path`` and ``dataset``, ``max_document_bytes``
+            below 1, or ``path`` naming no supported file (``input_files``).
     """
 
     path: str | None = None
@@ -87,13 +93,18 @@ class Source:
     split: str = "train"
     revision: str | None = None
     text_field: str = "text"
-    max_document_bytes: int = 256 << 20
+    max_document_bytes: int = 256 * MB
     replaced: int = field(default=0, init=False)
 
     def __post_init__(self):
+        # `source.path=` on the command line is "", which Path reads as "." (the cwd)
+        self.path, self.dataset = self.path or None, self.dataset or None
         if (self.path is None) == (self.dataset is None):
             raise DataError("set exactly one of source.path=<file, directory or glob> or "
                             "source.dataset=<Hugging Face dataset name>")
+        if self.max_document_bytes < 1:
+            raise DataError(f"max_document_mb={self.max_document_bytes / MB:g} must be > 0 "
+                            f"(a limit of {self.max_document_bytes} bytes)")
         self._files = input_files(self.path) if self.path is not None else None
 
     @property
@@ -130,15 +141,21 @@ class Source:
             yield from self._dataset_documents()
             return
         for path in self._files:
-            kind = suffix_of(path)
-            if kind == ".txt":
-                yield self._txt(path)
-            elif kind == ".parquet":
-                yield from self._parquet(path)
-            else:
-                opener = gzip.open if kind == ".jsonl.gz" else open
-                with opener(path, "rb") as f:
-                    yield from self._jsonl(path, f)
+            try:
+                yield from self._file_documents(path)
+            except (OSError, EOFError) as err:  # unreadable, a truncated or corrupt .gz
+                raise DataError(f"{path} cannot be read ({first_line(err)})") from None
+
+    def _file_documents(self, path: Path) -> Iterator[str]:
+        kind = suffix_of(path)
+        if kind == ".txt":
+            yield self._txt(path)
+        elif kind == ".parquet":
+            yield from self._parquet(path)
+        else:
+            opener = gzip.open if kind == ".jsonl.gz" else open
+            with opener(path, "rb") as f:
+                yield from self._jsonl(path, f)
 
     def _decode(self, data: bytes) -> str:
         try:
@@ -147,10 +164,19 @@ class Source:
             self.replaced += 1
             return data.decode("utf-8", errors="replace")
 
-    def _too_big(self, what: str, size: int) -> DataError:
-        return DataError(f"{what} is {size:,} bytes, above prepare.max_document_mb="
-                         f"{self.max_document_bytes / 2**20:g}: split it into smaller documents "
-                         "or raise the limit")
+    def _too_big(self, what: str, size: int | None = None) -> DataError:
+        """``size``: the document's bytes; None: more than the limit, not read to its end."""
+        limit = self.max_document_bytes
+        how = f"is {size:,} bytes" if size is not None else f"is more than {limit:,} bytes"
+        return DataError(f"{what} {how}, above max_document_mb={limit / MB:g} ({limit:,} "
+                         "bytes): split it into smaller documents or raise the limit")
+
+    def _check_size(self, text: str, what: str) -> None:
+        """Refuse ``text`` above ``max_document_bytes`` UTF-8 bytes (1 to 4 per character)."""
+        if len(text) > self.max_document_bytes // 4:
+            size = len(text.encode("utf-8", "surrogatepass"))
+            if size > self.max_document_bytes:
+                raise self._too_big(what, size)
 
     def _txt(self, path: Path) -> str:
         size = path.stat().st_size
@@ -175,7 +201,7 @@ class Source:
         while line := f.readline(limit + 1):
             number += 1
             if len(line) > limit and not line.endswith(b"\n"):
-                raise self._too_big(f"line {number} of {path}", len(line))
+                raise self._too_big(f"line {number} of {path}")
             if not line.strip():
                 continue
             try:
@@ -185,28 +211,64 @@ class Source:
             yield self._text_of(record, f"line {number} of {path}")
 
     def _parquet(self, path: Path) -> Iterator[str]:
+        """The rows' ``text_field``, read as bytes (a string column is cast, unchecked and
+        uncopied) so that bytes that are not UTF-8 are replaced as in the other formats."""
+        import pyarrow as pa
+
+        table, as_bytes = self._parquet_column(path)
+        number = 0
+        try:
+            for batch in table.iter_batches(batch_size=PARQUET_BATCH, columns=[self.text_field]):
+                for data in batch.column(0).cast(as_bytes).to_pylist():
+                    if data is None:
+                        raise DataError(f"row {number} of {path}: column {self.text_field!r} "
+                                        "is null, not text")
+                    if len(data) > self.max_document_bytes:
+                        raise self._too_big(f"row {number} of {path}", len(data))
+                    number += 1
+                    yield self._decode(data)
+        except pa.ArrowException as err:  # a corrupt page, found as the batches are read
+            raise DataError(f"{path} cannot be read as parquet ({first_line(err)})") from None
+
+    def _parquet_column(self, path: Path):
+        """(the open ``pyarrow.parquet.ParquetFile``, the binary type its text column casts to).
+
+        Raises:
+            DataError: not parquet, no ``text_field`` column, or one that does not hold text.
+        """
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
             table = pq.ParquetFile(path)
-        except Exception as err:  # pyarrow raises its own ArrowInvalid and OSError
-            raise DataError(f"{path} cannot be read as parquet ({err})") from None
-        names = table.schema_arrow.names
-        if self.text_field not in names:
+        except (pa.ArrowException, OSError) as err:
+            raise DataError(f"{path} cannot be read as parquet ({first_line(err)})") from None
+        schema = table.schema_arrow
+        if self.text_field not in schema.names:
             raise DataError(f"{path} has no column {self.text_field!r} (it has: "
-                            f"{', '.join(names)}); set source.text_field=<the text column>")
-        for batch in table.iter_batches(batch_size=PARQUET_BATCH, columns=[self.text_field]):
-            for text in batch.column(0).to_pylist():
-                if text is not None and len(text) > self.max_document_bytes:
-                    raise self._too_big(f"a row of {path}", len(text.encode("utf-8")))
-                yield text or ""
+                            f"{', '.join(schema.names)}); set source.text_field=<the text column>")
+        kind = schema.field(self.text_field).type
+        as_bytes = {pa.string(): pa.binary(), pa.large_string(): pa.large_binary(),
+                    pa.binary(): pa.binary(), pa.large_binary(): pa.large_binary()}.get(kind)
+        if as_bytes is None:
+            raise DataError(f"{path}: column {self.text_field!r} is {kind}, not text")
+        return table, as_bytes
 
     def _dataset_documents(self) -> Iterator[str]:
-        rows = load_hub_dataset(self.dataset, self.subset, self.split, self.revision)
-        for number, record in enumerate(rows):
-            text = self._text_of(record, f"row {number} of {self.dataset}")
-            if len(text) > self.max_document_bytes:
-                raise self._too_big(f"row {number} of {self.dataset}", len(text.encode("utf-8")))
+        rows = iter(load_hub_dataset(self.dataset, self.subset, self.split, self.revision))
+        number = 0
+        while True:
+            try:  # rows are fetched (and parsed) as iterated: the network may fail here
+                record = next(rows)
+            except StopIteration:
+                return
+            except (OSError, ValueError) as err:  # ConnectionError, a corrupt file
+                raise DataError(f"source.dataset={self.dataset}: reading row {number} failed "
+                                f"({first_line(err)})") from None
+            where = f"row {number} of {self.dataset}"
+            text = self._text_of(record, where)
+            self._check_size(text, where)
+            number += 1
             yield text
 
 
@@ -219,8 +281,10 @@ def load_hub_dataset(name: str, subset: str | None, split: str, revision: str | 
             (one line saying which).
     """
     import datasets
+    from huggingface_hub.utils import logging as hub_logging
 
     datasets.logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()  # its "Retrying in 1s [Retry 1/5]" lines, offline
     datasets.disable_progress_bars()
     try:
         return datasets.load_dataset(name, subset, split=split, revision=revision,

@@ -181,6 +181,11 @@ def hashable_config(cfg: DictConfig | dict, digests: dict | None = None) -> dict
     """
     raw = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
     raw = copy.deepcopy(raw)
+    if isinstance(cfg, DictConfig):  # a path may interpolate an excluded key (paths.data_dir)
+        for key in CONTENT_KEYS:
+            parent, leaf = parent_node(raw, key, create=False)
+            if parent is not None and isinstance(parent.get(leaf), str) and "${" in parent[leaf]:
+                parent[leaf] = OmegaConf.select(cfg, key)
     min_val_points = (raw.get("tracking") or {}).get("min_val_points")
     for dotted in HASH_EXCLUDED_KEYS:
         drop_dotted(raw, dotted)
