@@ -41,6 +41,9 @@ BENCHMARKS: dict[str, Command] = {  # lm bench <name> [settings]
     "speedrun": Command("time to a target val/loss: speedrun recipe against the baseline",
                         "lm.bench.speedrun:bench_speedrun", "bench_speedrun",
                         "lm.bench:BenchSpeedrunConfig"),
+    "prepare": Command("lm prepare MB/s and peak memory against fineweb.py's Pool + tiktoken",
+                       "lm.bench.prepare:bench_prepare", "bench_prepare",
+                       "lm.bench:BenchPrepareConfig"),
 }
 
 COMMANDS: dict[str, Command] = {

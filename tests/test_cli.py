@@ -96,7 +96,8 @@ def test_lm_help_lists_every_command(tmp_path):
     if SCRIPT.exists():
         again = subprocess.run([SCRIPT, "--help"], capture_output=True, text=True, check=False)
         assert again.stdout == result.stdout
-    assert "bench     benchmarks: lm bench train | tokenizer | generate | gpu | speedrun\n" in result.stdout
+    assert "bench     benchmarks: lm bench train | tokenizer | generate | gpu | speedrun | prepare\n" \
+        in result.stdout
 
 
 def test_train_help_lists_its_keys_with_defaults(tmp_path):

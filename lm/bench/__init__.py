@@ -7,12 +7,33 @@ from dataclasses import dataclass
 
 @dataclass
 class BenchTrainConfig:
-    """``lm bench train``: the harness against a plain PyTorch loop."""
+    """``lm bench train``: the harness against a plain PyTorch loop (``compare=harness``),
+    or training from prepared shards against one array (``compare=data``)."""
 
     steps: int
     skip: int
     repeats: int
     model: str
+    compare: str
+    shard_tokens: int
+    prepare: list[str]
+
+
+@dataclass
+class BenchPrepareConfig:
+    """``lm bench prepare``: ``lm prepare`` against fineweb.py's loop, MB/s and peak memory."""
+
+    size_mb: float
+    small_mb: float
+    vocab_size: int
+    tokenizer_sample_mb: float
+    workers: int
+    repeats: int
+    val_fraction: float
+    shard_tokens: int
+    corpus: str | None
+    data_dir: str
+    work_dir: str
 
 
 @dataclass

@@ -6,19 +6,34 @@ Tokens/s is measured over the steady state (steps ``skip`` to ``steps``), so
 start-up and the final validation are left out. Prints each run, the medians and
 their ratio (harness / plain; we aim for >= 0.95).
 
+With ``compare=data``, the harness instead trains from an ``lm prepare`` dataset
+(``data=prepared``): the Shakespeare documents of ``lm bench prepare`` (its settings,
+with ``prepare=[...]``'s overrides, name the corpus, the BPE and ``work_dir``), prepared
+once in shards of ``shard_tokens`` tokens, so that windows cross shard ends, against the
+same tokens prepared as one shard per split, which ``TokenStream`` indexes as the one
+``np.memmap`` the in-memory path (``data=shakespeare_char``'s token cache) trains from.
+Same model, tokens and batches: the only difference is shards against one array
+(tokens/s ratio shards/one array; we aim for >= 0.97). Then the peak memory of a whole
+``lm train`` process (``lm.bench.prepare.run_measured``) on the ``size_mb`` dataset of
+``lm bench prepare`` (kept by it in ``work_dir``, else prepared here) against on the
+Shakespeare shards: memory should not grow with the dataset (we aim for within 200 MB).
+
     lm bench train [steps=300] [skip=20] [repeats=5] [model=small]   (conf/bench_train.yaml)
+    lm bench train compare=data ['prepare=["size_mb=1000"]'] [shard_tokens=250000]
 """
 
 import contextlib
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
 
-from lm.bench import BenchTrainConfig
+from lm.bench import BenchPrepareConfig, BenchTrainConfig
 from lm.config.compose import compose_config
 from lm.config.validate import validate
 from lm.hook_points import HookPoint
@@ -110,23 +125,28 @@ def bench_hook_points(overrides: list[str], skip: int, repeats: int) -> tuple[fl
     return statistics.median(with_points), statistics.median(without)
 
 
-
 def bench_train(cfg: BenchTrainConfig) -> int:
-    """``lm bench train``: print tokens/s of each run, the medians and their ratios.
+    """``lm bench train``: print tokens/s of each run, the medians and their ratios
+    (``compare=harness``), or the data comparison (``compare=data``: ``bench_data``).
 
     Raises:
-        ValueError: ``skip`` not in [0, steps) or ``repeats`` < 1 (one line).
+        ValueError: ``skip`` not in [0, steps), ``repeats`` < 1, ``compare`` not harness
+            or data, ``shard_tokens`` < 1, or a bad ``prepare`` override (one line).
     """
     if not 0 <= cfg.skip < cfg.steps:
         raise ValueError(f"skip={cfg.skip} is invalid: must be in [0, steps={cfg.steps})")
     if cfg.repeats < 1:
         raise ValueError(f"repeats={cfg.repeats} is invalid: must be an integer >= 1")
+    if cfg.compare not in ("harness", "data"):
+        raise ValueError(f"compare={cfg.compare} is invalid: must be harness or data")
     overrides = [
         f"model={cfg.model}", f"trainer.max_steps={cfg.steps}",
         f"trainer.val_check_interval={cfg.steps}", "tracking.min_val_points=null",  # once, at the end
         "sample.max_new_tokens=0",
         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
     ]
+    if cfg.compare == "data":
+        return bench_data(cfg, overrides)
     print(f"benchmark: model={cfg.model}, {cfg.steps} steps, timed after step {cfg.skip}, "
           f"{cfg.repeats} alternating repeats, {torch.get_num_threads()} torch threads")
     harness, plain = [], []
@@ -144,4 +164,88 @@ def bench_train(cfg: BenchTrainConfig) -> int:
     print(f"with hook points (median):    {with_points:9.0f} tokens/s")
     print(f"without hook points (median): {without:9.0f} tokens/s")
     print(f"ratio with/without: {with_points / without:.3f}")
+    return 0
+
+
+def data_settings(cfg: BenchTrainConfig) -> BenchPrepareConfig:
+    """``lm bench prepare``'s settings with ``cfg.prepare``'s overrides, checked."""
+    from lm.bench.prepare import check_settings
+    from lm.config.schema import typed
+
+    if cfg.shard_tokens < 1:
+        raise ValueError(f"shard_tokens={cfg.shard_tokens} is invalid: must be an integer >= 1")
+    prepare = typed(compose_config(list(cfg.prepare), config_name="bench_prepare"),
+                    BenchPrepareConfig)
+    check_settings(prepare)
+    return prepare
+
+
+def data_sets(p: BenchPrepareConfig, shard_tokens: int) -> dict[str, Path]:
+    """The prepared datasets of ``compare=data`` in ``p.work_dir``, made once: the corpus
+    once in shards of ``shard_tokens`` tokens ("shards") and in one shard per split ("one
+    array"), and ``p.size_mb`` of it ("large"), all with ``lm bench prepare``'s BPE."""
+    from lm.bench.prepare import (
+        WHOLE,
+        bench_inputs,
+        corpus_file,
+        dataset_dir,
+        prepared_dataset,
+        tokenizer_files,
+    )
+
+    work = Path(p.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    text, name = bench_inputs(p)
+    tokenizer = tokenizer_files(text, name, work, p.vocab_size, p.tokenizer_sample_mb)
+    once, _ = corpus_file(text, name, work, None)
+    large, _ = corpus_file(text, name, work, p.size_mb)
+    plan = {"shards": (once, shard_tokens), "one array": (once, WHOLE),
+            "large": (large, p.shard_tokens)}
+    return {key: prepared_dataset(corpus, tokenizer, dataset_dir(work, corpus, tokenizer, n), n,
+                                  p.val_fraction)
+            for key, (corpus, n) in plan.items()}
+
+
+def peak_train_memory(overrides: list[str], data: Path) -> int | None:
+    """Peak RSS (bytes, summed over the process tree) of ``python -m lm train`` with
+    ``overrides`` on the prepared dataset ``data``, in a fresh process."""
+    from lm.bench.prepare import run_measured
+
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-m", "lm", "train", *overrides, "data=prepared",
+                   f"data.path={data.resolve()}", f"tracking.registry_dir={tmp}",
+                   f"hydra.run.dir={tmp}/run"]
+        return run_measured(command, Path(tmp) / "train.log").peak_rss
+
+
+def bench_data(cfg: BenchTrainConfig, overrides: list[str]) -> int:
+    """``compare=data``: tokens/s of the harness on the sharded dataset against the
+    same tokens in one array, alternating; then lm train's peak RSS on the large
+    dataset against the small."""
+    from lm.data.shards import read_manifest
+
+    sets = data_sets(data_settings(cfg), cfg.shard_tokens)
+    shards = len(read_manifest(sets["shards"])["shards"]["train"])
+    print(f"benchmark: model={cfg.model}, {cfg.steps} steps, timed after step {cfg.skip}, "
+          f"{cfg.repeats} alternating repeats, {torch.get_num_threads()} torch threads; "
+          f"{sets['shards']} ({shards} train shards) against {sets['one array']} (one)")
+    speed: dict[str, list[float]] = {"shards": [], "one array": []}
+    for i in range(cfg.repeats):
+        for key, runs in speed.items():
+            data = ["data=prepared", f"data.path={sets[key].resolve()}"]
+            runs.append(bench_harness([*overrides, *data], cfg.skip))
+            print(f"  repeat {i + 1}: {key:<9} {runs[-1]:9.0f} tokens/s", flush=True)
+    sharded, whole = statistics.median(speed["shards"]), statistics.median(speed["one array"])
+    print(f"shards    (median): {sharded:9.0f} tokens/s")
+    print(f"one array (median): {whole:9.0f} tokens/s")
+    print(f"ratio shards/one array: {sharded / whole:.3f} (target >= 0.97)")
+    rss = {key: peak_train_memory(overrides, sets[key]) for key in ("shards", "large")}
+    if None in rss.values():
+        print("peak RSS of lm train: n/a (no /proc on this system)")
+        return 0
+    tokens = {key: sum(shard["tokens"] for shard in read_manifest(sets[key])["shards"]["train"])
+              for key in rss}
+    print("peak RSS of lm train (process tree): "
+          + ", ".join(f"{key} ({tokens[key]:,} train tokens) {rss[key] / 1e6:.0f} MB" for key in rss)
+          + f": {(rss['large'] - rss['shards']) / 1e6:+.0f} MB (target within 200 MB)")
     return 0

@@ -26,10 +26,9 @@ from lm.data.tokens import (
     load_tokens,
     prepare_tokens,
     split_text,
-    tokenizer_spec,
     unknown_chars,
 )
-from lm.tokenizers import Tokenizer
+from lm.tokenizers import Tokenizer, tokenizer_spec
 
 TOP_MISSING = 5  # the characters a <unk> line names
 

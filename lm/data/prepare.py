@@ -26,6 +26,7 @@ documents, or read from files (GPT-2's: ``tokenizer.path``); it is saved as
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import multiprocessing
 import os
@@ -52,8 +53,14 @@ from lm.data.shards import (
     read_manifest,
 )
 from lm.data.sources import Source
-from lm.data.tokens import tokenizer_spec
-from lm.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_dict
+from lm.tokenizers import (
+    Tokenizer,
+    build_tokenizer,
+    ordinary_encoder,
+    tokenizer_from_dict,
+    tokenizer_spec,
+)
+from lm.tokenizers.byte import to_valid_unicode
 
 PARTS = ".parts"  # unfinished work: one part per chunk, removed once the manifest is written
 PLAN = "plan.json"  # what the parts were made from; a rerun with other settings starts over
@@ -251,7 +258,7 @@ def _tokenizer(settings: PrepareSettings, out: Path) -> Tokenizer:
             if is_val(i, settings.val_period):
                 continue
             sample.append(doc)
-            size += len(doc.encode("utf-8", "surrogatepass"))
+            size += utf8_length(doc)
             if size >= limit:
                 break
         print(f"prepare: training the {spec['name']} tokenizer on {size / MB:.1f} MB of "
@@ -280,12 +287,14 @@ def _encode_chunks(settings: PrepareSettings, tokenizer: Tokenizer, parts: Path,
                desc="prepare", disable=not settings.progress, mininterval=1.0, smoothing=0.1)
 
     def add(done: dict) -> None:
-        for key in totals:
+        for key, total in totals.items():
             for split in SPLITS:
-                totals[key][split] += done[key][split]
+                total[split] += done[key][split]
         bar.update(done["bytes"]["train"] + done["bytes"]["val"])
 
-    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    # Workers start fresh (spawn): they import the tokenizers and numpy, not the torch
+    # and Hydra of the command that started them, and no thread state is forked.
+    context = multiprocessing.get_context("spawn")
     with context.Pool(settings.workers, initializer=_init_worker,
                       initargs=(tokenizer.to_dict(), str(parts))) as pool:
         pending: deque = deque()
@@ -329,38 +338,40 @@ def _init_worker(tokenizer_state: dict, parts: str) -> None:
                    unk=tokenizer.unk_id, dtype=_dtype(tokenizer), parts=Path(parts))
 
 
-def ordinary_encoder(tokenizer: Tokenizer):
-    """``text -> token ids`` with no special-token parsing (text that spells ``<eos>`` is
-    ordinary text, as GPT-2's training data and tiktoken's ``encode_ordinary`` treat it).
-    BPE goes through its ``tiktoken.Encoding`` (the same ids as ``encode``: tested); the
-    others have no special-token syntax, so their ``encode`` is already ordinary."""
-    if hasattr(tokenizer, "to_tiktoken"):
-        return tokenizer.to_tiktoken().encode_ordinary
-    return tokenizer.encode
-
-
 def _encode_chunk(number: int, first: int, docs: list[str], period: int) -> dict:
     """Encode one chunk into ``<parts>/<number>.{train,val}.bin`` and its marker
     ``<number>.json`` (written last: the chunk is finished when the marker exists)."""
-    encode, eos = _WORKER["encode"], _WORKER["eos"]
-    tokens = {split: [] for split in SPLITS}
+    encode, dtype = _WORKER["encode"], _WORKER["dtype"]
+    eos = np.array([_WORKER["eos"]], dtype=dtype)
+    pieces = {split: [] for split in SPLITS}
     done = {"documents": dict.fromkeys(SPLITS, 0), "bytes": dict.fromkeys(SPLITS, 0),
             "unk_tokens": dict.fromkeys(SPLITS, 0)}
     for index, doc in enumerate(docs, start=first):
         split = "val" if is_val(index, period) else "train"
-        tokens[split].append(eos)
-        tokens[split].extend(encode(doc))
+        pieces[split] += [eos, encode(doc)]
         done["documents"][split] += 1
-        done["bytes"][split] += len(doc.encode("utf-8", "surrogatepass"))
+        done["bytes"][split] += utf8_length(doc)
     parts = _WORKER["parts"]
     for split in SPLITS:
-        ids = np.array(tokens[split], dtype=_WORKER["dtype"])
+        ids = np.concatenate(pieces[split]).astype(dtype) if pieces[split] else \
+            np.empty(0, dtype=dtype)
         if _WORKER["unk"] is not None:
             done["unk_tokens"][split] = int(np.count_nonzero(ids == _WORKER["unk"]))
         with atomic_file(parts / f"{number:06d}.{split}.bin") as tmp:
             ids.tofile(tmp)
     _write_json(parts / f"{number:06d}.json", done)
     return done
+
+
+def utf8_length(text: str) -> int:
+    """UTF-8 bytes of ``text`` (a lone surrogate as U+FFFD's 3); ASCII text is not encoded
+    (``str.isascii`` reads a flag CPython keeps)."""
+    if text.isascii():
+        return len(text)
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return len(to_valid_unicode(text).encode("utf-8"))
 
 
 def _assemble(out: Path, parts: Path, split: str, dtype: str, shard_tokens: int,
@@ -394,8 +405,6 @@ class _ShardWriter:
     ``close`` renames it into place and returns its manifest entry."""
 
     def __init__(self, path: Path):
-        import hashlib
-
         self.path, self.tokens, self.digest = path, 0, hashlib.sha256()
         self.tmp = path.with_name(f".{path.name}.tmp")
         self.file = self.tmp.open("wb")

@@ -59,7 +59,7 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     if not path.is_file():
         why = "does not exist" if not directory.exists() else f"has no {MANIFEST}"
         raise DataError(f"data.path={directory} {why}: not a dataset written by lm prepare "
-                        "(run lm prepare source=... out=DIR first)")
+                        "(make one: lm prepare source.path=<corpus> out=<dir>)")
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as err:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from lm.data.corpus import DataError
-from lm.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_dict
+from lm.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_dict, tokenizer_spec
 
 # Random-number streams of get_batch: training step s uses seed sequence
 # [seed, TRAIN_STREAM, s], validation batch i uses [eval_seed, VAL_STREAM, i]
@@ -98,13 +98,6 @@ def windows_at(
     index = np.asarray(offsets)[:, None] + np.arange(length + 1)  # (B, length + 1)
     windows = torch.from_numpy(np.asarray(ids[index], dtype=np.int64))  # (B, length + 1)
     return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # (B, length) each
-
-
-def tokenizer_spec(tokenizer: str | dict) -> dict:
-    """``"char"`` or ``{"name": "bpe", "vocab_size": 2048}`` -> a dict with ``name``
-    and only the options that are set (None means "the tokenizer's default")."""
-    spec = {"name": tokenizer} if isinstance(tokenizer, str) else dict(tokenizer)
-    return {key: value for key, value in spec.items() if value is not None}
 
 
 def token_cache_dir(

@@ -17,15 +17,19 @@ imports every tokenizer module: the package is the one place that sees them all.
 """
 
 import inspect
+from collections.abc import Callable
+
+import numpy as np
 
 from lm.tokenizers.base import Tokenizer, token_label, token_labels
 from lm.tokenizers.bpe import BPETokenizer
-from lm.tokenizers.byte import ByteTokenizer
+from lm.tokenizers.byte import ByteTokenizer, to_valid_unicode
 from lm.tokenizers.char import CharTokenizer
 
 __all__ = [
     "TOKENIZERS", "BPETokenizer", "ByteTokenizer", "CharTokenizer", "Tokenizer",
-    "build_tokenizer", "token_label", "token_labels", "tokenizer_from_dict",
+    "build_tokenizer", "ordinary_encoder", "token_label", "token_labels", "tokenizer_from_dict",
+    "tokenizer_spec",
 ]
 
 TOKENIZERS: dict[str, type[Tokenizer]] = {
@@ -52,6 +56,36 @@ def build_tokenizer(name: str, text: str, **options) -> Tokenizer:
             f"data.tokenizer={name!r} takes no option {unknown[0]!r}; it takes: {allowed or 'none'}"
         )
     return from_text(text, **options)
+
+
+def tokenizer_spec(tokenizer: str | dict) -> dict:
+    """``"char"`` or ``{"name": "bpe", "vocab_size": 2048}`` (a ``data.tokenizer`` node) ->
+    a dict with ``name`` and only the options that are set (None means "the tokenizer's
+    default")."""
+    spec = {"name": tokenizer} if isinstance(tokenizer, str) else dict(tokenizer)
+    return {key: value for key, value in spec.items() if value is not None}
+
+
+def ordinary_encoder(tokenizer: Tokenizer) -> Callable[[str], np.ndarray]:
+    """``text -> token ids`` (an integer array of shape (n_tokens,)) with no special-token
+    parsing: text that spells ``<eos>`` is ordinary text, as in GPT-2's training data and
+    tiktoken's ``encode_ordinary``. BPE encodes through its ``tiktoken.Encoding`` (the same
+    ids as ``encode``: tested), bytes are their own ids, characters have no special syntax.
+    """
+    if isinstance(tokenizer, BPETokenizer):
+        encoding = tokenizer.to_tiktoken()
+        return lambda text: encoding.encode_to_numpy(text, disallowed_special=())
+    if isinstance(tokenizer, ByteTokenizer):
+        return lambda text: np.frombuffer(_utf8(text), dtype=np.uint8)
+    return tokenizer.encode_array
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8 of ``text``, a lone surrogate as U+FFFD (``to_valid_unicode``)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return to_valid_unicode(text).encode("utf-8")
 
 
 def tokenizer_from_dict(d: dict) -> Tokenizer:
