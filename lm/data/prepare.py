@@ -146,26 +146,33 @@ def prepare(settings: PrepareSettings) -> dict:
 @contextlib.contextmanager
 def _locked(out: Path, wait: bool) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``out/.lock`` for the block (released on exit and by
-    the kernel if the process dies, kill -9 included)."""
-    with open(out / LOCK, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            raise DataError(f"out={out} is being prepared by another process; wait for it "
-                            "to finish or name another directory") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    the kernel if the process dies, kill -9 included). A prepare that waited behind one
+    that failed and removed ``out`` makes ``out`` again and locks the new one."""
+    while True:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / LOCK, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise DataError(f"out={out} is being prepared by another process; wait for "
+                                "it to finish or name another directory") from None
+            if not (out / LOCK).exists():  # removed while we waited: lock the new one
+                continue
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+            return
 
 
 def _prepare_locked(settings: PrepareSettings, out: Path) -> dict:
     source = settings.source
     print(f"prepare: reading {source.describe()}", flush=True)
-    plan = {
-        "format": FORMAT,
+    spec = tokenizer_spec(settings.tokenizer)
+    plan = {  # what the output depends on; a tokenizer read from files is named by its
+        "format": FORMAT,  # content (the manifest's tokenizer sha256), not by their path
         "source": source.identity(),
-        "tokenizer": tokenizer_spec(settings.tokenizer),
+        "tokenizer": {key: value for key, value in spec.items() if key != "path"},
         "tokenizer_sample_mb": settings.tokenizer_sample_mb,
         "val_fraction": settings.val_fraction,
         "shard_tokens": settings.shard_tokens,
@@ -180,7 +187,7 @@ def _prepare_locked(settings: PrepareSettings, out: Path) -> dict:
         return manifest
     parts = out / PARTS
     chunk_bytes = int(settings.chunk_mb * MB)
-    stored = {**plan, "chunk_bytes": chunk_bytes}
+    stored = {**plan, "chunk_bytes": chunk_bytes, "tokenizer_path": spec.get("path")}
     if (parts / PLAN).is_file() and json.loads((parts / PLAN).read_text()) != stored:
         print(f"prepare: discarding an unfinished prepare of other input or settings in {out}")
         shutil.rmtree(parts)
@@ -220,7 +227,7 @@ def _prepare_locked(settings: PrepareSettings, out: Path) -> dict:
           f"({manifest['documents']['val']:,} of {sum(manifest['documents'].values()):,} "
           f"documents), {dtype}, digest {manifest['digest'][:12]}", flush=True)
     if counts["replaced"]:
-        print(f"prepare: warning: {counts['replaced']:,} document(s) held bytes that are not "
+        print(f"warning: {counts['replaced']:,} document(s) held bytes that are not "
               "UTF-8; they were decoded with U+FFFD in their place", file=sys.stderr, flush=True)
     return manifest
 
@@ -283,20 +290,21 @@ def _encode_chunks(settings: PrepareSettings, tokenizer: Tokenizer, parts: Path,
     source = settings.source
     totals = {"documents": dict.fromkeys(SPLITS, 0), "bytes": dict.fromkeys(SPLITS, 0),
               "unk_tokens": dict.fromkeys(SPLITS, 0)}
-    bar = tqdm(total=source.input_bytes, unit="B", unit_scale=True, unit_divisor=1000,
-               desc="prepare", disable=not settings.progress, mininterval=1.0, smoothing=0.1)
-
-    def add(done: dict) -> None:
-        for key, total in totals.items():
-            for split in SPLITS:
-                total[split] += done[key][split]
-        bar.update(done["bytes"]["train"] + done["bytes"]["val"])
-
     # Workers start fresh (spawn): they import the tokenizers and numpy, not the torch
     # and Hydra of the command that started them, and no thread state is forked.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(settings.workers, initializer=_init_worker,
-                      initargs=(tokenizer.to_dict(), str(parts))) as pool:
+    with tqdm(total=source.input_bytes, unit="B", unit_scale=True, unit_divisor=1000,
+              desc="prepare", disable=None if settings.progress else True,  # None: a terminal
+              mininterval=1.0, smoothing=0.1) as bar, \
+            context.Pool(settings.workers, initializer=_init_worker,
+                         initargs=(tokenizer.to_dict(), str(parts))) as pool:
+
+        def add(done: dict) -> None:
+            for key, total in totals.items():
+                for split in SPLITS:
+                    total[split] += done[key][split]
+            bar.update(done["bytes"]["train"] + done["bytes"]["val"])
+
         pending: deque = deque()
         for number, first, docs in _chunks(source, chunk_bytes):
             marker = parts / f"{number:06d}.json"
@@ -309,8 +317,7 @@ def _encode_chunks(settings: PrepareSettings, tokenizer: Tokenizer, parts: Path,
                 add(pending.popleft().get())
         while pending:
             add(pending.popleft().get())
-    bar.total = bar.n  # the input's size only estimates the documents' bytes
-    bar.close()
+        bar.total = bar.n  # the input's size only estimates the documents' bytes
     return {**totals, "replaced": source.replaced}
 
 
@@ -382,8 +389,8 @@ def _assemble(out: Path, parts: Path, split: str, dtype: str, shard_tokens: int,
     files = sorted(parts.glob(f"*.{split}.bin"))
     shards: list[dict] = []
     writer = None
-    for part in tqdm(files, desc=f"shards {split}", unit="part", disable=not progress,
-                     mininterval=1.0):
+    for part in tqdm(files, desc=f"shards {split}", unit="part",
+                     disable=None if progress else True, mininterval=1.0):
         ids = np.fromfile(part, dtype=dtype)
         start = 0
         while start < len(ids):
@@ -430,7 +437,7 @@ def settings_from_config(node: dict, out: str, progress: bool = True,
         DataError: a bad value or source (one line).
     """
     source = dict(node["source"])
-    source["max_document_bytes"] = int(node.get("max_document_mb", 256) * 2**20)
+    source["max_document_bytes"] = int(node.get("max_document_mb", 256) * MB)
     return PrepareSettings(
         source=Source(**source), out=out, tokenizer=node["tokenizer"],
         val_fraction=node["val_fraction"], tokenizer_sample_mb=node["tokenizer_sample_mb"],

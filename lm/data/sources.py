@@ -63,6 +63,14 @@ def input_files(path: str) -> list[Path]:
     return files
 
 
+def dataset_files(directory: str) -> list[Path]:
+    """The files of a local hub-layout dataset directory, sorted, except hidden ones (the
+    ``.cache/`` that ``huggingface-cli download --local-dir`` leaves, ``.git/``)."""
+    root = Path(directory).expanduser()
+    return sorted(p for p in root.rglob("*") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
 def file_identity(path: Path) -> dict:
     """``{"name", "bytes", "sha256"}`` of an input file: what a prepare read."""
     digest = hashlib.sha256()
@@ -115,12 +123,17 @@ class Source:
     def identity(self) -> dict:
         """What was read, for the manifest: each file's name, size and SHA-256, or the
         dataset's name, subset, split and revision (its content is pinned by the shards'
-        SHA-256s; a moving revision such as ``main`` is recorded as given)."""
+        SHA-256s; a moving revision such as ``main`` is recorded as given), and for a
+        local hub-layout directory its files as well, so that a rerun after they changed
+        neither resumes nor returns the old shards."""
         if self._files is not None:
             return {"files": [file_identity(f) for f in self._files],
                     "text_field": self.text_field}
-        return {"dataset": self.dataset, "subset": self.subset, "split": self.split,
-                "revision": self.revision, "text_field": self.text_field}
+        identity = {"dataset": self.dataset, "subset": self.subset, "split": self.split,
+                    "revision": self.revision, "text_field": self.text_field}
+        if Path(self.dataset).expanduser().is_dir():
+            identity["files"] = [file_identity(f) for f in dataset_files(self.dataset)]
+        return identity
 
     def describe(self) -> str:
         if self._files is not None:
@@ -283,7 +296,9 @@ def load_hub_dataset(name: str, subset: str | None, split: str, revision: str | 
     import datasets
     from huggingface_hub.utils import logging as hub_logging
 
-    datasets.logging.set_verbosity_error()
+    # CRITICAL: what it logs as an error ("Failed to read file ...") it also raises, and
+    # that is the one line the DataError below says
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     hub_logging.set_verbosity_error()  # its "Retrying in 1s [Retry 1/5]" lines, offline
     datasets.disable_progress_bars()
     try:
