@@ -122,33 +122,69 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
 
 class TokenStream:
     """The shards of one split as one read-only token array of length ``N`` (the sum of
-    the shards' tokens): ``len(stream)`` and ``stream[index]`` for an integer array
-    ``index`` of any shape (values in [0, N)), which returns an array of the same shape.
-    That is all ``get_batch`` and ``windows_at`` ask of ``ids``, so a window may span two
-    shards. Each shard is an ``np.memmap``: nothing is read until indexed.
+    the shards' tokens). ``windows(offsets, length)`` reads the B windows a batch needs
+    (``lm.data.tokens.windows_at`` calls it), one ``pread`` per window (two where a window
+    spans a shard's end); ``stream[index]`` takes any integer array ``index`` (values in
+    [0, N)) and returns an array of its shape, like an array would.
+
+    Nothing is mapped into the process: reads go through the OS page cache, which is not
+    the process's memory, so a run's resident memory stays flat however large the corpus
+    and however long the run. (A long-lived ``np.memmap`` would not: every page its random
+    windows touch, and the kernel's read-around of it, stays resident; nanoGPT recreates
+    its memmap every batch for this reason.)
     """
 
     def __init__(self, paths: list[Path], counts: list[int], dtype: str):
-        kept = [(p, n) for p, n in zip(paths, counts, strict=True) if n > 0]
-        self.shards = [np.memmap(p, dtype=dtype, mode="r", shape=(n,)) for p, n in kept]
+        kept = [(Path(p), n) for p, n in zip(paths, counts, strict=True) if n > 0]
+        self.paths = [p for p, _ in kept]
         self.starts = np.cumsum([0] + [n for _, n in kept])  # (S + 1,) first index of each
         self.dtype = np.dtype(dtype)
+        self._files: dict[int, int] = {}  # shard -> open file descriptor
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
-    def __getitem__(self, index):
-        if len(self.shards) == 1:
-            return self.shards[0][index]
-        index = np.asarray(index)
-        if index.ndim == 0 or index.dtype.kind not in "iu":
-            raise TypeError("a TokenStream takes an integer array index")
-        which = np.searchsorted(self.starts, index, side="right") - 1  # shard of each index
-        out = np.empty(index.shape, dtype=self.dtype)
-        for s in np.unique(which):
-            mask = which == s
-            out[mask] = self.shards[s][index[mask] - self.starts[s]]
+    def __del__(self):
+        for fd in self._files.values():
+            os.close(fd)
+
+    def _fd(self, shard: int) -> int:
+        if shard not in self._files:
+            self._files[shard] = os.open(self.paths[shard], os.O_RDONLY)
+        return self._files[shard]
+
+    def read(self, start: int, out: np.ndarray) -> None:
+        """Fill ``out`` (1-D, of this stream's dtype) with tokens ``start, start + 1, ...``."""
+        done, size = 0, self.dtype.itemsize
+        while done < len(out):
+            at = start + done
+            shard = int(np.searchsorted(self.starts, at, side="right")) - 1
+            n = min(len(out) - done, int(self.starts[shard + 1]) - at)
+            data = os.pread(self._fd(shard), n * size, (at - int(self.starts[shard])) * size)
+            out[done:done + n] = np.frombuffer(data, dtype=self.dtype)
+            done += n
+
+    def windows(self, offsets, length: int) -> np.ndarray:
+        """The B windows of ``length`` consecutive tokens starting at ``offsets`` (B
+        integers in [0, N - length]): an array of shape (B, length)."""
+        out = np.empty((len(offsets), length), dtype=self.dtype)
+        for row, start in enumerate(offsets):
+            self.read(int(start), out[row])
         return out
+
+    def __getitem__(self, index):
+        index = np.asarray(index)
+        if index.dtype.kind not in "iu":
+            raise TypeError("a TokenStream takes an integer array index")
+        flat = index.reshape(-1)
+        out = np.empty(flat.shape, dtype=self.dtype)
+        which = np.searchsorted(self.starts, flat, side="right") - 1  # shard of each index
+        for shard in np.unique(which):
+            mask = which == shard
+            mapped = np.memmap(self.paths[shard], dtype=self.dtype, mode="r")  # dropped below
+            out[mask] = mapped[flat[mask] - self.starts[shard]]
+            del mapped
+        return out.reshape(index.shape)
 
 
 def open_split(directory: str | os.PathLike, manifest: dict, split: str) -> TokenStream:
