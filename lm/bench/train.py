@@ -10,13 +10,13 @@ With ``compare=data``, the harness instead trains from an ``lm prepare`` dataset
 (``data=prepared``): the Shakespeare documents of ``lm bench prepare`` (its settings,
 with ``prepare=[...]``'s overrides, name the corpus, the BPE and ``work_dir``), prepared
 once in shards of ``shard_tokens`` tokens, so that windows cross shard ends, against the
-same tokens prepared as one shard per split, which ``TokenStream`` indexes as the one
-``np.memmap`` the in-memory path (``data=shakespeare_char``'s token cache) trains from.
-Same model, tokens and batches: the only difference is shards against one array
-(tokens/s ratio shards/one array; we aim for >= 0.97). Then the peak memory of a whole
-``lm train`` process (``lm.bench.prepare.run_measured``) on the ``size_mb`` dataset of
-``lm bench prepare`` (kept by it in ``work_dir``, else prepared here) against on the
-Shakespeare shards: memory should not grow with the dataset (we aim for within 200 MB).
+in-memory path: the same text as one file through ``data=text_file``'s token cache, with
+the same BPE (``data/tokenizer=gpt2_files``). Same model and vocabulary; the only
+difference is where the windows come from (tokens/s ratio prepared/in-memory; we aim for
+>= 0.97). Then the peak memory of a whole ``lm train`` process
+(``lm.bench.prepare.run_measured``) on the ``size_mb`` dataset of ``lm bench prepare``
+(kept by it in ``work_dir``, else prepared here) against on the Shakespeare shards:
+memory should not grow with the dataset (we aim for within 200 MB).
 
     lm bench train [steps=300] [skip=20] [repeats=5] [model=small]   (conf/bench_train.yaml)
     lm bench train compare=data ['prepare=["size_mb=1000"]'] [shard_tokens=250000]
@@ -33,6 +33,7 @@ import hydra
 import lightning as L
 import torch
 
+from lm.atomic import atomic_file
 from lm.bench import BenchPrepareConfig, BenchTrainConfig
 from lm.config.compose import compose_config
 from lm.config.validate import validate
@@ -181,11 +182,11 @@ def data_settings(cfg: BenchTrainConfig) -> BenchPrepareConfig:
 
 
 def data_sets(p: BenchPrepareConfig, shard_tokens: int) -> dict[str, Path]:
-    """The prepared datasets of ``compare=data`` in ``p.work_dir``, made once: the corpus
-    once in shards of ``shard_tokens`` tokens ("shards") and in one shard per split ("one
-    array"), and ``p.size_mb`` of it ("large"), all with ``lm bench prepare``'s BPE."""
+    """What ``compare=data`` trains on, made once in ``p.work_dir``, all with ``lm bench
+    prepare``'s BPE: the corpus prepared in shards of ``shard_tokens`` tokens
+    ("prepared"), ``p.size_mb`` of it prepared ("large"), the corpus as one text file
+    ("text", for the in-memory path) and the BPE's GPT-2 files ("tokenizer")."""
     from lm.bench.prepare import (
-        WHOLE,
         bench_inputs,
         corpus_file,
         dataset_dir,
@@ -199,11 +200,15 @@ def data_sets(p: BenchPrepareConfig, shard_tokens: int) -> dict[str, Path]:
     tokenizer = tokenizer_files(text, name, work, p.vocab_size, p.tokenizer_sample_mb)
     once, _ = corpus_file(text, name, work, None)
     large, _ = corpus_file(text, name, work, p.size_mb)
-    plan = {"shards": (once, shard_tokens), "one array": (once, WHOLE),
-            "large": (large, p.shard_tokens)}
-    return {key: prepared_dataset(corpus, tokenizer, dataset_dir(work, corpus, tokenizer, n), n,
+    plain = work / f"{name}.txt"
+    if not plain.is_file() or plain.read_text(encoding="utf-8") != text:
+        with atomic_file(plain) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    plan = {"prepared": (once, shard_tokens), "large": (large, p.shard_tokens)}
+    sets = {key: prepared_dataset(corpus, tokenizer, dataset_dir(work, corpus, tokenizer, n), n,
                                   p.val_fraction)
             for key, (corpus, n) in plan.items()}
+    return {**sets, "text": plain, "tokenizer": tokenizer}
 
 
 def peak_train_memory(overrides: list[str], data: Path) -> int | None:
@@ -219,27 +224,35 @@ def peak_train_memory(overrides: list[str], data: Path) -> int | None:
 
 
 def bench_data(cfg: BenchTrainConfig, overrides: list[str]) -> int:
-    """``compare=data``: tokens/s of the harness on the sharded dataset against the
-    same tokens in one array, alternating; then lm train's peak RSS on the large
-    dataset against the small."""
+    """``compare=data``: tokens/s of the harness on the prepared dataset (memory-mapped
+    nothing: ``TokenStream`` reads) against the in-memory corpus path (the same text and
+    BPE through ``data=text_file``'s token cache), alternating; then lm train's peak RSS
+    on the large prepared dataset against the small."""
     from lm.data.shards import read_manifest
 
     sets = data_sets(data_settings(cfg), cfg.shard_tokens)
-    shards = len(read_manifest(sets["shards"])["shards"]["train"])
+    shards = len(read_manifest(sets["prepared"])["shards"]["train"])
+    work = sets["text"].parent
+    variants = {
+        "prepared": ["data=prepared", f"data.path={sets['prepared'].resolve()}"],
+        "in-memory": ["data=text_file", f"data.path={sets['text'].resolve()}",
+                      "data/tokenizer=gpt2_files", f"data.tokenizer.path={sets['tokenizer'].resolve()}",
+                      f"paths.data_dir={(work / 'cache').resolve()}"],
+    }
     print(f"benchmark: model={cfg.model}, {cfg.steps} steps, timed after step {cfg.skip}, "
           f"{cfg.repeats} alternating repeats, {torch.get_num_threads()} torch threads; "
-          f"{sets['shards']} ({shards} train shards) against {sets['one array']} (one)")
-    speed: dict[str, list[float]] = {"shards": [], "one array": []}
+          f"{sets['prepared']} ({shards} train shards) against {sets['text']} in memory, "
+          "the same BPE")
+    speed: dict[str, list[float]] = {key: [] for key in variants}
     for i in range(cfg.repeats):
         for key, runs in speed.items():
-            data = ["data=prepared", f"data.path={sets[key].resolve()}"]
-            runs.append(bench_harness([*overrides, *data], cfg.skip))
+            runs.append(bench_harness([*overrides, *variants[key]], cfg.skip))
             print(f"  repeat {i + 1}: {key:<9} {runs[-1]:9.0f} tokens/s", flush=True)
-    sharded, whole = statistics.median(speed["shards"]), statistics.median(speed["one array"])
-    print(f"shards    (median): {sharded:9.0f} tokens/s")
-    print(f"one array (median): {whole:9.0f} tokens/s")
-    print(f"ratio shards/one array: {sharded / whole:.3f} (target >= 0.97)")
-    rss = {key: peak_train_memory(overrides, sets[key]) for key in ("shards", "large")}
+    prepared, memory = statistics.median(speed["prepared"]), statistics.median(speed["in-memory"])
+    print(f"prepared  (median): {prepared:9.0f} tokens/s")
+    print(f"in-memory (median): {memory:9.0f} tokens/s")
+    print(f"ratio prepared/in-memory: {prepared / memory:.3f} (target >= 0.97)")
+    rss = {key: peak_train_memory(overrides, sets[key]) for key in ("prepared", "large")}
     if None in rss.values():
         print("peak RSS of lm train: n/a (no /proc on this system)")
         return 0
@@ -247,5 +260,5 @@ def bench_data(cfg: BenchTrainConfig, overrides: list[str]) -> int:
               for key in rss}
     print("peak RSS of lm train (process tree): "
           + ", ".join(f"{key} ({tokens[key]:,} train tokens) {rss[key] / 1e6:.0f} MB" for key in rss)
-          + f": {(rss['large'] - rss['shards']) / 1e6:+.0f} MB (target within 200 MB)")
+          + f": {(rss['large'] - rss['prepared']) / 1e6:+.0f} MB (target within 200 MB)")
     return 0

@@ -96,8 +96,9 @@ def test_bench_train_compare_data_prints_the_ratio_and_peak_rss(tmp_path, capsys
     out = capsys.readouterr().out
     shards = re.search(r"\((\d+) train shards\) against", out)
     assert shards and int(shards.group(1)) > 1, out
-    assert re.search(r"^  repeat 1: shards +\d+ tokens/s$", out, re.MULTILINE)
-    assert re.search(r"^  repeat 1: one array +\d+ tokens/s$", out, re.MULTILINE)
-    assert re.search(r"^ratio shards/one array: \d+\.\d{3} \(target >= 0\.97\)$", out, re.MULTILINE)
-    assert re.search(r"^peak RSS of lm train \(process tree\): shards .* MB, large .* MB: "
+    assert re.search(r"^  repeat 1: prepared +\d+ tokens/s$", out, re.MULTILINE)
+    assert re.search(r"^  repeat 1: in-memory +\d+ tokens/s$", out, re.MULTILINE)
+    assert re.search(r"^ratio prepared/in-memory: \d+\.\d{3} \(target >= 0\.97\)$", out,
+                     re.MULTILINE)
+    assert re.search(r"^peak RSS of lm train \(process tree\): prepared .* MB, large .* MB: "
                      r"[+-]\d+ MB \(target within 200 MB\)$", out, re.MULTILINE)
