@@ -211,16 +211,19 @@ def data_sets(p: BenchPrepareConfig, shard_tokens: int) -> dict[str, Path]:
     return {**sets, "text": plain, "tokenizer": tokenizer}
 
 
-def peak_train_memory(overrides: list[str], data: Path) -> int | None:
-    """Peak RSS (bytes, summed over the process tree) of ``python -m lm train`` with
-    ``overrides`` on the prepared dataset ``data``, in a fresh process."""
+def peak_train_memory(overrides: list[str], data: Path) -> tuple[int | None, int | None]:
+    """Peak (RSS, PSS) in bytes, each summed over the process tree, of ``python -m lm
+    train`` with ``overrides`` on the prepared dataset ``data``, in a fresh process. PSS
+    counts a page shared by k processes 1/k: a child forked for a moment (``git`` for the
+    code version) shares all its parent's pages, which a sum of RSS counts twice."""
     from lm.bench.prepare import run_measured
 
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-m", "lm", "train", *overrides, "data=prepared",
                    f"data.path={data.resolve()}", f"tracking.registry_dir={tmp}",
                    f"hydra.run.dir={tmp}/run"]
-        return run_measured(command, Path(tmp) / "train.log").peak_rss
+        measured = run_measured(command, Path(tmp) / "train.log")
+        return measured.peak_rss, measured.peak_pss
 
 
 def bench_data(cfg: BenchTrainConfig, overrides: list[str]) -> int:
@@ -252,13 +255,15 @@ def bench_data(cfg: BenchTrainConfig, overrides: list[str]) -> int:
     print(f"prepared  (median): {prepared:9.0f} tokens/s")
     print(f"in-memory (median): {memory:9.0f} tokens/s")
     print(f"ratio prepared/in-memory: {prepared / memory:.3f} (target >= 0.97)")
-    rss = {key: peak_train_memory(overrides, sets[key]) for key in ("prepared", "large")}
-    if None in rss.values():
-        print("peak RSS of lm train: n/a (no /proc on this system)")
+    memory = {key: peak_train_memory(overrides, sets[key]) for key in ("prepared", "large")}
+    if None in memory["prepared"]:
+        print("peak memory of lm train: n/a (no /proc on this system)")
         return 0
     tokens = {key: sum(shard["tokens"] for shard in read_manifest(sets[key])["shards"]["train"])
-              for key in rss}
-    print("peak RSS of lm train (process tree): "
-          + ", ".join(f"{key} ({tokens[key]:,} train tokens) {rss[key] / 1e6:.0f} MB" for key in rss)
-          + f": {(rss['large'] - rss['prepared']) / 1e6:+.0f} MB (target within 200 MB)")
+              for key in memory}
+    print("peak memory of lm train (process tree): "
+          + ", ".join(f"{key} ({tokens[key]:,} train tokens) RSS {rss / 1e6:.0f} MB, "
+                      f"PSS {pss / 1e6:.0f} MB" for key, (rss, pss) in memory.items())
+          + f"; large - prepared: PSS {(memory['large'][1] - memory['prepared'][1]) / 1e6:+.0f} MB"
+          " (target within 200 MB)")
     return 0

@@ -100,5 +100,6 @@ def test_bench_train_compare_data_prints_the_ratio_and_peak_rss(tmp_path, capsys
     assert re.search(r"^  repeat 1: in-memory +\d+ tokens/s$", out, re.MULTILINE)
     assert re.search(r"^ratio prepared/in-memory: \d+\.\d{3} \(target >= 0\.97\)$", out,
                      re.MULTILINE)
-    assert re.search(r"^peak RSS of lm train \(process tree\): prepared .* MB, large .* MB: "
-                     r"[+-]\d+ MB \(target within 200 MB\)$", out, re.MULTILINE)
+    assert re.search(r"^peak memory of lm train \(process tree\): prepared .* MB, large .* MB; "
+                     r"large - prepared: PSS [+-]\d+ MB \(target within 200 MB\)$", out,
+                     re.MULTILINE)
