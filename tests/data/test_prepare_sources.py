@@ -403,3 +403,16 @@ def test_lm_train_refuses_a_dataset_not_as_prepared_in_one_line(prepared, tmp_pa
     assert code == 2
     assert message.format(p=path, n=size - 2, m=size) in one_line(capsys.readouterr().err)
     assert not list((tmp_path / "registry").rglob("*.ckpt"))
+
+
+# ---- 6. named datasets ------------------------------------------------------------------
+
+
+def test_a_named_dataset_prepares_into_its_data_path_and_offline_says_so(tmp_path, hub_offline,
+                                                                          capsys):
+    assert lm(["prepare", "data=tinystories", f"paths.data_dir={tmp_path}"]) == 2
+    assert "source.dataset=roneneldan/TinyStories: the Hugging Face hub cannot be reached" in \
+        one_line(capsys.readouterr().err)
+    assert not (tmp_path / "prepared" / "tinystories-bpe8192").exists()
+    assert lm(["prepare", "data=shakespeare_char"]) == 2
+    assert "has no prepare node" in one_line(capsys.readouterr().err)
