@@ -290,14 +290,10 @@ def _encode_chunks(settings: PrepareSettings, tokenizer: Tokenizer, parts: Path,
     source = settings.source
     totals = {"documents": dict.fromkeys(SPLITS, 0), "bytes": dict.fromkeys(SPLITS, 0),
               "unk_tokens": dict.fromkeys(SPLITS, 0)}
-    # Workers start fresh (spawn): they import the tokenizers and numpy, not the torch
-    # and Hydra of the command that started them, and no thread state is forked.
-    context = multiprocessing.get_context("spawn")
     with tqdm(total=source.input_bytes, unit="B", unit_scale=True, unit_divisor=1000,
               desc="prepare", disable=None if settings.progress else True,  # None: a terminal
               mininterval=1.0, smoothing=0.1) as bar, \
-            context.Pool(settings.workers, initializer=_init_worker,
-                         initargs=(tokenizer.to_dict(), str(parts))) as pool:
+            _pool(settings.workers, tokenizer, parts) as pool:
 
         def add(done: dict) -> None:
             for key, total in totals.items():
@@ -319,6 +315,41 @@ def _encode_chunks(settings: PrepareSettings, tokenizer: Tokenizer, parts: Path,
             add(pending.popleft().get())
         bar.total = bar.n  # the input's size only estimates the documents' bytes
     return {**totals, "replaced": source.replaced}
+
+
+class _InProcess:
+    """``num_workers=1``: the chunks are encoded in this process, one by one, by the same
+    ``_encode_chunk`` (no pool to start); ``apply_async(...).get()`` as a pool's."""
+
+    def __init__(self, tokenizer: Tokenizer, parts: Path):
+        _init_worker(tokenizer.to_dict(), str(parts))
+
+    def apply_async(self, function, args) -> "_Done":
+        return _Done(function(*args))
+
+
+@dataclass
+class _Done:
+    """A result already computed, with the ``get()`` of a pool's ``AsyncResult``."""
+
+    value: dict
+
+    def get(self) -> dict:
+        return self.value
+
+
+@contextlib.contextmanager
+def _pool(workers: int, tokenizer: Tokenizer, parts: Path):
+    """A process pool of ``workers`` encoders, or this process for one."""
+    if workers == 1:
+        yield _InProcess(tokenizer, parts)
+        return
+    # Workers start fresh (spawn): they import the tokenizers and numpy, not the torch
+    # and Hydra of the command that started them, and no thread state is forked.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_init_worker,
+                      initargs=(tokenizer.to_dict(), str(parts))) as pool:
+        yield pool
 
 
 def _chunks(source: Source, chunk_bytes: int) -> Iterator[tuple[int, int, list[str]]]:
