@@ -282,6 +282,7 @@ class Stall(ForwardHook):
 """
 
 
+@pytest.mark.slow  # an end-to-end process that stalls and is signalled: ~20 s
 def test_sigterm_stops_a_run_inside_a_step(tmp_path, corpus):
     """Lightning checks for SIGTERM between steps; a step that takes minutes (a model too
     big for the machine) must still stop at once, recorded as interrupted."""
