@@ -259,7 +259,7 @@ def _tokenizer(settings: PrepareSettings, out: Path) -> Tokenizer:
     spec = tokenizer_spec(settings.tokenizer)
     options = {key: value for key, value in spec.items() if key != "name"}
     sample, limit = [], settings.tokenizer_sample_mb * MB
-    if "path" not in options:  # trained on text (char, bpe) or needing none (byte)
+    if "path" not in options and spec["name"] != "byte":  # trained on text (char, bpe)
         size = 0
         for i, doc in enumerate(settings.source.documents()):
             if is_val(i, settings.val_period):
