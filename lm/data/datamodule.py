@@ -184,8 +184,10 @@ class LMDataModule(L.LightningDataModule):
         if fixed is not None and fixed.to_dict() != tokenizer.to_dict():
             raise DataError(f"data.path={self.path} was prepared with another tokenizer "
                             f"({manifest['tokenizer']['spec']}) than init_from's "
-                            f"({type(fixed).__name__}, vocab_size {fixed.vocab_size}); prepare "
-                            "it with the model's: lm prepare ... tokenizer.path=<its files>")
+                            f"({type(fixed).__name__}, vocab_size {fixed.vocab_size}): a "
+                            "fine-tune encodes with its checkpoint's tokenizer; prepare with "
+                            "that BPE's files (lm prepare tokenizer.path=<dir>), or use "
+                            "data=text_file, which encodes with the checkpoint's tokenizer")
         splits = {split: open_split(self.path, manifest, split) for split in ("train", "val")}
         n_chars = sum(manifest["bytes"].values())
         for split, name in [("train", "training"), ("val", "validation")]:

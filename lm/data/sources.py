@@ -136,7 +136,11 @@ class Source:
         return identity
 
     def describe(self) -> str:
+        """What is read, for messages: ``corpus.jsonl``, ``12 files at texts/``, ``dataset
+        roneneldan/TinyStories split train``."""
         if self._files is not None:
+            if len(self._files) == 1 and Path(self.path).expanduser() == self._files[0]:
+                return str(self.path)
             return f"{len(self._files)} file(s) at {self.path}"
         return f"dataset {self.dataset}" + (f"/{self.subset}" if self.subset else "") + \
             f" split {self.split}"
