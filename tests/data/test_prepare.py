@@ -171,3 +171,27 @@ def test_a_fine_tune_refuses_a_dataset_of_another_tokenizer(jsonl, tmp_path, mak
     _, tokenizer, _ = load_checkpoint(tiny_trained.ckpt)
     with pytest.raises(DataError, match="prepared with another tokenizer"):
         build_datamodule(cfg, fixed_tokenizer=tokenizer)
+
+
+def test_a_full_disk_is_one_line_keeps_the_finished_chunks_and_a_rerun_finishes(jsonl, tmp_path,
+                                                                                monkeypatch):
+    import errno
+
+    import lm.data.prepare as prepare_module
+
+    whole = prepare(settings(jsonl, tmp_path / "whole"))
+    real, calls = prepare_module._write_json, []
+
+    def full_after_three_chunks(path, data):
+        calls.append(path)
+        if path.name[0].isdigit() and len([p for p in calls if p.name[0].isdigit()]) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, data)
+
+    monkeypatch.setattr(prepare_module, "_write_json", full_after_three_chunks)
+    with pytest.raises(DataError, match=r"failed \(No space left on device\); free space .* "
+                                        "finished chunks are kept"):
+        prepare(settings(jsonl, tmp_path / "full"))
+    assert len(list((tmp_path / "full" / PARTS).glob("[0-9]*.json"))) == 3
+    monkeypatch.setattr(prepare_module, "_write_json", real)
+    assert prepare(settings(jsonl, tmp_path / "full"))["digest"] == whole["digest"]
