@@ -14,7 +14,7 @@ in-memory path: the same text as one file through ``data=text_file``'s token cac
 the same BPE (``data/tokenizer=gpt2_files``). Same model and vocabulary; the only
 difference is where the windows come from (tokens/s ratio prepared/in-memory; we aim for
 >= 0.97). Then the peak memory of a whole ``lm train`` process
-(``lm.bench.prepare.run_measured``) on the ``size_mb`` dataset of ``lm bench prepare``
+(``lm.bench.memory.run_measured``) on the ``size_mb`` dataset of ``lm bench prepare``
 (kept by it in ``work_dir``, else prepared here) against on the Shakespeare shards:
 memory should not grow with the dataset (we aim for within 200 MB).
 
@@ -216,7 +216,7 @@ def peak_train_memory(overrides: list[str], data: Path) -> tuple[int | None, int
     train`` with ``overrides`` on the prepared dataset ``data``, in a fresh process. PSS
     counts a page shared by k processes 1/k: a child forked for a moment (``git`` for the
     code version) shares all its parent's pages, which a sum of RSS counts twice."""
-    from lm.bench.prepare import run_measured
+    from lm.bench.memory import run_measured
 
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-m", "lm", "train", *overrides, "data=prepared",

@@ -6,8 +6,9 @@ uint16 shards of a fixed number of tokens), with three more guarantees:
 
 - **Memory stays flat.** The main process streams documents (``lm/data/sources.py``) into
   chunks of about ``chunk_mb`` MB and keeps at most two chunks per worker in flight; a
-  worker writes its chunk's tokens to disk itself, and shards are assembled from those
-  parts block by block. Peak memory does not grow with the corpus.
+  worker writes its chunk's tokens to disk itself (``lm/data/encode.py``), and shards are
+  assembled from those parts block by block (``lm.data.shards.write_shards``). Peak
+  memory does not grow with the corpus.
 - **Kill it, run it again: the same bytes.** A finished chunk is a part file renamed into
   ``<out>/.parts/`` with a marker written last; a rerun skips finished chunks. The output
   (shards, manifest, digest) depends on the documents, the tokenizer, ``val_fraction``
@@ -26,22 +27,16 @@ documents, or read from files (GPT-2's: ``tokenizer.path``); it is saved as
 
 import contextlib
 import fcntl
-import hashlib
 import json
-import multiprocessing
 import os
 import shutil
 import sys
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
-from lm.atomic import atomic_file
 from lm.data.corpus import DataError
+from lm.data.encode import dtype_of, encode_chunks, is_val, utf8_length, write_json
 from lm.data.shards import (
     FORMAT,
     MANIFEST,
@@ -51,16 +46,14 @@ from lm.data.shards import (
     load_tokenizer,
     manifest_digest,
     read_manifest,
+    write_shards,
 )
 from lm.data.sources import Source
 from lm.tokenizers import (
     Tokenizer,
     build_tokenizer,
-    ordinary_encoder,
-    tokenizer_from_dict,
     tokenizer_spec,
 )
-from lm.tokenizers.byte import to_valid_unicode
 
 PARTS = ".parts"  # unfinished work: one part per chunk, removed once the manifest is written
 PLAN = "plan.json"  # what the parts were made from; a rerun with other settings starts over
@@ -193,11 +186,12 @@ def _prepare_locked(settings: PrepareSettings, out: Path) -> dict:
         shutil.rmtree(parts)
         (out / TOKENIZER).unlink(missing_ok=True)
     parts.mkdir(exist_ok=True)
-    _write_json(parts / PLAN, stored)
+    write_json(parts / PLAN, stored)
     for stale in parts.glob(".*.tmp"):  # temporaries of a killed prepare
         stale.unlink()
     tokenizer = _tokenizer(settings, out)
-    counts = _encode_chunks(settings, tokenizer, parts, chunk_bytes)
+    counts = encode_chunks(source, tokenizer, parts, chunk_bytes, settings.val_period,
+                           settings.workers, settings.progress)
     if counts["documents"]["train"] == 0:
         raise DataError(f"{source.describe()} holds no documents; the source is empty")
     if counts["documents"]["val"] == 0:
@@ -206,7 +200,7 @@ def _prepare_locked(settings: PrepareSettings, out: Path) -> dict:
             f"holds out every {settings.val_period}th (val_fraction={settings.val_fraction}), "
             "so it is empty: use more documents (one per .txt file or record) or raise "
             "val_fraction")
-    dtype = _dtype(tokenizer)
+    dtype = dtype_of(tokenizer)
     manifest = {
         **{k: v for k, v in plan.items() if k != "tokenizer"},
         "plan_digest": manifest_digest(plan),
@@ -215,11 +209,11 @@ def _prepare_locked(settings: PrepareSettings, out: Path) -> dict:
                       "sha256": _sha256_json(tokenizer.to_dict())},
         "dtype": dtype,
         **counts,
-        "shards": {split: _assemble(out, parts, split, dtype, settings.shard_tokens,
+        "shards": {split: write_shards(out, parts, split, dtype, settings.shard_tokens,
                                     settings.progress) for split in SPLITS},
     }
     manifest["digest"] = manifest_digest(manifest)
-    _write_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, manifest)
     shutil.rmtree(parts, ignore_errors=True)
     tokens = {s: sum(x["tokens"] for x in manifest["shards"][s]) for s in SPLITS}
     print(f"prepare: wrote {out}: {tokens['train']:,} train tokens in "
@@ -232,22 +226,8 @@ def _prepare_locked(settings: PrepareSettings, out: Path) -> dict:
     return manifest
 
 
-def _write_json(path: Path, data: dict) -> None:
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-
-
 def _sha256_json(data: dict) -> str:
     return manifest_digest({"data": data})
-
-
-def _dtype(tokenizer: Tokenizer) -> str:
-    return "uint16" if tokenizer.vocab_size <= 2**16 else "uint32"
-
-
-def is_val(index: int, period: int) -> bool:
-    """Whether document ``index`` (0-based, source order) is held out for validation."""
-    return index % period == period - 1
 
 
 def _tokenizer(settings: PrepareSettings, out: Path) -> Tokenizer:
@@ -278,185 +258,8 @@ def _tokenizer(settings: PrepareSettings, out: Path) -> Tokenizer:
         raise DataError(f"tokenizer.path={options.get('path')}: {err.strerror or err}") from None
     if tokenizer.eos_id is None:
         raise DataError(f"tokenizer {spec} has no end-of-text token to separate documents")
-    _write_json(out / TOKENIZER, tokenizer.to_dict())
+    write_json(out / TOKENIZER, tokenizer.to_dict())
     return tokenizer
-
-
-def _encode_chunks(settings: PrepareSettings, tokenizer: Tokenizer, parts: Path,
-                   chunk_bytes: int) -> dict:
-    """Encode every chunk not finished yet in ``settings.workers`` processes; return the
-    totals over all chunks: documents, UTF-8 bytes and ``<unk>`` tokens per split, and the
-    documents decoded with replacement."""
-    source = settings.source
-    totals = {"documents": dict.fromkeys(SPLITS, 0), "bytes": dict.fromkeys(SPLITS, 0),
-              "unk_tokens": dict.fromkeys(SPLITS, 0)}
-    with tqdm(total=source.input_bytes, unit="B", unit_scale=True, unit_divisor=1000,
-              desc="prepare", disable=None if settings.progress else True,  # None: a terminal
-              mininterval=1.0, smoothing=0.1) as bar, \
-            _pool(settings.workers, tokenizer, parts) as pool:
-
-        def add(done: dict) -> None:
-            for key, total in totals.items():
-                for split in SPLITS:
-                    total[split] += done[key][split]
-            bar.update(done["bytes"]["train"] + done["bytes"]["val"])
-
-        pending: deque = deque()
-        for number, first, docs in _chunks(source, chunk_bytes):
-            marker = parts / f"{number:06d}.json"
-            if marker.is_file():  # finished before an interruption
-                add(json.loads(marker.read_text()))
-                continue
-            pending.append(pool.apply_async(_encode_chunk,
-                                            (number, first, docs, settings.val_period)))
-            while len(pending) >= 2 * settings.workers:
-                add(pending.popleft().get())
-        while pending:
-            add(pending.popleft().get())
-        bar.total = bar.n  # the input's size only estimates the documents' bytes
-    return {**totals, "replaced": source.replaced}
-
-
-class _InProcess:
-    """``num_workers=1``: the chunks are encoded in this process, one by one, by the same
-    ``_encode_chunk`` (no pool to start); ``apply_async(...).get()`` as a pool's."""
-
-    def __init__(self, tokenizer: Tokenizer, parts: Path):
-        _init_worker(tokenizer.to_dict(), str(parts))
-
-    def apply_async(self, function, args) -> "_Done":
-        return _Done(function(*args))
-
-
-@dataclass
-class _Done:
-    """A result already computed, with the ``get()`` of a pool's ``AsyncResult``."""
-
-    value: dict
-
-    def get(self) -> dict:
-        return self.value
-
-
-@contextlib.contextmanager
-def _pool(workers: int, tokenizer: Tokenizer, parts: Path):
-    """A process pool of ``workers`` encoders, or this process for one."""
-    if workers == 1:
-        yield _InProcess(tokenizer, parts)
-        return
-    # Workers start fresh (spawn): they import the tokenizers and numpy, not the torch
-    # and Hydra of the command that started them, and no thread state is forked.
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_init_worker,
-                      initargs=(tokenizer.to_dict(), str(parts))) as pool:
-        yield pool
-
-
-def _chunks(source: Source, chunk_bytes: int) -> Iterator[tuple[int, int, list[str]]]:
-    """(chunk number, index of its first document, its documents): consecutive documents
-    until they pass ``chunk_bytes`` UTF-8 bytes (the last chunk holds the rest). The cut
-    depends on the documents alone, so a rerun cuts the same chunks."""
-    number, first, docs, size = 0, 0, [], 0
-    for index, doc in enumerate(source.documents()):
-        docs.append(doc)
-        size += len(doc)  # characters: a cheap, deterministic stand-in for bytes
-        if size >= chunk_bytes:
-            yield number, first, docs
-            number, first, docs, size = number + 1, index + 1, [], 0
-    if docs:
-        yield number, first, docs
-
-
-_WORKER: dict = {}
-
-
-def _init_worker(tokenizer_state: dict, parts: str) -> None:
-    tokenizer = tokenizer_from_dict(tokenizer_state)
-    _WORKER.update(encode=ordinary_encoder(tokenizer), eos=tokenizer.eos_id,
-                   unk=tokenizer.unk_id, dtype=_dtype(tokenizer), parts=Path(parts))
-
-
-def _encode_chunk(number: int, first: int, docs: list[str], period: int) -> dict:
-    """Encode one chunk into ``<parts>/<number>.{train,val}.bin`` and its marker
-    ``<number>.json`` (written last: the chunk is finished when the marker exists)."""
-    encode, dtype = _WORKER["encode"], _WORKER["dtype"]
-    eos = np.array([_WORKER["eos"]], dtype=dtype)
-    pieces = {split: [] for split in SPLITS}
-    done = {"documents": dict.fromkeys(SPLITS, 0), "bytes": dict.fromkeys(SPLITS, 0),
-            "unk_tokens": dict.fromkeys(SPLITS, 0)}
-    for index, doc in enumerate(docs, start=first):
-        split = "val" if is_val(index, period) else "train"
-        pieces[split] += [eos, encode(doc)]
-        done["documents"][split] += 1
-        done["bytes"][split] += utf8_length(doc)
-    parts = _WORKER["parts"]
-    for split in SPLITS:
-        ids = np.concatenate(pieces[split]).astype(dtype) if pieces[split] else \
-            np.empty(0, dtype=dtype)
-        if _WORKER["unk"] is not None:
-            done["unk_tokens"][split] = int(np.count_nonzero(ids == _WORKER["unk"]))
-        with atomic_file(parts / f"{number:06d}.{split}.bin") as tmp:
-            ids.tofile(tmp)
-    _write_json(parts / f"{number:06d}.json", done)
-    return done
-
-
-def utf8_length(text: str) -> int:
-    """UTF-8 bytes of ``text`` (a lone surrogate as U+FFFD's 3); ASCII text is not encoded
-    (``str.isascii`` reads a flag CPython keeps)."""
-    if text.isascii():
-        return len(text)
-    try:
-        return len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        return len(to_valid_unicode(text).encode("utf-8"))
-
-
-def _assemble(out: Path, parts: Path, split: str, dtype: str, shard_tokens: int,
-              progress: bool) -> list[dict]:
-    """Cut the parts of ``split``, in chunk order, into shards of ``shard_tokens`` tokens
-    (``<split>_000000.bin``, ...; the last holds the rest), each written to a temporary
-    and renamed; return ``[{"file", "tokens", "sha256"}, ...]``."""
-    files = sorted(parts.glob(f"*.{split}.bin"))
-    shards: list[dict] = []
-    writer = None
-    for part in tqdm(files, desc=f"shards {split}", unit="part",
-                     disable=None if progress else True, mininterval=1.0):
-        ids = np.fromfile(part, dtype=dtype)
-        start = 0
-        while start < len(ids):
-            if writer is None:
-                writer = _ShardWriter(out / f"{split}_{len(shards):06d}.bin")
-            take = min(shard_tokens - writer.tokens, len(ids) - start)
-            writer.write(ids[start:start + take])
-            start += take
-            if writer.tokens == shard_tokens:
-                shards.append(writer.close())
-                writer = None
-    if writer is not None:
-        shards.append(writer.close())
-    return shards
-
-
-class _ShardWriter:
-    """One shard file, written to a temporary beside it and hashed as it is written;
-    ``close`` renames it into place and returns its manifest entry."""
-
-    def __init__(self, path: Path):
-        self.path, self.tokens, self.digest = path, 0, hashlib.sha256()
-        self.tmp = path.with_name(f".{path.name}.tmp")
-        self.file = self.tmp.open("wb")
-
-    def write(self, ids: np.ndarray) -> None:
-        data = ids.tobytes()
-        self.file.write(data)
-        self.digest.update(data)
-        self.tokens += len(ids)
-
-    def close(self) -> dict:
-        self.file.close()
-        os.replace(self.tmp, self.path)
-        return {"file": self.path.name, "tokens": self.tokens, "sha256": self.digest.hexdigest()}
 
 
 def settings_from_config(node: dict, out: str, progress: bool = True,

@@ -11,10 +11,12 @@
 
 The shards of a split are one token stream cut into files, as llm.c's and
 modded-nanogpt's ``fineweb.py`` write them (each document starts with the end-of-text
-token). ``TokenStream`` memory-maps them and answers ``len`` and fancy indexing like one
-array, so ``lm.data.tokens.get_batch`` draws windows across shards exactly as it does from
-an in-memory corpus: a batch stays a pure function of (seed, stream, step, rank), and
-memory does not grow with the corpus (the OS pages in what the windows touch).
+token), written by ``write_shards`` from ``lm prepare``'s part files. ``TokenStream``
+reads them and answers ``len`` and fancy indexing like one array, so
+``lm.data.tokens.get_batch`` draws windows across shards exactly as it does from an
+in-memory corpus: a batch stays a pure function of (seed, stream, step, rank), and a
+run's memory does not grow with the corpus (windows are read with ``pread``; nothing stays
+mapped).
 """
 
 import hashlib
@@ -23,6 +25,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from lm.data.corpus import DataError
 from lm.tokenizers import Tokenizer, tokenizer_from_dict
@@ -122,12 +125,13 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
 
 class TokenStream:
     """The shards of one split as one read-only token array of length ``N`` (the sum of
-    the shards' tokens). ``windows(offsets, length)`` reads the B windows a batch needs
-    (``lm.data.tokens.windows_at`` calls it), one ``pread`` per window (two where a window
-    spans a shard's end); ``stream[index]`` takes any integer array ``index`` (values in
-    [0, N)) and returns an array of its shape, like an array would.
+    the shards' tokens). ``stream[index]`` takes any integer array ``index`` (values in
+    [0, N)) and returns an array of its shape, like an array would, so ``get_batch`` and
+    ``windows_at`` draw from it unchanged; their (B, length) index of consecutive tokens
+    per row is read by ``windows``, one ``pread`` per window (two where a window spans a
+    shard's end).
 
-    Nothing is mapped into the process: reads go through the OS page cache, which is not
+    Nothing stays mapped into the process: reads go through the OS page cache, which is not
     the process's memory, so a run's resident memory stays flat however large the corpus
     and however long the run. (A long-lived ``np.memmap`` would not: every page its random
     windows touch, and the kernel's read-around of it, stays resident; nanoGPT recreates
@@ -176,6 +180,8 @@ class TokenStream:
         index = np.asarray(index)
         if index.dtype.kind not in "iu":
             raise TypeError("a TokenStream takes an integer array index")
+        if index.ndim == 2 and index.shape[1] > 0 and (np.diff(index, axis=1) == 1).all():
+            return self.windows(index[:, 0], index.shape[1])  # rows of consecutive tokens
         flat = index.reshape(-1)
         out = np.empty(flat.shape, dtype=self.dtype)
         which = np.searchsorted(self.starts, flat, side="right") - 1  # shard of each index
@@ -185,6 +191,53 @@ class TokenStream:
             out[mask] = mapped[flat[mask] - self.starts[shard]]
             del mapped
         return out.reshape(index.shape)
+
+
+def write_shards(out: Path, parts: Path, split: str, dtype: str, shard_tokens: int,
+              progress: bool) -> list[dict]:
+    """Cut the part files ``<parts>/*.<split>.bin`` (raw ids of ``dtype``), in name order, into shards of ``shard_tokens`` tokens
+    (``<split>_000000.bin``, ...; the last holds the rest), each written to a temporary
+    and renamed; return ``[{"file", "tokens", "sha256"}, ...]``."""
+    files = sorted(parts.glob(f"*.{split}.bin"))
+    shards: list[dict] = []
+    writer = None
+    for part in tqdm(files, desc=f"shards {split}", unit="part",
+                     disable=None if progress else True, mininterval=1.0):
+        ids = np.fromfile(part, dtype=dtype)
+        start = 0
+        while start < len(ids):
+            if writer is None:
+                writer = ShardWriter(out / f"{split}_{len(shards):06d}.bin")
+            take = min(shard_tokens - writer.tokens, len(ids) - start)
+            writer.write(ids[start:start + take])
+            start += take
+            if writer.tokens == shard_tokens:
+                shards.append(writer.close())
+                writer = None
+    if writer is not None:
+        shards.append(writer.close())
+    return shards
+
+
+class ShardWriter:
+    """One shard file, written to a temporary beside it and hashed as it is written;
+    ``close`` renames it into place and returns its manifest entry."""
+
+    def __init__(self, path: Path):
+        self.path, self.tokens, self.digest = path, 0, hashlib.sha256()
+        self.tmp = path.with_name(f".{path.name}.tmp")
+        self.file = self.tmp.open("wb")
+
+    def write(self, ids: np.ndarray) -> None:
+        data = ids.tobytes()
+        self.file.write(data)
+        self.digest.update(data)
+        self.tokens += len(ids)
+
+    def close(self) -> dict:
+        self.file.close()
+        os.replace(self.tmp, self.path)
+        return {"file": self.path.name, "tokens": self.tokens, "sha256": self.digest.hexdigest()}
 
 
 def open_split(directory: str | os.PathLike, manifest: dict, split: str) -> TokenStream:

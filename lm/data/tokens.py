@@ -95,11 +95,8 @@ def windows_at(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x, y: int64 (B, length) inputs and next-token targets of the windows of
     ``length + 1`` consecutive ids starting at each of the B ``offsets``."""
-    if hasattr(ids, "windows"):  # a prepared dataset's shards (lm.data.shards.TokenStream)
-        rows = ids.windows(offsets, length + 1)  # (B, length + 1)
-    else:
-        rows = ids[np.asarray(offsets)[:, None] + np.arange(length + 1)]  # (B, length + 1)
-    windows = torch.from_numpy(np.asarray(rows, dtype=np.int64))  # (B, length + 1)
+    index = np.asarray(offsets)[:, None] + np.arange(length + 1)  # (B, length + 1)
+    windows = torch.from_numpy(np.asarray(ids[index], dtype=np.int64))  # (B, length + 1)
     return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # (B, length) each
 
 

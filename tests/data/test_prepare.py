@@ -177,10 +177,10 @@ def test_a_full_disk_is_one_line_keeps_the_finished_chunks_and_a_rerun_finishes(
                                                                                 monkeypatch):
     import errno
 
-    import lm.data.prepare as prepare_module
+    import lm.data.encode as encode_module  # its workers write the chunks' markers
 
     whole = prepare(settings(jsonl, tmp_path / "whole"))
-    real, calls = prepare_module._write_json, []
+    real, calls = encode_module.write_json, []
 
     def full_after_three_chunks(path, data):
         calls.append(path)
@@ -188,10 +188,10 @@ def test_a_full_disk_is_one_line_keeps_the_finished_chunks_and_a_rerun_finishes(
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, data)
 
-    monkeypatch.setattr(prepare_module, "_write_json", full_after_three_chunks)
+    monkeypatch.setattr(encode_module, "write_json", full_after_three_chunks)
     with pytest.raises(DataError, match=r"failed \(No space left on device\); free space .* "
                                         "finished chunks are kept"):
         prepare(settings(jsonl, tmp_path / "full"))
     assert len(list((tmp_path / "full" / PARTS).glob("[0-9]*.json"))) == 3
-    monkeypatch.setattr(prepare_module, "_write_json", real)
+    monkeypatch.setattr(encode_module, "write_json", real)
     assert prepare(settings(jsonl, tmp_path / "full"))["digest"] == whole["digest"]
