@@ -135,6 +135,7 @@ ENTRY_POINTS = {  # how a user starts lm train
 }
 
 
+@pytest.mark.slow  # three real training processes, ~9 s each
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_every_entry_point_imports_user_modules_from_the_working_directory(tmp_path, entry):
     (tmp_path / "my_hooks.py").write_text(USER_HOOK)
